@@ -1,1 +1,272 @@
-// placeholder
+//! Media bytes in MongoDB GridFS: originals in bucket `uploads`, MP3s in bucket `audio`.
+//! Everything streams; a file is never held whole in memory. Writes are journaled (`j: true`)
+//! so an acknowledged file survives a server crash.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::io::AsyncWriteExt;
+use futures_util::{Stream, StreamExt};
+use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::gridfs::{GridFsBucket, GridFsDownloadStream};
+use mongodb::options::{GridFsBucketOptions, IndexOptions, WriteConcern};
+use mongodb::{Client, Database, IndexModel};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt as _;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tunewire_events::FileId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    Uploads,
+    Audio,
+}
+
+impl Bucket {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::Uploads => "uploads",
+            Bucket::Audio => "audio",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("the file is larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+    #[error("reading the source failed: {0}")]
+    Source(String),
+    #[error("local file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Mongo(_) => "media_store_unavailable",
+            StoreError::TooLarge { .. } => "payload_too_large",
+            StoreError::Source(_) => "upload_interrupted",
+            StoreError::Io(_) => "local_io",
+        }
+    }
+}
+
+/// What was stored: the id, and facts computed while streaming.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    pub id: FileId,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    pub id: FileId,
+    pub length: u64,
+    pub filename: Option<String>,
+    pub uploaded_at: chrono::DateTime<chrono::Utc>,
+    pub metadata: Option<Document>,
+}
+
+#[derive(Clone)]
+pub struct MediaStore {
+    db: Database,
+}
+
+fn oid(id: &FileId) -> Bson {
+    Bson::ObjectId(ObjectId::from_bytes(id.bytes()))
+}
+
+impl MediaStore {
+    /// Connects and makes sure the chunk indexes are unique (the driver's own are not).
+    pub async fn connect(uri: &str, database: &str) -> Result<Self, StoreError> {
+        let client = Client::with_uri_str(uri).await?;
+        let store = Self {
+            db: client.database(database),
+        };
+        store.ensure_indexes().await?;
+        Ok(store)
+    }
+
+    async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        for bucket in [Bucket::Uploads, Bucket::Audio] {
+            let chunks = self
+                .db
+                .collection::<Document>(&format!("{}.chunks", bucket.name()));
+            let unique = IndexOptions::builder()
+                .unique(true)
+                .name("files_id_1_n_1".to_string())
+                .build();
+            chunks
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {"files_id": 1, "n": 1})
+                        .options(unique)
+                        .build(),
+                )
+                .await?;
+            let files = self
+                .db
+                .collection::<Document>(&format!("{}.files", bucket.name()));
+            files
+                .create_index(
+                    IndexModel::builder()
+                        .keys(doc! {"filename": 1, "uploadDate": 1})
+                        .build(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn bucket(&self, bucket: Bucket) -> GridFsBucket {
+        let options = GridFsBucketOptions::builder()
+            .bucket_name(bucket.name().to_string())
+            .write_concern(WriteConcern::builder().journal(true).build())
+            .build();
+        self.db.gridfs_bucket(options)
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.run_command(doc! {"ping": 1}).await?;
+        Ok(())
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Streams `source` into `bucket`, hashing as it goes. On any failure, or past
+    /// `max_bytes`, the partial file is removed and nothing is left behind.
+    pub async fn store<S, E>(
+        &self,
+        bucket: Bucket,
+        id: Option<FileId>,
+        filename: &str,
+        metadata: Document,
+        mut source: S,
+        max_bytes: u64,
+    ) -> Result<StoredFile, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let id = id.unwrap_or_else(|| FileId::from_bytes(ObjectId::new().bytes()));
+        let mut upload = self
+            .bucket(bucket)
+            .open_upload_stream(filename)
+            .id(oid(&id))
+            .metadata(metadata)
+            .await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let outcome: Result<(), StoreError> = async {
+            while let Some(chunk) = source.next().await {
+                let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > max_bytes {
+                    return Err(StoreError::TooLarge { limit: max_bytes });
+                }
+                hasher.update(&chunk);
+                upload.write_all(&chunk).await?;
+            }
+            upload.close().await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(file_id = %id, error = %abort, "could not remove a partial upload");
+            }
+            return Err(e);
+        }
+        Ok(StoredFile {
+            id,
+            size,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// Streams a local file into `bucket` under a chosen id.
+    pub async fn store_path(
+        &self,
+        bucket: Bucket,
+        id: FileId,
+        filename: &str,
+        metadata: Document,
+        path: &Path,
+    ) -> Result<StoredFile, StoreError> {
+        let file = tokio::fs::File::open(path).await?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 255 * 1024);
+        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX)
+            .await
+    }
+
+    pub async fn info(&self, bucket: Bucket, id: &FileId) -> Result<Option<FileInfo>, StoreError> {
+        let found = self.bucket(bucket).find_one(doc! {"_id": oid(id)}).await?;
+        Ok(found.map(|f| FileInfo {
+            id: id.clone(),
+            length: f.length,
+            filename: f.filename,
+            uploaded_at: chrono::DateTime::from_timestamp_millis(f.upload_date.timestamp_millis())
+                .unwrap_or_default(),
+            metadata: f.metadata,
+        }))
+    }
+
+    /// The file's bytes as an `AsyncRead`, or `None` when there is no such (complete) file.
+    pub async fn open(
+        &self,
+        bucket: Bucket,
+        id: &FileId,
+    ) -> Result<Option<(FileInfo, GridFsDownloadStream)>, StoreError> {
+        let Some(info) = self.info(bucket, id).await? else {
+            return Ok(None);
+        };
+        let stream = self.bucket(bucket).open_download_stream(oid(id)).await?;
+        Ok(Some((info, stream)))
+    }
+
+    /// Copies a stored file to a local path (bounded memory), returning its length.
+    pub async fn download_to(
+        &self,
+        bucket: Bucket,
+        id: &FileId,
+        path: &Path,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some((_, stream)) = self.open(bucket, id).await? else {
+            return Ok(None);
+        };
+        let mut reader = stream.compat();
+        let mut file = tokio::fs::File::create(path).await?;
+        let copied = tokio::io::copy(&mut reader, &mut file).await?;
+        file.flush().await?;
+        file.sync_all().await?;
+        Ok(Some(copied))
+    }
+
+    /// Removes a file and its chunks; a file that is not there is not an error.
+    pub async fn delete(&self, bucket: Bucket, id: &FileId) -> Result<(), StoreError> {
+        self.discard_partial(bucket, id).await?;
+        let files = self
+            .db
+            .collection::<Document>(&format!("{}.files", bucket.name()));
+        files.delete_one(doc! {"_id": oid(id)}).await?;
+        Ok(())
+    }
+
+    /// Removes chunks written under `id` by an upload that never completed (a crash between
+    /// chunks and the files document), so the id can be written again.
+    pub async fn discard_partial(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {
+        let chunks = self
+            .db
+            .collection::<Document>(&format!("{}.chunks", bucket.name()));
+        Ok(chunks
+            .delete_many(doc! {"files_id": oid(id)})
+            .await?
+            .deleted_count)
+    }
+}

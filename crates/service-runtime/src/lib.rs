@@ -1,1 +1,13 @@
-// placeholder
+//! What every Tunewire service process has in common: typed configuration from the
+//! environment, telemetry, the JSON error contract of its HTTP API, its health, readiness and
+//! metrics endpoints, graceful shutdown and the `healthcheck` subcommand.
+
+pub mod config;
+pub mod health;
+pub mod http_error;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::ConfigError;
+pub use health::{Check, HealthRoutes, Readiness};
+pub use http_error::ApiError;

@@ -1,1 +1,219 @@
-// placeholder
+//! Test support: where the local stack is, and a `Sandbox` per test (its own PostgreSQL
+//! database, RabbitMQ vhost and MongoDB database) so tests run in parallel without seeing
+//! each other's jobs. Addresses come from the same variables the services read.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub mod maildev;
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The local stack's addresses (defaults match `scripts/stack`).
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub management_url: String,
+    pub management_user: (String, String),
+    pub monitor_user: (String, String),
+    pub mongo_uri: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub maildev_url: String,
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        Self {
+            database_url: env_or(
+                "DATABASE_URL",
+                "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire",
+            ),
+            amqp_url: env_or("AMQP_URL", "amqp://tunewire:tunewire@127.0.0.1:5672/%2f"),
+            management_url: env_or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"),
+            management_user: ("tunewire".into(), "tunewire".into()),
+            monitor_user: ("monitor".into(), "monitor".into()),
+            mongo_uri: env_or("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            smtp_host: env_or("SMTP_HOST", "127.0.0.1"),
+            smtp_port: env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
+            maildev_url: env_or("MAILDEV_URL", "http://127.0.0.1:1080"),
+        }
+    }
+}
+
+/// One test's private corner of the stack.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub stack: Stack,
+    pub name: String,
+    pub database_url: String,
+    pub amqp_url: String,
+    pub vhost: String,
+    pub mongo_database: String,
+}
+
+impl Sandbox {
+    pub async fn create() -> anyhow::Result<Self> {
+        init_tracing();
+        let stack = Stack::from_env();
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+
+        let admin = sqlx::postgres::PgPool::connect(&stack.database_url)
+            .await
+            .context("PostgreSQL is not reachable: run scripts/stack up")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await?;
+        admin.close().await;
+        let database_url = replace_path(&stack.database_url, &name);
+
+        let http = reqwest::Client::new();
+        let (user, pass) = &stack.management_user;
+        let vhost_url = format!("{}/api/vhosts/{name}", stack.management_url);
+        let put = http
+            .put(&vhost_url)
+            .basic_auth(user, Some(pass))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .context("RabbitMQ management API is not reachable: run scripts/stack up")?;
+        if !put.status().is_success() {
+            bail!("creating vhost {name}: {}", put.status());
+        }
+        for who in [user.as_str(), stack.monitor_user.0.as_str()] {
+            let perms = if who == user {
+                (".*", ".*", ".*")
+            } else {
+                ("^$", "^$", ".*")
+            };
+            let url = format!("{}/api/permissions/{name}/{who}", stack.management_url);
+            let body = serde_json::json!({"configure": perms.0, "write": perms.1, "read": perms.2});
+            let resp = http
+                .put(&url)
+                .basic_auth(user, Some(pass))
+                .json(&body)
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("granting {who} on vhost {name}: {}", resp.status());
+            }
+        }
+        let amqp_url = replace_path(&stack.amqp_url, &name);
+        Ok(Self {
+            database_url,
+            amqp_url,
+            vhost: name.clone(),
+            mongo_database: name.clone(),
+            name,
+            stack,
+        })
+    }
+
+    /// Drops what `create` made. Tests call it at the end; a failed test leaves its sandbox
+    /// behind for inspection (removed by `scripts/stack reset`).
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        let admin = sqlx::postgres::PgPool::connect(&self.stack.database_url).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&admin)
+        .await?;
+        let (user, pass) = &self.stack.management_user;
+        reqwest::Client::new()
+            .delete(format!(
+                "{}/api/vhosts/{}",
+                self.stack.management_url, self.vhost
+            ))
+            .basic_auth(user, Some(pass))
+            .send()
+            .await?;
+        let mongo = mongodb::Client::with_uri_str(&self.stack.mongo_uri).await?;
+        mongo.database(&self.mongo_database).drop().await?;
+        Ok(())
+    }
+
+    /// The management API's view of this sandbox's queues.
+    pub async fn queues(&self) -> anyhow::Result<Vec<Value>> {
+        let (user, pass) = &self.stack.management_user;
+        let resp = reqwest::Client::new()
+            .get(format!(
+                "{}/api/queues/{}",
+                self.stack.management_url, self.vhost
+            ))
+            .basic_auth(user, Some(pass))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.json().await?)
+    }
+}
+
+/// Replaces the path of a URL (`scheme://auth@host:port/path`) with `path`.
+fn replace_path(url: &str, path: &str) -> String {
+    let start = url.find("://").map(|i| i + 3).unwrap_or(0);
+    match url[start..].find('/') {
+        Some(i) => format!("{}/{path}", &url[..start + i]),
+        None => format!("{url}/{path}"),
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `probe` until it yields `Some`, or fails after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() >= deadline {
+            match last_error {
+                Some(e) => bail!("{what}: not within {timeout:?}; last error: {e:#}"),
+                None => bail!("{what}: not within {timeout:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_path_swaps_the_database_or_vhost() {
+        assert_eq!(
+            replace_path("postgres://u:p@h:5432/tunewire", "t_1"),
+            "postgres://u:p@h:5432/t_1"
+        );
+        assert_eq!(
+            replace_path("amqp://u:p@h:5672/%2f", "t_1"),
+            "amqp://u:p@h:5672/t_1"
+        );
+        assert_eq!(replace_path("amqp://h:5672", "v"), "amqp://h:5672/v");
+    }
+}

@@ -1,0 +1,172 @@
+//! A service's link to RabbitMQ: a lazily (re)connected publishing session with publisher
+//! confirms, and consumers that reconnect by themselves (see `consumer`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use crate::contract::Event;
+use crate::topology;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("rabbitmq: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("rabbitmq refused (nacked) a {routing_key} message")]
+    Nacked { routing_key: String },
+    #[error("no queue is bound for {routing_key}; the message was returned")]
+    Unroutable { routing_key: String },
+    #[error("could not encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("rabbitmq did not answer within 10 s")]
+    ConnectTimeout,
+    #[error("the consumer of {queue} was cancelled by the broker")]
+    ConsumerCancelled { queue: String },
+}
+
+impl BusError {
+    /// A stable machine code for logs and API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BusError::Amqp(_) | BusError::ConnectTimeout => "amqp_unavailable",
+            BusError::Nacked { .. } => "amqp_nacked",
+            BusError::Unroutable { .. } => "amqp_unroutable",
+            BusError::Encode(_) => "event_encoding",
+            BusError::ConsumerCancelled { .. } => "consumer_cancelled",
+        }
+    }
+}
+
+/// Publishes persistent messages on the events exchange and waits for the broker's confirm.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    app_id: Arc<str>,
+}
+
+impl Publisher {
+    async fn open(connection: &Connection, app_id: Arc<str>) -> Result<Self, BusError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel, app_id })
+    }
+
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<(), BusError> {
+        let payload = serde_json::to_vec(event)?;
+        let message_id = uuid::Uuid::new_v4().to_string();
+        self.publish_raw(E::ROUTING_KEY, &payload, &message_id)
+            .await
+    }
+
+    /// Publishes an already-encoded event (the gateway's outbox stores them encoded).
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        payload: &[u8],
+        message_id: &str,
+    ) -> Result<(), BusError> {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(message_id.into())
+            .with_type(routing_key.into())
+            .with_app_id(self.app_id.as_ref().into())
+            .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
+        let confirm = self
+            .channel
+            .basic_publish(
+                topology::EVENTS_EXCHANGE.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                payload,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BusError::Unroutable {
+                routing_key: routing_key.into(),
+            }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => Err(BusError::Nacked {
+                routing_key: routing_key.into(),
+            }),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+}
+
+struct Session {
+    connection: Connection,
+    publisher: Publisher,
+}
+
+/// One per service process. Cheap to share behind an `Arc`.
+pub struct Bus {
+    url: String,
+    name: Arc<str>,
+    session: Mutex<Option<Session>>,
+}
+
+impl Bus {
+    /// Does not connect: the first publish or consume does, so a service starts (and says
+    /// "not ready") while RabbitMQ is down.
+    pub fn new(url: impl Into<String>, service_name: &str) -> Self {
+        Self {
+            url: url.into(),
+            name: service_name.into(),
+            session: Mutex::new(None),
+        }
+    }
+
+    /// Opens a connection and declares the whole topology on it.
+    pub(crate) async fn connect(&self) -> Result<Connection, BusError> {
+        let props = ConnectionProperties::default().with_connection_name(self.name.as_ref().into());
+        let connection = Connection::connect(&self.url, props).await?;
+        let channel = connection.create_channel().await?;
+        topology::declare_all(&channel).await?;
+        let _ = channel.close(200, "topology declared".into()).await;
+        Ok(connection)
+    }
+
+    /// The shared publishing session, reconnected if it was lost.
+    pub async fn publisher(&self) -> Result<Publisher, BusError> {
+        let mut session = self.session.lock().await;
+        if let Some(s) = session.as_ref() {
+            if s.connection.status().connected() && s.publisher.is_open() {
+                return Ok(s.publisher.clone());
+            }
+        }
+        *session = None;
+        let connection = tokio::time::timeout(Duration::from_secs(10), self.connect())
+            .await
+            .map_err(|_| BusError::ConnectTimeout)??;
+        let publisher = Publisher::open(&connection, self.name.clone()).await?;
+        *session = Some(Session {
+            connection,
+            publisher: publisher.clone(),
+        });
+        Ok(publisher)
+    }
+
+    /// Whether the publishing session is up right now (for `/readyz`); connects if needed.
+    pub async fn check(&self) -> Result<(), BusError> {
+        self.publisher().await.map(|_| ())
+    }
+
+    pub(crate) fn service_name(&self) -> &str {
+        &self.name
+    }
+}

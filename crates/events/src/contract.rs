@@ -1,0 +1,193 @@
+//! The events, versioned by their routing key. Messages carry ids and small metadata,
+//! never media bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Email, FileId, JobId, UserId};
+
+/// An event type and the routing key it is published under.
+pub trait Event: Serialize + DeserializeOwned + Send + 'static {
+    const ROUTING_KEY: &'static str;
+    fn job_id(&self) -> JobId;
+}
+
+/// The encoding the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Cbr128,
+    #[default]
+    Cbr192,
+    Cbr256,
+    Cbr320,
+    V0,
+    V2,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 6] = [
+        Preset::Cbr128,
+        Preset::Cbr192,
+        Preset::Cbr256,
+        Preset::Cbr320,
+        Preset::V0,
+        Preset::V2,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Cbr128 => "cbr128",
+            Preset::Cbr192 => "cbr192",
+            Preset::Cbr256 => "cbr256",
+            Preset::Cbr320 => "cbr320",
+            Preset::V0 => "v0",
+            Preset::V2 => "v2",
+        }
+    }
+}
+
+impl FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown preset {s:?}; expected one of cbr128, cbr192, cbr256, cbr320, v0, v2"
+                )
+            })
+    }
+}
+
+impl fmt::Display for Preset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who is waiting for the outcome, carried along so that no consumer has to ask the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub id: UserId,
+    pub email: Email,
+}
+
+/// Title, artist and album: given by the uploader, or found in the source's tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackTags {
+    pub title: Option<String>,
+    pub artist: Option<String>,
+    pub album: Option<String>,
+    pub genre: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    pub file_id: FileId,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// `media.uploaded`: the original is durable in GridFS bucket `uploads`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaUploaded {
+    pub job_id: JobId,
+    pub owner: Owner,
+    pub source: SourceFile,
+    pub preset: Preset,
+    /// Fields the uploader typed; they win over the source's own tags.
+    #[serde(default)]
+    pub overrides: TrackTags,
+}
+
+/// `media.progress`: a conversion is under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaProgress {
+    pub job_id: JobId,
+    /// From 0.0 to 1.0.
+    pub progress: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioOutput {
+    pub file_id: FileId,
+    pub size: u64,
+    pub duration_s: f64,
+    pub bitrate: u32,
+    pub sample_rate: u32,
+    pub channels: u16,
+}
+
+/// `media.converted`: the MP3 is durable in GridFS bucket `audio`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaConverted {
+    pub job_id: JobId,
+    pub owner: Owner,
+    pub source_filename: String,
+    pub preset: Preset,
+    pub output: AudioOutput,
+    pub tags: TrackTags,
+}
+
+/// `media.failed`: the job will never convert; `reason` is written for the uploader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaFailed {
+    pub job_id: JobId,
+    pub owner: Owner,
+    pub source_filename: String,
+    pub reason: String,
+}
+
+/// `media.catalogued`: the track is in the catalog and the search index, with its tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaCatalogued {
+    pub job_id: JobId,
+    pub tags: Vec<String>,
+}
+
+macro_rules! event {
+    ($ty:ty, $key:literal) => {
+        impl Event for $ty {
+            const ROUTING_KEY: &'static str = $key;
+            fn job_id(&self) -> JobId {
+                self.job_id
+            }
+        }
+    };
+}
+
+event!(MediaUploaded, "media.uploaded");
+event!(MediaProgress, "media.progress");
+event!(MediaConverted, "media.converted");
+event!(MediaFailed, "media.failed");
+event!(MediaCatalogued, "media.catalogued");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_parses_its_own_names_only() {
+        for p in Preset::ALL {
+            assert_eq!(p.as_str().parse::<Preset>().unwrap(), p);
+        }
+        assert!("CBR192".parse::<Preset>().is_err());
+        assert!("cbr64".parse::<Preset>().unwrap_err().contains("cbr192"));
+    }
+
+    #[test]
+    fn uploaded_event_rejects_an_invalid_file_id() {
+        let json = serde_json::json!({
+            "job_id": JobId::new(), "preset": "cbr192",
+            "owner": {"id": UserId::new(), "email": "a@b.io"},
+            "source": {"file_id": "not-an-id", "filename": "a.mp4", "size": 1, "sha256": ""}
+        });
+        assert!(serde_json::from_value::<MediaUploaded>(json).is_err());
+    }
+}

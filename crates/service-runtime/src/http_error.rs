@@ -1,0 +1,125 @@
+//! The JSON error contract of every Tunewire HTTP API: `{"error": code, "message": text}`,
+//! where `code` is stable for programs and `message` is for people.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reject::{
+    InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader, PayloadTooLarge,
+    UnsupportedMediaType,
+};
+use warp::{Rejection, Reply};
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+    /// A failure on our side; the details go to the log, not to the client.
+    pub fn internal(code: &'static str, detail: impl std::fmt::Display) -> Self {
+        tracing::error!(code, error = %detail, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code,
+            "internal error; it has been logged",
+        )
+    }
+    pub fn unavailable(code: &'static str, detail: impl std::fmt::Display) -> Self {
+        tracing::warn!(code, error = %detail, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code,
+            "a dependency is unavailable; try again shortly",
+        )
+    }
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl Reply for ApiError {
+    fn into_response(self) -> warp::reply::Response {
+        let body = warp::reply::json(&Body {
+            error: self.code,
+            message: &self.message,
+        });
+        warp::reply::with_status(body, self.status).into_response()
+    }
+}
+
+/// Turns every rejection, ours or warp's, into the JSON error contract.
+pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let error = if let Some(e) = rejection.find::<ApiError>() {
+        e.clone()
+    } else if rejection.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        ApiError::bad_request("invalid_json", format!("the JSON body is invalid: {e}"))
+    } else if let Some(e) = rejection.find::<MissingHeader>() {
+        if e.name().eq_ignore_ascii_case("authorization") {
+            ApiError::unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+        } else {
+            ApiError::bad_request("missing_header", e.to_string())
+        }
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        ApiError::bad_request("invalid_header", e.to_string())
+    } else if rejection.find::<InvalidQuery>().is_some() {
+        ApiError::bad_request("invalid_query", "the query string is invalid")
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        )
+    } else if rejection.find::<UnsupportedMediaType>().is_some() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            "the request's Content-Type is not supported here",
+        )
+    } else if rejection.find::<LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "a Content-Length header is required",
+        )
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    } else {
+        ApiError::internal("unhandled_rejection", format!("{rejection:?}"))
+    };
+    Ok(error.into_response())
+}
