@@ -1,1 +1,62 @@
-// placeholder
+//! The converter: consumes `media.uploaded`, transcodes to MP3 in-process with FFmpeg, and
+//! publishes `media.progress` and `media.converted` or `media.failed`. It owns GridFS bucket
+//! `audio` and never writes to PostgreSQL.
+
+pub mod config;
+pub mod transcode;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunewire_events::topology::CONVERTER_QUEUE;
+use tunewire_events::Bus;
+use tunewire_media_store::MediaStore;
+use tunewire_service_runtime::{health, http_error, Check, HealthRoutes, Readiness};
+use warp::Filter;
+
+pub use config::Config;
+use worker::Worker;
+
+struct Dependencies {
+    bus: Arc<Bus>,
+    store: MediaStore,
+}
+
+impl Readiness for Dependencies {
+    fn checks(&self) -> Vec<(&'static str, Check)> {
+        let (bus, store) = (self.bus.clone(), self.store.clone());
+        vec![
+            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
+            ("mongodb", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
+        ]
+    }
+}
+
+pub struct Running {
+    pub health_addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    transcode::init()?;
+    let store = MediaStore::connect(&config.mongodb_uri, &config.mongodb_database).await?;
+    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "converter"));
+    let worker = Arc::new(Worker { store: store.clone(), work_dir: config.work_dir.clone(), max_duration_s: config.max_duration_s });
+
+    let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
+    let health_addr = listener.local_addr()?;
+    let health = HealthRoutes::new(Arc::new(Dependencies { bus: bus.clone(), store }), Registry::default());
+    let server = health::spawn_server(listener, health.routes().recover(http_error::recover), shutdown.clone());
+
+    let concurrency = config.concurrency;
+    let task = tokio::spawn(async move {
+        let handler = move |msg| worker.clone().handle(msg);
+        bus.consume(CONVERTER_QUEUE, concurrency, handler, shutdown).await;
+        let _ = server.await;
+    });
+    Ok(Running { health_addr, task })
+}

@@ -1,0 +1,35 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tunewire_service_runtime::config::var;
+use tunewire_service_runtime::ConfigError;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub health_bind: SocketAddr,
+    pub amqp_url: String,
+    pub mongodb_uri: String,
+    pub mongodb_database: String,
+    /// Conversions at once (and the queue prefetch).
+    pub concurrency: u16,
+    /// Where originals and MP3s sit while being converted.
+    pub work_dir: PathBuf,
+    /// Longer inputs fail with a reason instead of tying up a worker.
+    pub max_duration_s: f64,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+        Ok(Self {
+            health_bind: var("CONVERTER_HEALTH_BIND", SocketAddr::from(([0, 0, 0, 0], 9101)))?,
+            amqp_url: var("AMQP_URL", "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".to_string())?,
+            mongodb_uri: var("MONGODB_URI", "mongodb://127.0.0.1:27017".to_string())?,
+            mongodb_database: var("MONGODB_DATABASE", "tunewire".to_string())?,
+            concurrency: var("CONVERTER_CONCURRENCY", cores)?.max(1),
+            work_dir: var("CONVERTER_WORK_DIR", std::env::temp_dir().join("tunewire-converter"))?,
+            max_duration_s: var("CONVERTER_MAX_DURATION_S", 4.0 * 3600.0)?,
+        })
+    }
+}

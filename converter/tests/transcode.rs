@@ -1,0 +1,119 @@
+//! The transcoder on media made by the ffmpeg CLI, checked by probing the output.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tunewire_converter::transcode::{transcode, Report, Request, TranscodeError};
+use tunewire_events::contract::TrackTags;
+use tunewire_events::Preset;
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Dir {
+    let dir = std::env::temp_dir().join(format!("tw-transcode-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Dir(dir)
+}
+
+fn uuid_like() -> String {
+    format!("{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "")
+}
+
+fn ffmpeg(args: &[&str]) {
+    let status = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).status().unwrap();
+    assert!(status.success(), "ffmpeg {args:?} failed");
+}
+
+/// (codec, sample rate, channels, duration, title tag) of an MP3, from ffprobe.
+fn probe(path: &Path) -> (String, u32, u32, f64, String) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &json["streams"][0];
+    (
+        s["codec_name"].as_str().unwrap_or_default().to_string(),
+        s["sample_rate"].as_str().unwrap_or("0").parse().unwrap(),
+        s["channels"].as_u64().unwrap_or(0) as u32,
+        json["format"]["duration"].as_str().unwrap_or("0").parse().unwrap(),
+        json["format"]["tags"]["title"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn run(input: &Path, output: &Path, overrides: &TrackTags) -> Result<Report, TranscodeError> {
+    let request = Request {
+        input,
+        output,
+        preset: Preset::Cbr192,
+        overrides,
+        fallback_title: "fallback",
+        max_duration_s: 4.0 * 3600.0,
+    };
+    transcode(&request, &mut |_| {})
+}
+
+#[test]
+fn h264_aac_mp4_becomes_a_tagged_stereo_mp3_of_the_same_length() {
+    let dir = tempdir();
+    let (input, output) = (dir.0.join("in.mp4"), dir.0.join("out.mp3"));
+    ffmpeg(&[
+        "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=30",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=30",
+        "-ac", "2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+        "-metadata", "title=Sine Song", "-metadata", "ARTIST=Oscillator", input.to_str().unwrap(),
+    ]);
+    let report = run(&input, &output, &TrackTags::default()).unwrap();
+    assert_eq!(report.tags.title.as_deref(), Some("Sine Song"));
+    assert_eq!(report.tags.artist.as_deref(), Some("Oscillator"));
+    let (codec, rate, channels, duration, title) = probe(&output);
+    assert_eq!((codec.as_str(), rate, channels), ("mp3", 44_100, 2));
+    assert!((duration - 30.0).abs() < 0.15, "duration {duration}");
+    assert!((report.duration_s - 30.0).abs() < 0.15, "reported {}", report.duration_s);
+    assert_eq!(title, "Sine Song");
+}
+
+#[test]
+fn mono_wav_without_channel_mask_stays_mono_and_takes_the_uploaders_title() {
+    let dir = tempdir();
+    let (input, output) = (dir.0.join("in.wav"), dir.0.join("out.mp3"));
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=8000:duration=5", "-ac", "1", input.to_str().unwrap()]);
+    let overrides = TrackTags { title: Some("Given".into()), ..Default::default() };
+    let report = run(&input, &output, &overrides).unwrap();
+    let (codec, rate, channels, duration, title) = probe(&output);
+    assert_eq!((codec.as_str(), rate, channels), ("mp3", 44_100, 1));
+    assert!((duration - 5.0).abs() < 0.15, "duration {duration}");
+    assert_eq!(title, "Given");
+    assert_eq!(report.channels, 1);
+}
+
+#[test]
+fn inputs_that_are_not_audio_fail_as_bad_media_with_a_reason() {
+    let dir = tempdir();
+    let output = dir.0.join("out.mp3");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("random", (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect()),
+        ("html", b"<!doctype html><html><body>not a video</body></html>".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let input = dir.0.join(name);
+        std::fs::write(&input, bytes).unwrap();
+        match run(&input, &output, &TrackTags::default()) {
+            Err(TranscodeError::BadMedia(reason)) => assert!(!reason.is_empty()),
+            other => panic!("{name}: expected BadMedia, got {other:?}"),
+        }
+    }
+    let video_only = dir.0.join("video.mp4");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc=size=64x64:rate=5:duration=2", "-c:v", "libx264", "-preset", "ultrafast", video_only.to_str().unwrap()]);
+    assert_eq!(
+        run(&video_only, &output, &TrackTags::default()),
+        Err(TranscodeError::BadMedia("no audio track was found in the file".into()))
+    );
+}
