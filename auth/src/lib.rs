@@ -1,1 +1,59 @@
-// placeholder
+//! Auth: accounts (schema `auth`, argon2id hashes) and access tokens (EdDSA JWTs with `kid`,
+//! `iss`, `aud`, `exp`, `role`), with the JWKS the gateway verifies them against. It never
+//! sees media and never touches another service's tables.
+
+pub mod config;
+pub mod keys;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use warp::Filter;
+
+pub use config::Config;
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+struct Dependencies {
+    db: PgPool,
+}
+
+impl Readiness for Dependencies {
+    fn checks(&self) -> Vec<(&'static str, Check)> {
+        let db = self.db.clone();
+        vec![(
+            "postgres",
+            Box::pin(async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) }),
+        )]
+    }
+}
+
+pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("auth");
+    migrator.dangerous_set_table_name("auth._sqlx_migrations");
+    migrator.run(db).await
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
+    migrate(&db).await?;
+    let keys = Arc::new(keys::SigningKeys::load(config.signing_key_pem.as_deref())?);
+    let state = routes::State { db: db.clone(), keys, config: Arc::new(config.clone()) };
+    let health = HealthRoutes::new(Arc::new(Dependencies { db }), Registry::default());
+    let api = routes::routes(state).or(health.routes()).recover(http_error::recover);
+    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "auth listening");
+    let task = health::spawn_server(listener, api, shutdown);
+    Ok(Running { addr, task })
+}

@@ -1,8 +1,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tunewire_service_runtime::config::var;
 use tunewire_service_runtime::ConfigError;
+use tunewire_service_runtime::config::var;
 
 #[derive(Debug, Clone)]
 pub struct Config {

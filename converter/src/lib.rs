@@ -12,10 +12,10 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::topology::CONVERTER_QUEUE;
 use tunewire_events::Bus;
+use tunewire_events::topology::CONVERTER_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{health, http_error, Check, HealthRoutes, Readiness};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
 use warp::Filter;
 
 pub use config::Config;
@@ -45,7 +45,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     transcode::init()?;
     let store = MediaStore::connect(&config.mongodb_uri, &config.mongodb_database).await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "converter"));
-    let worker = Arc::new(Worker { store: store.clone(), work_dir: config.work_dir.clone(), max_duration_s: config.max_duration_s });
+    let worker = Arc::new(Worker {
+        store: store.clone(),
+        work_dir: config.work_dir.clone(),
+        max_duration_s: config.max_duration_s,
+    });
 
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, codec, filter, format, frame, media};
 use ffmpeg_next as ffmpeg;
-use ffmpeg::{codec, filter, format, frame, media, ChannelLayout, Dictionary, Packet, Rational};
-use tunewire_events::contract::TrackTags;
 use tunewire_events::Preset;
+use tunewire_events::contract::TrackTags;
 
 pub const OUTPUT_RATE: u32 = 44_100;
 /// FFmpeg's `FF_QP2LAMBDA`: quality values are given to encoders in lambda units.
@@ -56,10 +56,7 @@ pub fn init() -> Result<(), TranscodeError> {
 }
 
 fn tag(dict: &ffmpeg::Dictionary<'_>, key: &str) -> Option<String> {
-    dict.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    dict.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 fn bitrate_kbps(preset: Preset) -> Option<u32> {
@@ -84,7 +81,8 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
             .ok_or_else(|| TranscodeError::BadMedia("no audio track was found in the file".into()))?;
         (stream.index(), stream.parameters(), stream.time_base(), stream.metadata().to_owned())
     };
-    let claimed_s = if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE) } else { 0.0 };
+    let claimed_s =
+        if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE) } else { 0.0 };
     if claimed_s > req.max_duration_s {
         return Err(TranscodeError::BadMedia(format!(
             "the file lasts {claimed_s:.0} s, longer than the {:.0} s limit",
@@ -154,7 +152,13 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         ostream.set_time_base((1, OUTPUT_RATE as i32));
     }
     let mut out_meta = Dictionary::new();
-    for (key, value) in [("title", &tags.title), ("artist", &tags.artist), ("album", &tags.album), ("genre", &tags.genre), ("date", &date)] {
+    for (key, value) in [
+        ("title", &tags.title),
+        ("artist", &tags.artist),
+        ("album", &tags.album),
+        ("genre", &tags.genre),
+        ("date", &date),
+    ] {
         if let Some(v) = value {
             out_meta.set(key, v);
         }
@@ -171,10 +175,13 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         in_layout.bits()
     );
     let abuffer = filter::find("abuffer").ok_or_else(|| TranscodeError::Internal("no abuffer filter".into()))?;
-    let abuffersink = filter::find("abuffersink").ok_or_else(|| TranscodeError::Internal("no abuffersink filter".into()))?;
+    let abuffersink =
+        filter::find("abuffersink").ok_or_else(|| TranscodeError::Internal("no abuffersink filter".into()))?;
     graph.add(&abuffer, "in", &args).map_err(internal("configuring the filter input"))?;
     graph.add(&abuffersink, "out", "").map_err(internal("configuring the filter output"))?;
-    let spec = format!("aresample={OUTPUT_RATE},aformat=sample_fmts=fltp:sample_rates={OUTPUT_RATE}:channel_layouts={out_layout_name}");
+    let spec = format!(
+        "aresample={OUTPUT_RATE},aformat=sample_fmts=fltp:sample_rates={OUTPUT_RATE}:channel_layouts={out_layout_name}"
+    );
     graph
         .output("in", 0)
         .and_then(|p| p.input("out", 0))
@@ -198,7 +205,9 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
             Err(e) => {
                 read_errors += 1;
                 if read_errors > MAX_READ_ERRORS {
-                    return Err(TranscodeError::BadMedia(format!("the file is damaged and cannot be read to the end ({e})")));
+                    return Err(TranscodeError::BadMedia(format!(
+                        "the file is damaged and cannot be read to the end ({e})"
+                    )));
                 }
                 continue;
             }
@@ -257,18 +266,19 @@ impl Pipeline {
         }
         decoded.set_pts(Some(self.in_samples));
         self.in_samples += decoded.samples() as i64;
-        let mut source = self.graph.get("in").ok_or_else(|| TranscodeError::Internal("filter input vanished".into()))?;
-        source
-            .source()
-            .add(decoded)
-            .map_err(|e| TranscodeError::BadMedia(format!("the audio changes format mid-stream, which is not supported ({e})")))?;
+        let mut source =
+            self.graph.get("in").ok_or_else(|| TranscodeError::Internal("filter input vanished".into()))?;
+        source.source().add(decoded).map_err(|e| {
+            TranscodeError::BadMedia(format!("the audio changes format mid-stream, which is not supported ({e})"))
+        })?;
         self.drain_filter(octx)
     }
 
     fn drain_filter(&mut self, octx: &mut format::context::Output) -> Result<(), TranscodeError> {
         let mut filtered = frame::Audio::empty();
         loop {
-            let mut sink = self.graph.get("out").ok_or_else(|| TranscodeError::Internal("filter output vanished".into()))?;
+            let mut sink =
+                self.graph.get("out").ok_or_else(|| TranscodeError::Internal("filter output vanished".into()))?;
             if sink.sink().frame(&mut filtered).is_err() {
                 return Ok(());
             }

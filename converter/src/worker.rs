@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{Document, doc};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -74,7 +74,9 @@ fn output_metadata(job: JobId, output: &AudioOutput, tags: &TrackTags) -> Docume
         "sample_rate": i64::from(output.sample_rate),
         "channels": i32::from(output.channels),
     };
-    for (key, value) in [("title", &tags.title), ("artist", &tags.artist), ("album", &tags.album), ("genre", &tags.genre)] {
+    for (key, value) in
+        [("title", &tags.title), ("artist", &tags.artist), ("album", &tags.album), ("genre", &tags.genre)]
+    {
         if let Some(v) = value {
             meta.insert(key, v.clone());
         }
@@ -141,7 +143,8 @@ impl Worker {
             }
             self.store.delete(Bucket::Audio, &audio_id).await.or_retry("removing an unreadable earlier output")?;
         }
-        let discarded = self.store.discard_partial(Bucket::Audio, &audio_id).await.or_retry("clearing a partial output")?;
+        let discarded =
+            self.store.discard_partial(Bucket::Audio, &audio_id).await.or_retry("clearing a partial output")?;
         if discarded > 0 {
             warn!(%job_id, chunks = discarded, "removed a half-written output left by a crash");
         }

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tunewire_converter::transcode::{transcode, Report, Request, TranscodeError};
-use tunewire_events::contract::TrackTags;
+use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode};
 use tunewire_events::Preset;
+use tunewire_events::contract::TrackTags;
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -64,10 +64,27 @@ fn h264_aac_mp4_becomes_a_tagged_stereo_mp3_of_the_same_length() {
     let dir = tempdir();
     let (input, output) = (dir.0.join("in.mp4"), dir.0.join("out.mp3"));
     ffmpeg(&[
-        "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10:duration=30",
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=30",
-        "-ac", "2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-        "-metadata", "title=Sine Song", "-metadata", "ARTIST=Oscillator", input.to_str().unwrap(),
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=10:duration=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000:duration=30",
+        "-ac",
+        "2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-metadata",
+        "title=Sine Song",
+        "-metadata",
+        "ARTIST=Oscillator",
+        input.to_str().unwrap(),
     ]);
     let report = run(&input, &output, &TrackTags::default()).unwrap();
     assert_eq!(report.tags.title.as_deref(), Some("Sine Song"));
@@ -83,7 +100,15 @@ fn h264_aac_mp4_becomes_a_tagged_stereo_mp3_of_the_same_length() {
 fn mono_wav_without_channel_mask_stays_mono_and_takes_the_uploaders_title() {
     let dir = tempdir();
     let (input, output) = (dir.0.join("in.wav"), dir.0.join("out.mp3"));
-    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=300:sample_rate=8000:duration=5", "-ac", "1", input.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:sample_rate=8000:duration=5",
+        "-ac",
+        "1",
+        input.to_str().unwrap(),
+    ]);
     let overrides = TrackTags { title: Some("Given".into()), ..Default::default() };
     let report = run(&input, &output, &overrides).unwrap();
     let (codec, rate, channels, duration, title) = probe(&output);
@@ -111,7 +136,17 @@ fn inputs_that_are_not_audio_fail_as_bad_media_with_a_reason() {
         }
     }
     let video_only = dir.0.join("video.mp4");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc=size=64x64:rate=5:duration=2", "-c:v", "libx264", "-preset", "ultrafast", video_only.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=64x64:rate=5:duration=2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        video_only.to_str().unwrap(),
+    ]);
     assert_eq!(
         run(&video_only, &output, &TrackTags::default()),
         Err(TranscodeError::BadMedia("no audio track was found in the file".into()))

@@ -1,1 +1,101 @@
-// placeholder
+//! The gateway: the only public door. Accepts uploads into GridFS bucket `uploads`, records
+//! jobs and their events in PostgreSQL (schema `gateway`, transactional outbox), relays the
+//! outbox to RabbitMQ, follows the pipeline's events to keep job state, serves downloads and
+//! fronts auth and search. It never transcodes and never writes another service's tables.
+
+pub mod caller;
+pub mod config;
+pub mod job_state;
+pub mod jobs;
+pub mod outbox;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunewire_events::Bus;
+use tunewire_events::topology::GATEWAY_QUEUE;
+use tunewire_media_store::MediaStore;
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_signed_links::LinkSigner;
+use warp::Filter;
+
+pub use config::Config;
+
+struct Dependencies {
+    db: PgPool,
+    bus: Arc<Bus>,
+    store: MediaStore,
+}
+
+impl Readiness for Dependencies {
+    fn checks(&self) -> Vec<(&'static str, Check)> {
+        let (db, bus, store) = (self.db.clone(), self.bus.clone(), self.store.clone());
+        vec![
+            (
+                "postgres",
+                Box::pin(
+                    async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
+                ),
+            ),
+            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
+            ("mongodb", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
+        ]
+    }
+}
+
+pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("gateway");
+    migrator.dangerous_set_table_name("gateway._sqlx_migrations");
+    migrator.run(db).await
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = PgPoolOptions::new().max_connections(20).connect(&config.database_url).await?;
+    migrate(&db).await?;
+    let store = MediaStore::connect(&config.mongodb_uri, &config.mongodb_database).await?;
+    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "gateway"));
+    let http = reqwest::Client::builder().build()?;
+    let verifier =
+        caller::TokenVerifier::new(&config.auth_url, &config.token_issuer, &config.token_audience, http.clone());
+    let links = LinkSigner::new(
+        config.link_secret.clone().into_bytes(),
+        config.link_secret_previous.clone().map(String::into_bytes),
+    );
+    let outbox_wake = Arc::new(Notify::new());
+    let state = routes::State {
+        config: Arc::new(config.clone()),
+        db: db.clone(),
+        store: store.clone(),
+        verifier,
+        links,
+        http,
+        outbox_wake: outbox_wake.clone(),
+    };
+    let health =
+        HealthRoutes::new(Arc::new(Dependencies { db: db.clone(), bus: bus.clone(), store }), Registry::default());
+    let api = routes::routes(state).or(health.routes()).unify().recover(http_error::recover);
+    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    let server = health::spawn_server(listener, api, shutdown.clone());
+    let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, shutdown.clone()));
+    let task = tokio::spawn(async move {
+        let handler = move |msg| job_state::handle(db.clone(), msg);
+        bus.consume(GATEWAY_QUEUE, 32, handler, shutdown).await;
+        let _ = relay.await;
+        let _ = server.await;
+    });
+    Ok(Running { addr, task })
+}

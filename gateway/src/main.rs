@@ -1,1 +1,13 @@
-fn main() {}
+use tunewire_service_runtime::{health, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<std::process::ExitCode> {
+    let config = tunewire_gateway::Config::from_env()?;
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return Ok(health::healthcheck(config.bind.port()).await);
+    }
+    telemetry::init("gateway");
+    let running = tunewire_gateway::start(config, shutdown::on_signal()).await?;
+    running.task.await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}

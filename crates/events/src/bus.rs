@@ -51,26 +51,18 @@ pub struct Publisher {
 impl Publisher {
     async fn open(connection: &Connection, app_id: Arc<str>) -> Result<Self, BusError> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         Ok(Self { channel, app_id })
     }
 
     pub async fn publish<E: Event>(&self, event: &E) -> Result<(), BusError> {
         let payload = serde_json::to_vec(event)?;
         let message_id = uuid::Uuid::new_v4().to_string();
-        self.publish_raw(E::ROUTING_KEY, &payload, &message_id)
-            .await
+        self.publish_raw(E::ROUTING_KEY, &payload, &message_id).await
     }
 
     /// Publishes an already-encoded event (the gateway's outbox stores them encoded).
-    pub async fn publish_raw(
-        &self,
-        routing_key: &str,
-        payload: &[u8],
-        message_id: &str,
-    ) -> Result<(), BusError> {
+    pub async fn publish_raw(&self, routing_key: &str, payload: &[u8], message_id: &str) -> Result<(), BusError> {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -83,10 +75,7 @@ impl Publisher {
             .basic_publish(
                 topology::EVENTS_EXCHANGE.into(),
                 routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 payload,
                 properties,
             )
@@ -94,12 +83,10 @@ impl Publisher {
             .await?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BusError::Unroutable {
-                routing_key: routing_key.into(),
-            }),
-            Confirmation::Nack(_) | Confirmation::NotRequested => Err(BusError::Nacked {
-                routing_key: routing_key.into(),
-            }),
+            Confirmation::Ack(Some(_)) => Err(BusError::Unroutable { routing_key: routing_key.into() }),
+            Confirmation::Nack(_) | Confirmation::NotRequested => {
+                Err(BusError::Nacked { routing_key: routing_key.into() })
+            }
         }
     }
 
@@ -124,11 +111,7 @@ impl Bus {
     /// Does not connect: the first publish or consume does, so a service starts (and says
     /// "not ready") while RabbitMQ is down.
     pub fn new(url: impl Into<String>, service_name: &str) -> Self {
-        Self {
-            url: url.into(),
-            name: service_name.into(),
-            session: Mutex::new(None),
-        }
+        Self { url: url.into(), name: service_name.into(), session: Mutex::new(None) }
     }
 
     /// Opens a connection and declares the whole topology on it.
@@ -154,10 +137,7 @@ impl Bus {
             .await
             .map_err(|_| BusError::ConnectTimeout)??;
         let publisher = Publisher::open(&connection, self.name.clone()).await?;
-        *session = Some(Session {
-            connection,
-            publisher: publisher.clone(),
-        });
+        *session = Some(Session { connection, publisher: publisher.clone() });
         Ok(publisher)
     }
 

@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::bus::{Bus, BusError, Publisher};
-use crate::contract::Event;
+use crate::contract::Message;
 use crate::topology::QueueSpec;
 
 /// A decoded delivery, with what a handler needs to answer it.
@@ -61,9 +59,7 @@ pub fn retry_delay(attempt: u32) -> Duration {
 }
 
 fn delivery_count(headers: &Option<FieldTable>) -> u32 {
-    let value = headers
-        .as_ref()
-        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    let value = headers.as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
     match value {
         Some(AMQPValue::LongLongInt(n)) => n.max(0) as u32,
         Some(AMQPValue::LongInt(n)) => n.max(0) as u32,
@@ -84,16 +80,13 @@ impl Bus {
         handler: H,
         shutdown: CancellationToken,
     ) where
-        E: Event,
+        E: Message,
         H: Fn(Incoming<E>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
     {
         let mut failures = 0u32;
         loop {
-            match self
-                .consume_session(spec, prefetch, handler.clone(), &shutdown)
-                .await
-            {
+            match self.consume_session(spec, prefetch, handler.clone(), &shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
                     failures += 1;
@@ -116,23 +109,16 @@ impl Bus {
         shutdown: &CancellationToken,
     ) -> Result<(), BusError>
     where
-        E: Event,
+        E: Message,
         H: Fn(Incoming<E>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
     {
         let connection = self.connect().await?;
         let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let tag = format!("{}-{}", self.service_name(), uuid::Uuid::new_v4());
         let mut consumer = channel
-            .basic_consume(
-                spec.name.into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume(spec.name.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         info!(queue = spec.name, prefetch, "consuming");
         let mut in_flight = JoinSet::new();
@@ -161,57 +147,34 @@ impl Bus {
 
 async fn handle_delivery<E, H, Fut>(bus: Arc<Bus>, spec: QueueSpec, delivery: Delivery, handler: H)
 where
-    E: Event,
+    E: Message,
     H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
     let attempt = delivery_count(delivery.properties.headers());
-    let outcome = match serde_json::from_slice::<E>(&delivery.data) {
-        Err(e) => Err(HandleError::Abort(format!(
-            "malformed {} message: {e}",
-            E::ROUTING_KEY
-        ))),
+    let routing_key = delivery.routing_key.to_string();
+    let outcome = match E::decode(&routing_key, &delivery.data) {
+        Err(e) => Err(HandleError::Abort(format!("malformed {routing_key} message: {e}"))),
         Ok(event) => match bus.publisher().await {
             Err(e) => Err(HandleError::Retry(format!("no publishing session: {e}"))),
-            Ok(publisher) => {
-                let job_id = event.job_id();
-                // Run the handler in its own task so that a panic is contained and answered.
-                match tokio::spawn(handler(Incoming {
-                    event,
-                    attempt,
-                    publisher,
-                }))
-                .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(join) => Err(HandleError::Abort(format!(
-                        "handler for job {job_id} panicked: {join}"
-                    ))),
-                }
-            }
+            // The handler runs in its own task so that a panic is contained and answered.
+            Ok(publisher) => match tokio::spawn(handler(Incoming { event, attempt, publisher })).await {
+                Ok(outcome) => outcome,
+                Err(join) => Err(HandleError::Abort(format!("{routing_key} handler panicked: {join}"))),
+            },
         },
     };
     let settled = match outcome {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await,
         Err(HandleError::Abort(reason)) => {
-            error!(queue = spec.name, attempt, %reason, "giving up on message; dead-lettering it");
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: false,
-                    ..Default::default()
-                })
-                .await
+            error!(queue = spec.name, %routing_key, attempt, %reason, "giving up on message; dead-lettering it");
+            delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
         }
         Err(HandleError::Retry(reason)) => {
             let delay = retry_delay(attempt);
-            warn!(queue = spec.name, attempt, %reason, retry_in_s = delay.as_secs(), "will retry message");
+            warn!(queue = spec.name, %routing_key, attempt, %reason, retry_in_s = delay.as_secs(), "will retry message");
             tokio::time::sleep(delay).await;
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
         }
     };
     if let Err(e) = settled {
@@ -242,10 +205,7 @@ mod tests {
     #[test]
     fn result_ext_states_the_retry_behaviour() {
         let r: Result<(), &str> = Err("db down");
-        assert_eq!(
-            r.or_retry("saving"),
-            Err(HandleError::Retry("saving: db down".into()))
-        );
+        assert_eq!(r.or_retry("saving"), Err(HandleError::Retry("saving: db down".into())));
         let r: Result<(), &str> = Err("bad");
         assert!(matches!(r.or_abort("decoding"), Err(HandleError::Abort(_))));
     }

@@ -29,14 +29,8 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub const ALL: [Preset; 6] = [
-        Preset::Cbr128,
-        Preset::Cbr192,
-        Preset::Cbr256,
-        Preset::Cbr320,
-        Preset::V0,
-        Preset::V2,
-    ];
+    pub const ALL: [Preset; 6] =
+        [Preset::Cbr128, Preset::Cbr192, Preset::Cbr256, Preset::Cbr320, Preset::V0, Preset::V2];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,11 +50,7 @@ impl FromStr for Preset {
         Preset::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown preset {s:?}; expected one of cbr128, cbr192, cbr256, cbr320, v0, v2"
-                )
-            })
+            .ok_or_else(|| format!("unknown preset {s:?}; expected one of cbr128, cbr192, cbr256, cbr320, v0, v2"))
     }
 }
 
@@ -149,6 +139,60 @@ pub struct MediaFailed {
 pub struct MediaCatalogued {
     pub job_id: JobId,
     pub tags: Vec<String>,
+}
+
+/// What a consumer can decode from a delivery: one event type, or an enum of several
+/// told apart by routing key.
+pub trait Message: Sized + Send + 'static {
+    fn decode(routing_key: &str, payload: &[u8]) -> Result<Self, String>;
+}
+
+impl<E: Event> Message for E {
+    fn decode(_routing_key: &str, payload: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(payload).map_err(|e| e.to_string())
+    }
+}
+
+/// What the gateway follows to keep a job's state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobUpdate {
+    Progress(MediaProgress),
+    Converted(MediaConverted),
+    Failed(MediaFailed),
+    Catalogued(MediaCatalogued),
+}
+
+/// How a job ended, for the notifier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Converted(MediaConverted),
+    Failed(MediaFailed),
+}
+
+fn decode_as<E: Event>(payload: &[u8]) -> Result<E, String> {
+    serde_json::from_slice(payload).map_err(|e| e.to_string())
+}
+
+impl Message for JobUpdate {
+    fn decode(routing_key: &str, payload: &[u8]) -> Result<Self, String> {
+        match routing_key {
+            MediaProgress::ROUTING_KEY => decode_as(payload).map(JobUpdate::Progress),
+            MediaConverted::ROUTING_KEY => decode_as(payload).map(JobUpdate::Converted),
+            MediaFailed::ROUTING_KEY => decode_as(payload).map(JobUpdate::Failed),
+            MediaCatalogued::ROUTING_KEY => decode_as(payload).map(JobUpdate::Catalogued),
+            other => Err(format!("unexpected routing key {other:?}")),
+        }
+    }
+}
+
+impl Message for Outcome {
+    fn decode(routing_key: &str, payload: &[u8]) -> Result<Self, String> {
+        match routing_key {
+            MediaConverted::ROUTING_KEY => decode_as(payload).map(Outcome::Converted),
+            MediaFailed::ROUTING_KEY => decode_as(payload).map(Outcome::Failed),
+            other => Err(format!("unexpected routing key {other:?}")),
+        }
+    }
 }
 
 macro_rules! event {

@@ -15,9 +15,7 @@ pub struct IdError {
 
 macro_rules! uuid_id {
     ($name:ident, $kind:literal) => {
-        #[derive(
-            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-        )]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(Uuid);
 
@@ -45,10 +43,7 @@ macro_rules! uuid_id {
         impl FromStr for $name {
             type Err = IdError;
             fn from_str(s: &str) -> Result<Self, IdError> {
-                Uuid::parse_str(s).map(Self).map_err(|e| IdError {
-                    kind: $kind,
-                    reason: e.to_string(),
-                })
+                Uuid::parse_str(s).map(Self).map_err(|e| IdError { kind: $kind, reason: e.to_string() })
             }
         }
 
@@ -94,10 +89,7 @@ impl FromStr for FileId {
         if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(Self(s.to_ascii_lowercase()))
         } else {
-            Err(IdError {
-                kind: "file id",
-                reason: "expected 24 hexadecimal digits".into(),
-            })
+            Err(IdError { kind: "file id", reason: "expected 24 hexadecimal digits".into() })
         }
     }
 }
@@ -137,21 +129,13 @@ impl FromStr for Email {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let trimmed = s.trim();
         if trimmed.len() > 254 {
-            return Err(IdError {
-                kind: "email",
-                reason: "longer than 254 characters".into(),
-            });
+            return Err(IdError { kind: "email", reason: "longer than 254 characters".into() });
         }
-        let parsed = email_address::EmailAddress::from_str(trimmed).map_err(|e| IdError {
-            kind: "email",
-            reason: e.to_string(),
-        })?;
+        let parsed = email_address::EmailAddress::from_str(trimmed)
+            .map_err(|e| IdError { kind: "email", reason: e.to_string() })?;
         // Display names ("Ann <ann@x>") are not addresses; a bare domain needs a dot.
         if parsed.email() != trimmed || !parsed.domain().contains('.') {
-            return Err(IdError {
-                kind: "email",
-                reason: "expected name@domain.tld".into(),
-            });
+            return Err(IdError { kind: "email", reason: "expected name@domain.tld".into() });
         }
         Ok(Self(trimmed.to_lowercase()))
     }
@@ -195,19 +179,8 @@ mod tests {
 
     #[test]
     fn email_is_normalised_and_validated() {
-        assert_eq!(
-            " Ann@Example.COM ".parse::<Email>().unwrap().as_str(),
-            "ann@example.com"
-        );
-        for bad in [
-            "",
-            "ann",
-            "ann@",
-            "@x.com",
-            "ann@localhost",
-            "Ann <ann@x.com>",
-            "a b@x.com",
-        ] {
+        assert_eq!(" Ann@Example.COM ".parse::<Email>().unwrap().as_str(), "ann@example.com");
+        for bad in ["", "ann", "ann@", "@x.com", "ann@localhost", "Ann <ann@x.com>", "a b@x.com"] {
             assert!(bad.parse::<Email>().is_err(), "{bad:?} accepted");
         }
     }

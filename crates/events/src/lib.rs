@@ -14,6 +14,7 @@ pub mod topology;
 pub use bus::{Bus, BusError, Publisher};
 pub use consumer::{HandleError, HandleResultExt, Incoming};
 pub use contract::{
-    Event, MediaCatalogued, MediaConverted, MediaFailed, MediaProgress, MediaUploaded, Preset,
+    Event, JobUpdate, MediaCatalogued, MediaConverted, MediaFailed, MediaProgress, MediaUploaded, Message, Outcome,
+    Preset,
 };
 pub use ids::{Email, FileId, IdError, JobId, UserId};

@@ -25,57 +25,29 @@ impl QueueSpec {
     }
 }
 
-pub const CONVERTER_QUEUE: QueueSpec = QueueSpec {
-    name: "converter.media-uploaded",
-    routing_keys: &["media.uploaded"],
-};
-pub const CATALOG_INDEXER_QUEUE: QueueSpec = QueueSpec {
-    name: "catalog-indexer.media-converted",
-    routing_keys: &["media.converted"],
-};
-pub const NOTIFIER_QUEUE: QueueSpec = QueueSpec {
-    name: "notifier.outcomes",
-    routing_keys: &["media.converted", "media.failed"],
-};
+pub const CONVERTER_QUEUE: QueueSpec =
+    QueueSpec { name: "converter.media-uploaded", routing_keys: &["media.uploaded"] };
+pub const CATALOG_INDEXER_QUEUE: QueueSpec =
+    QueueSpec { name: "catalog-indexer.media-converted", routing_keys: &["media.converted"] };
+pub const NOTIFIER_QUEUE: QueueSpec =
+    QueueSpec { name: "notifier.outcomes", routing_keys: &["media.converted", "media.failed"] };
 pub const GATEWAY_QUEUE: QueueSpec = QueueSpec {
     name: "gateway.job-state",
-    routing_keys: &[
-        "media.progress",
-        "media.converted",
-        "media.failed",
-        "media.catalogued",
-    ],
+    routing_keys: &["media.progress", "media.converted", "media.failed", "media.catalogued"],
 };
 
-pub const ALL_QUEUES: [QueueSpec; 4] = [
-    CONVERTER_QUEUE,
-    CATALOG_INDEXER_QUEUE,
-    NOTIFIER_QUEUE,
-    GATEWAY_QUEUE,
-];
+pub const ALL_QUEUES: [QueueSpec; 4] = [CONVERTER_QUEUE, CATALOG_INDEXER_QUEUE, NOTIFIER_QUEUE, GATEWAY_QUEUE];
 
 /// Deliveries before the broker dead-letters a message (first delivery included).
 pub const DELIVERY_LIMIT: i64 = 10;
 
 fn quorum_args(dead_letter: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
     if let Some(queue) = dead_letter {
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(queue)),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from(DEAD_LETTER_EXCHANGE)));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(queue)));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
     }
     args
 }
@@ -83,35 +55,13 @@ fn quorum_args(dead_letter: Option<&str>) -> FieldTable {
 /// Declares every exchange and queue of the pipeline. Idempotent; cheap enough to run on
 /// every (re)connection.
 pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    channel
-        .exchange_declare(
-            EVENTS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            DEAD_LETTER_EXCHANGE.into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let queue_opts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    channel.exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+    let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
     for spec in ALL_QUEUES {
         let dead = spec.dead_letter_queue();
-        channel
-            .queue_declare(dead.as_str().into(), queue_opts, quorum_args(None))
-            .await?;
+        channel.queue_declare(dead.as_str().into(), queue_opts, quorum_args(None)).await?;
         channel
             .queue_bind(
                 dead.as_str().into(),
@@ -121,9 +71,7 @@ pub async fn declare_all(channel: &Channel) -> lapin::Result<()> {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_declare(spec.name.into(), queue_opts, quorum_args(Some(spec.name)))
-            .await?;
+        channel.queue_declare(spec.name.into(), queue_opts, quorum_args(Some(spec.name))).await?;
         for key in spec.routing_keys {
             channel
                 .queue_bind(

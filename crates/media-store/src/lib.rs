@@ -84,40 +84,20 @@ impl MediaStore {
     /// Connects and makes sure the chunk indexes are unique (the driver's own are not).
     pub async fn connect(uri: &str, database: &str) -> Result<Self, StoreError> {
         let client = Client::with_uri_str(uri).await?;
-        let store = Self {
-            db: client.database(database),
-        };
+        let store = Self { db: client.database(database) };
         store.ensure_indexes().await?;
         Ok(store)
     }
 
     async fn ensure_indexes(&self) -> Result<(), StoreError> {
         for bucket in [Bucket::Uploads, Bucket::Audio] {
-            let chunks = self
-                .db
-                .collection::<Document>(&format!("{}.chunks", bucket.name()));
-            let unique = IndexOptions::builder()
-                .unique(true)
-                .name("files_id_1_n_1".to_string())
-                .build();
+            let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
+            let unique = IndexOptions::builder().unique(true).name("files_id_1_n_1".to_string()).build();
             chunks
-                .create_index(
-                    IndexModel::builder()
-                        .keys(doc! {"files_id": 1, "n": 1})
-                        .options(unique)
-                        .build(),
-                )
+                .create_index(IndexModel::builder().keys(doc! {"files_id": 1, "n": 1}).options(unique).build())
                 .await?;
-            let files = self
-                .db
-                .collection::<Document>(&format!("{}.files", bucket.name()));
-            files
-                .create_index(
-                    IndexModel::builder()
-                        .keys(doc! {"filename": 1, "uploadDate": 1})
-                        .build(),
-                )
-                .await?;
+            let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+            files.create_index(IndexModel::builder().keys(doc! {"filename": 1, "uploadDate": 1}).build()).await?;
         }
         Ok(())
     }
@@ -155,12 +135,7 @@ impl MediaStore {
         E: std::fmt::Display,
     {
         let id = id.unwrap_or_else(|| FileId::from_bytes(ObjectId::new().bytes()));
-        let mut upload = self
-            .bucket(bucket)
-            .open_upload_stream(filename)
-            .id(oid(&id))
-            .metadata(metadata)
-            .await?;
+        let mut upload = self.bucket(bucket).open_upload_stream(filename).id(oid(&id)).metadata(metadata).await?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let outcome: Result<(), StoreError> = async {
@@ -183,11 +158,7 @@ impl MediaStore {
             }
             return Err(e);
         }
-        Ok(StoredFile {
-            id,
-            size,
-            sha256: hex::encode(hasher.finalize()),
-        })
+        Ok(StoredFile { id, size, sha256: hex::encode(hasher.finalize()) })
     }
 
     /// Streams a local file into `bucket` under a chosen id.
@@ -201,8 +172,7 @@ impl MediaStore {
     ) -> Result<StoredFile, StoreError> {
         let file = tokio::fs::File::open(path).await?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 255 * 1024);
-        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX)
-            .await
+        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX).await
     }
 
     pub async fn info(&self, bucket: Bucket, id: &FileId) -> Result<Option<FileInfo>, StoreError> {
@@ -211,8 +181,7 @@ impl MediaStore {
             id: id.clone(),
             length: f.length,
             filename: f.filename,
-            uploaded_at: chrono::DateTime::from_timestamp_millis(f.upload_date.timestamp_millis())
-                .unwrap_or_default(),
+            uploaded_at: chrono::DateTime::from_timestamp_millis(f.upload_date.timestamp_millis()).unwrap_or_default(),
             metadata: f.metadata,
         }))
     }
@@ -231,12 +200,7 @@ impl MediaStore {
     }
 
     /// Copies a stored file to a local path (bounded memory), returning its length.
-    pub async fn download_to(
-        &self,
-        bucket: Bucket,
-        id: &FileId,
-        path: &Path,
-    ) -> Result<Option<u64>, StoreError> {
+    pub async fn download_to(&self, bucket: Bucket, id: &FileId, path: &Path) -> Result<Option<u64>, StoreError> {
         let Some((_, stream)) = self.open(bucket, id).await? else {
             return Ok(None);
         };
@@ -251,9 +215,7 @@ impl MediaStore {
     /// Removes a file and its chunks; a file that is not there is not an error.
     pub async fn delete(&self, bucket: Bucket, id: &FileId) -> Result<(), StoreError> {
         self.discard_partial(bucket, id).await?;
-        let files = self
-            .db
-            .collection::<Document>(&format!("{}.files", bucket.name()));
+        let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
         files.delete_one(doc! {"_id": oid(id)}).await?;
         Ok(())
     }
@@ -261,12 +223,7 @@ impl MediaStore {
     /// Removes chunks written under `id` by an upload that never completed (a crash between
     /// chunks and the files document), so the id can be written again.
     pub async fn discard_partial(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {
-        let chunks = self
-            .db
-            .collection::<Document>(&format!("{}.chunks", bucket.name()));
-        Ok(chunks
-            .delete_many(doc! {"files_id": oid(id)})
-            .await?
-            .deleted_count)
+        let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
+        Ok(chunks.delete_many(doc! {"files_id": oid(id)}).await?.deleted_count)
     }
 }

@@ -8,17 +8,9 @@ use std::str::FromStr;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{key}={value:?} is invalid: {reason}")]
-    Invalid {
-        key: String,
-        value: String,
-        reason: String,
-    },
+    Invalid { key: String, value: String, reason: String },
     #[error("{key}_FILE={path:?} cannot be read: {source}")]
-    SecretFile {
-        key: String,
-        path: String,
-        source: std::io::Error,
-    },
+    SecretFile { key: String, path: String, source: std::io::Error },
     #[error("{key} (or {key}_FILE) must be set")]
     Missing { key: String },
 }
@@ -39,17 +31,11 @@ where
     T::Err: Display,
 {
     match std::env::var(key) {
-        Ok(value) if !value.trim().is_empty() => {
-            value
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|e: T::Err| ConfigError::Invalid {
-                    key: key.into(),
-                    value,
-                    reason: e.to_string(),
-                })
-        }
+        Ok(value) if !value.trim().is_empty() => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Invalid { key: key.into(), value, reason: e.to_string() }),
         _ => Ok(None),
     }
 }
@@ -60,11 +46,7 @@ pub fn secret(key: &str) -> Result<Option<String>, ConfigError> {
     if let Some(path) = var_opt::<String>(&file_key)? {
         return std::fs::read_to_string(&path)
             .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
-            .map_err(|source| ConfigError::SecretFile {
-                key: key.into(),
-                path,
-                source,
-            });
+            .map_err(|source| ConfigError::SecretFile { key: key.into(), path, source });
     }
     var_opt(key)
 }
@@ -99,13 +81,7 @@ mod tests {
         }
         assert_eq!(secret("TW_TEST_SECRET").unwrap().as_deref(), Some("s3cret"));
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(
-            secret("TW_TEST_SECRET"),
-            Err(ConfigError::SecretFile { .. })
-        ));
-        assert!(matches!(
-            required_secret("TW_TEST_NOPE"),
-            Err(ConfigError::Missing { .. })
-        ));
+        assert!(matches!(secret("TW_TEST_SECRET"), Err(ConfigError::SecretFile { .. })));
+        assert!(matches!(required_secret("TW_TEST_NOPE"), Err(ConfigError::Missing { .. })));
     }
 }

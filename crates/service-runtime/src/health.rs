@@ -27,19 +27,14 @@ pub struct HealthRoutes {
 
 impl HealthRoutes {
     pub fn new(readiness: Arc<dyn Readiness>, registry: Registry) -> Self {
-        Self {
-            readiness,
-            registry: Arc::new(Mutex::new(registry)),
-        }
+        Self { readiness, registry: Arc::new(Mutex::new(registry)) }
     }
 
     pub fn routes(
         &self,
-    ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
-    {
-        let healthz = warp::path!("healthz")
-            .and(warp::get())
-            .map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
+    ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+        let healthz =
+            warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
         let readiness = self.readiness.clone();
         let readyz = warp::path!("readyz").and(warp::get()).then(move || {
             let readiness = readiness.clone();
@@ -53,10 +48,7 @@ impl HealthRoutes {
                 .map_err(|_| std::fmt::Error)
                 .and_then(|r| prometheus_client::encoding::text::encode(&mut text, &r));
             match encoded {
-                Ok(()) => {
-                    warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
-                        .into_response()
-                }
+                Ok(()) => warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response(),
                 Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             }
         });
@@ -75,16 +67,9 @@ async fn ready_response(readiness: &dyn Readiness) -> warp::reply::Response {
             ready = false;
             tracing::warn!(dependency = name, error = %e, "not ready");
         }
-        report.insert(
-            name.into(),
-            json!(outcome.err().unwrap_or_else(|| "ok".into())),
-        );
+        report.insert(name.into(), json!(outcome.err().unwrap_or_else(|| "ok".into())));
     }
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({"status": if ready { "ready" } else { "not ready" }, "checks": report});
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
@@ -93,9 +78,7 @@ async fn ready_response(readiness: &dyn Readiness) -> warp::reply::Response {
 /// the given local port answers 200, 1 otherwise.
 pub async fn healthcheck(port: u16) -> std::process::ExitCode {
     let url = format!("http://127.0.0.1:{port}/healthz");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3))
-        .build();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build();
     let outcome = match client {
         Ok(client) => client.get(&url).send().await.map(|r| r.status()),
         Err(e) => Err(e),

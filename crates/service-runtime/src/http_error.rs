@@ -6,8 +6,7 @@ use std::convert::Infallible;
 use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reject::{
-    InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader, PayloadTooLarge,
-    UnsupportedMediaType,
+    InvalidHeader, InvalidQuery, LengthRequired, MethodNotAllowed, MissingHeader, PayloadTooLarge, UnsupportedMediaType,
 };
 use warp::{Rejection, Reply};
 
@@ -26,11 +25,7 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -39,28 +34,16 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
     /// A failure on our side; the details go to the log, not to the client.
     pub fn internal(code: &'static str, detail: impl std::fmt::Display) -> Self {
         tracing::error!(code, error = %detail, "request failed");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            code,
-            "internal error; it has been logged",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, "internal error; it has been logged")
     }
     pub fn unavailable(code: &'static str, detail: impl std::fmt::Display) -> Self {
         tracing::warn!(code, error = %detail, "dependency unavailable");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code,
-            "a dependency is unavailable; try again shortly",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, "a dependency is unavailable; try again shortly")
     }
 }
 
@@ -68,10 +51,7 @@ impl warp::reject::Reject for ApiError {}
 
 impl Reply for ApiError {
     fn into_response(self) -> warp::reply::Response {
-        let body = warp::reply::json(&Body {
-            error: self.code,
-            message: &self.message,
-        });
+        let body = warp::reply::json(&Body { error: self.code, message: &self.message });
         warp::reply::with_status(body, self.status).into_response()
     }
 }
@@ -95,11 +75,7 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     } else if rejection.find::<InvalidQuery>().is_some() {
         ApiError::bad_request("invalid_query", "the query string is invalid")
     } else if rejection.find::<PayloadTooLarge>().is_some() {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is too large",
-        )
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
     } else if rejection.find::<UnsupportedMediaType>().is_some() {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -107,17 +83,9 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
             "the request's Content-Type is not supported here",
         )
     } else if rejection.find::<LengthRequired>().is_some() {
-        ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "a Content-Length header is required",
-        )
+        ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "a Content-Length header is required")
     } else if rejection.find::<MethodNotAllowed>().is_some() {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed on this route",
-        )
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
     } else {
         ApiError::internal("unhandled_rejection", format!("{rejection:?}"))
     };

@@ -9,5 +9,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use config::ConfigError;
-pub use health::{spawn_server, Check, HealthRoutes, Readiness};
+pub use health::{Check, HealthRoutes, Readiness, spawn_server};
 pub use http_error::ApiError;

@@ -50,10 +50,7 @@ pub struct LinkSigner {
 
 impl LinkSigner {
     pub fn new(current: impl Into<Vec<u8>>, previous: Option<Vec<u8>>) -> Self {
-        Self {
-            current: current.into(),
-            previous,
-        }
+        Self { current: current.into(), previous }
     }
 
     fn mac(key: &[u8], payload: &[u8]) -> HmacSha256 {
@@ -67,29 +64,20 @@ impl LinkSigner {
         // Claims are plain data; serialising them cannot fail.
         let payload = serde_json::to_vec(claims).unwrap_or_default();
         let tag = Self::mac(&self.current, &payload).finalize().into_bytes();
-        format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(&payload),
-            URL_SAFE_NO_PAD.encode(tag)
-        )
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(tag))
     }
 
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<LinkClaims, LinkError> {
         let (payload_b64, tag_b64) = token.split_once('.').ok_or(LinkError::Malformed)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload_b64)
-            .map_err(|_| LinkError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD
-            .decode(tag_b64)
-            .map_err(|_| LinkError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| LinkError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag_b64).map_err(|_| LinkError::Malformed)?;
         let valid = std::iter::once(&self.current)
             .chain(self.previous.as_ref())
             .any(|key| Self::mac(key, &payload).verify_slice(&tag).is_ok());
         if !valid {
             return Err(LinkError::BadSignature);
         }
-        let claims: LinkClaims =
-            serde_json::from_slice(&payload).map_err(|_| LinkError::Malformed)?;
+        let claims: LinkClaims = serde_json::from_slice(&payload).map_err(|_| LinkError::Malformed)?;
         let expires = DateTime::from_timestamp(claims.exp, 0).ok_or(LinkError::Malformed)?;
         if expires <= now {
             return Err(LinkError::Expired(expires));
@@ -103,11 +91,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: i64) -> LinkClaims {
-        LinkClaims {
-            file_id: "65a1b2c3d4e5f60718293a4b".parse().unwrap(),
-            owner: UserId::new(),
-            exp,
-        }
+        LinkClaims { file_id: "65a1b2c3d4e5f60718293a4b".parse().unwrap(), owner: UserId::new(), exp }
     }
 
     #[test]
@@ -117,10 +101,7 @@ mod tests {
         let c = claims(now.timestamp() + 60);
         let token = signer.sign(&c);
         assert_eq!(signer.verify(&token, now), Ok(c));
-        assert!(matches!(
-            signer.verify(&token, now + chrono::Duration::seconds(61)),
-            Err(LinkError::Expired(_))
-        ));
+        assert!(matches!(signer.verify(&token, now + chrono::Duration::seconds(61)), Err(LinkError::Expired(_))));
     }
 
     #[test]
@@ -131,10 +112,7 @@ mod tests {
         let (payload, tag) = token.split_once('.').unwrap();
         let mut forged_claims = claims(now.timestamp() + 1_000_000);
         forged_claims.file_id = "000000000000000000000000".parse().unwrap();
-        let forged = format!(
-            "{}.{tag}",
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap())
-        );
+        let forged = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap()));
         assert_eq!(signer.verify(&forged, now), Err(LinkError::BadSignature));
         assert_eq!(signer.verify(payload, now), Err(LinkError::Malformed));
         assert_eq!(signer.verify("x.y", now), Err(LinkError::Malformed));
@@ -147,9 +125,6 @@ mod tests {
         let now = Utc::now();
         let token = old.sign(&claims(now.timestamp() + 60));
         assert!(rotated.verify(&token, now).is_ok());
-        assert_eq!(
-            LinkSigner::new(b"new".to_vec(), None).verify(&token, now),
-            Err(LinkError::BadSignature)
-        );
+        assert_eq!(LinkSigner::new(b"new".to_vec(), None).verify(&token, now), Err(LinkError::BadSignature));
     }
 }

@@ -11,10 +11,7 @@ use serde_json::Value;
 pub mod maildev;
 
 fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
+    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
 }
 
 /// The local stack's addresses (defaults match `scripts/stack`).
@@ -34,10 +31,7 @@ pub struct Stack {
 impl Stack {
     pub fn from_env() -> Self {
         Self {
-            database_url: env_or(
-                "DATABASE_URL",
-                "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire",
-            ),
+            database_url: env_or("DATABASE_URL", "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire"),
             amqp_url: env_or("AMQP_URL", "amqp://tunewire:tunewire@127.0.0.1:5672/%2f"),
             management_url: env_or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"),
             management_user: ("tunewire".into(), "tunewire".into()),
@@ -70,9 +64,7 @@ impl Sandbox {
         let admin = sqlx::postgres::PgPool::connect(&stack.database_url)
             .await
             .context("PostgreSQL is not reachable: run scripts/stack up")?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&admin)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
         admin.close().await;
         let database_url = replace_path(&stack.database_url, &name);
 
@@ -90,50 +82,28 @@ impl Sandbox {
             bail!("creating vhost {name}: {}", put.status());
         }
         for who in [user.as_str(), stack.monitor_user.0.as_str()] {
-            let perms = if who == user {
-                (".*", ".*", ".*")
-            } else {
-                ("^$", "^$", ".*")
-            };
+            let perms = if who == user { (".*", ".*", ".*") } else { ("^$", "^$", ".*") };
             let url = format!("{}/api/permissions/{name}/{who}", stack.management_url);
             let body = serde_json::json!({"configure": perms.0, "write": perms.1, "read": perms.2});
-            let resp = http
-                .put(&url)
-                .basic_auth(user, Some(pass))
-                .json(&body)
-                .send()
-                .await?;
+            let resp = http.put(&url).basic_auth(user, Some(pass)).json(&body).send().await?;
             if !resp.status().is_success() {
                 bail!("granting {who} on vhost {name}: {}", resp.status());
             }
         }
         let amqp_url = replace_path(&stack.amqp_url, &name);
-        Ok(Self {
-            database_url,
-            amqp_url,
-            vhost: name.clone(),
-            mongo_database: name.clone(),
-            name,
-            stack,
-        })
+        Ok(Self { database_url, amqp_url, vhost: name.clone(), mongo_database: name.clone(), name, stack })
     }
 
     /// Drops what `create` made. Tests call it at the end; a failed test leaves its sandbox
     /// behind for inspection (removed by `scripts/stack reset`).
     pub async fn cleanup(self) -> anyhow::Result<()> {
         let admin = sqlx::postgres::PgPool::connect(&self.stack.database_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&admin)
-        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&admin)
+            .await?;
         let (user, pass) = &self.stack.management_user;
         reqwest::Client::new()
-            .delete(format!(
-                "{}/api/vhosts/{}",
-                self.stack.management_url, self.vhost
-            ))
+            .delete(format!("{}/api/vhosts/{}", self.stack.management_url, self.vhost))
             .basic_auth(user, Some(pass))
             .send()
             .await?;
@@ -146,10 +116,7 @@ impl Sandbox {
     pub async fn queues(&self) -> anyhow::Result<Vec<Value>> {
         let (user, pass) = &self.stack.management_user;
         let resp = reqwest::Client::new()
-            .get(format!(
-                "{}/api/queues/{}",
-                self.stack.management_url, self.vhost
-            ))
+            .get(format!("{}/api/queues/{}", self.stack.management_url, self.vhost))
             .basic_auth(user, Some(pass))
             .send()
             .await?
@@ -169,9 +136,7 @@ fn replace_path(url: &str, path: &str) -> String {
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
 }
@@ -206,14 +171,8 @@ mod tests {
 
     #[test]
     fn replace_path_swaps_the_database_or_vhost() {
-        assert_eq!(
-            replace_path("postgres://u:p@h:5432/tunewire", "t_1"),
-            "postgres://u:p@h:5432/t_1"
-        );
-        assert_eq!(
-            replace_path("amqp://u:p@h:5672/%2f", "t_1"),
-            "amqp://u:p@h:5672/t_1"
-        );
+        assert_eq!(replace_path("postgres://u:p@h:5432/tunewire", "t_1"), "postgres://u:p@h:5432/t_1");
+        assert_eq!(replace_path("amqp://u:p@h:5672/%2f", "t_1"), "amqp://u:p@h:5672/t_1");
         assert_eq!(replace_path("amqp://h:5672", "v"), "amqp://h:5672/v");
     }
 }
