@@ -1,1 +1,117 @@
-// placeholder
+//! The catalog indexer: consumes `media.converted`, writes the catalog (schema `catalog`,
+//! the source of truth) with Last.fm tags, keeps the tantivy search index (derived; one
+//! writer, this process) and serves `GET /search`. It never reads media.
+
+pub mod catalog;
+pub mod config;
+pub mod indexer;
+pub mod lastfm;
+pub mod search_index;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunewire_events::Bus;
+use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
+use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error};
+use warp::{Filter, Reply};
+
+pub use config::Config;
+use search_index::SearchIndex;
+
+struct Dependencies {
+    db: PgPool,
+    bus: Arc<Bus>,
+}
+
+impl Readiness for Dependencies {
+    fn checks(&self) -> Vec<(&'static str, Check)> {
+        let (db, bus) = (self.db.clone(), self.bus.clone());
+        vec![
+            (
+                "postgres",
+                Box::pin(
+                    async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
+                ),
+            ),
+            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
+        ]
+    }
+}
+
+pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("catalog");
+    migrator.dangerous_set_table_name("catalog._sqlx_migrations");
+    migrator.run(db).await
+}
+
+#[derive(Deserialize)]
+struct SearchParams {
+    q: Option<String>,
+    /// Restricts hits to one owner's tracks (the gateway always sets it for non-admins).
+    owner: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn search(
+    params: SearchParams,
+    index: Arc<SearchIndex>,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let q = params.q.unwrap_or_default();
+    if q.trim().is_empty() {
+        return Ok(ApiError::bad_request("missing_query", "give a search text in `q`").into_response());
+    }
+    let limit = params.limit.unwrap_or(20).clamp(1, 100);
+    let outcome = tokio::task::spawn_blocking(move || index.search(&q, params.owner.as_deref(), limit)).await;
+    Ok(match outcome {
+        Ok(Ok(hits)) => warp::reply::json(&json!({"total": hits.len(), "hits": hits})).into_response(),
+        Ok(Err(e)) => ApiError::internal("search_failed", e).into_response(),
+        Err(e) => ApiError::internal("search_failed", e).into_response(),
+    })
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
+    migrate(&db).await?;
+    let index = Arc::new(SearchIndex::open(&config.index_dir)?);
+    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "catalog-indexer"));
+    let http = reqwest::Client::builder().build()?;
+    let lastfm =
+        config.lastfm_api_key.clone().map(|api_key| lastfm::Lastfm { url: config.lastfm_url.clone(), api_key, http });
+    if lastfm.is_none() {
+        tracing::warn!("LASTFM_API_KEY is not set: tracks are catalogued without Last.fm tags");
+    }
+    let indexer = Arc::new(indexer::Indexer { db: db.clone(), index: index.clone(), lastfm });
+
+    let search_index = index.clone();
+    let search_route = warp::path!("search")
+        .and(warp::get())
+        .and(warp::query::<SearchParams>())
+        .and(warp::any().map(move || search_index.clone()))
+        .and_then(search);
+    let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone() }), Registry::default());
+    let routes = search_route.or(health.routes()).unify().recover(http_error::recover);
+    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "catalog-indexer listening");
+    let server = health::spawn_server(listener, routes, shutdown.clone());
+    let task = tokio::spawn(async move {
+        let handler = move |msg| indexer.clone().handle(msg);
+        // Index writes are serialised by the one writer; a few in flight overlap Last.fm calls.
+        bus.consume(CATALOG_INDEXER_QUEUE, 4, handler, shutdown).await;
+        let _ = server.await;
+    });
+    Ok(Running { addr, task })
+}

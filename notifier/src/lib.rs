@@ -1,1 +1,105 @@
-// placeholder
+//! The notifier: consumes `media.converted` and `media.failed` and emails the uploader, once,
+//! with a signed download link or the failure's reason. It owns schema `notifier` (the
+//! delivery ledger) and never reads media.
+
+pub mod config;
+pub mod deliver;
+pub mod email;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use prometheus_client::registry::Registry;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tunewire_events::Bus;
+use tunewire_events::topology::NOTIFIER_QUEUE;
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_signed_links::LinkSigner;
+use warp::Filter;
+
+pub use config::{Config, SmtpTls};
+
+pub fn mailer(config: &Config) -> Result<AsyncSmtpTransport<Tokio1Executor>, lettre::transport::smtp::Error> {
+    let builder = match config.smtp_tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp_host),
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.smtp_host)?,
+        SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.smtp_host)?,
+    };
+    let mut builder = builder.port(config.smtp_port).timeout(Some(Duration::from_secs(15)));
+    if let (Some(user), Some(pass)) = (&config.smtp_username, &config.smtp_password) {
+        builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+    }
+    Ok(builder.build())
+}
+
+struct Dependencies {
+    db: PgPool,
+    bus: Arc<Bus>,
+    mailer: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+impl Readiness for Dependencies {
+    fn checks(&self) -> Vec<(&'static str, Check)> {
+        let (db, bus, mailer) = (self.db.clone(), self.bus.clone(), self.mailer.clone());
+        vec![
+            (
+                "postgres",
+                Box::pin(
+                    async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
+                ),
+            ),
+            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
+            (
+                "smtp",
+                Box::pin(async move {
+                    match mailer.test_connection().await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("the SMTP server did not answer NOOP".into()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }),
+            ),
+        ]
+    }
+}
+
+pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.create_schema("notifier");
+    migrator.dangerous_set_table_name("notifier._sqlx_migrations");
+    migrator.run(db).await
+}
+
+pub struct Running {
+    pub health_addr: SocketAddr,
+    pub task: JoinHandle<()>,
+}
+
+pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
+    migrate(&db).await?;
+    let mailer = mailer(&config)?;
+    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "notifier"));
+    let notifier = Arc::new(deliver::Notifier {
+        db: db.clone(),
+        mailer: mailer.clone(),
+        from: config.mail_from.parse()?,
+        links: LinkSigner::new(config.link_secret.clone().into_bytes(), None),
+        config: Arc::new(config.clone()),
+    });
+    let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
+    let health_addr = listener.local_addr()?;
+    let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone(), mailer }), Registry::default());
+    let server = health::spawn_server(listener, health.routes().recover(http_error::recover), shutdown.clone());
+    let task = tokio::spawn(async move {
+        let handler = move |msg| notifier.clone().handle(msg);
+        bus.consume(NOTIFIER_QUEUE, 8, handler, shutdown).await;
+        let _ = server.await;
+    });
+    Ok(Running { health_addr, task })
+}

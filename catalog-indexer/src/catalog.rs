@@ -1,0 +1,99 @@
+//! The catalog in PostgreSQL (schema `catalog`), the source of truth. Upserts are keyed by
+//! job id and normalised names, so a redelivered event changes nothing.
+
+use sqlx::{PgPool, Postgres, Transaction};
+use tunewire_events::MediaConverted;
+
+use crate::lastfm::Tag;
+
+/// Case- and whitespace-insensitive key for matching names.
+pub fn name_key(name: &str) -> String {
+    name.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+}
+
+async fn upsert_artist(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO catalog.artists (name, name_key) VALUES ($1, $2)
+         ON CONFLICT (name_key) DO UPDATE SET name_key = EXCLUDED.name_key RETURNING id",
+    )
+    .bind(name)
+    .bind(name_key(name))
+    .fetch_one(&mut **tx)
+    .await
+}
+
+async fn upsert_album(tx: &mut Transaction<'_, Postgres>, artist_id: i64, title: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO catalog.albums (artist_id, title, title_key) VALUES ($1, $2, $3)
+         ON CONFLICT (artist_id, title_key) DO UPDATE SET title_key = EXCLUDED.title_key RETURNING id",
+    )
+    .bind(artist_id)
+    .bind(title)
+    .bind(name_key(title))
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Writes the track, its artist, album and tags in one transaction.
+pub async fn upsert(
+    db: &PgPool,
+    event: &MediaConverted,
+    title: &str,
+    tags: &[Tag],
+    source: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let artist_id = match &event.tags.artist {
+        Some(artist) => Some(upsert_artist(&mut tx, artist).await?),
+        None => None,
+    };
+    let album_id = match (artist_id, &event.tags.album) {
+        (Some(artist_id), Some(album)) => Some(upsert_album(&mut tx, artist_id, album).await?),
+        _ => None,
+    };
+    sqlx::query(
+        "INSERT INTO catalog.tracks (job_id, owner_id, title, artist_id, album_id, genre, duration_s, bitrate, sample_rate, audio_file_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (job_id) DO UPDATE SET title = EXCLUDED.title, artist_id = EXCLUDED.artist_id,
+             album_id = EXCLUDED.album_id, genre = EXCLUDED.genre, updated_at = now()",
+    )
+    .bind(event.job_id.as_uuid())
+    .bind(event.owner.id.as_uuid())
+    .bind(title)
+    .bind(artist_id)
+    .bind(album_id)
+    .bind(&event.tags.genre)
+    .bind(event.output.duration_s)
+    .bind(event.output.bitrate as i32)
+    .bind(event.output.sample_rate as i32)
+    .bind(event.output.file_id.as_str())
+    .execute(&mut *tx)
+    .await?;
+    for tag in tags {
+        let tag_id: i64 = sqlx::query_scalar(
+            "INSERT INTO catalog.tags (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+        )
+        .bind(&tag.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO catalog.track_tags (job_id, tag_id, weight, source) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (job_id, tag_id) DO UPDATE SET weight = EXCLUDED.weight, source = EXCLUDED.source",
+        )
+        .bind(event.job_id.as_uuid())
+        .bind(tag_id)
+        .bind(tag.weight)
+        .bind(source)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn name_keys_fold_case_and_whitespace() {
+        assert_eq!(super::name_key("  The   Beatles "), "the beatles");
+    }
+}

@@ -1,0 +1,152 @@
+//! The search index (tantivy): derived from the catalog, written by this process only.
+//! Accent- and case-insensitive, fuzzy per term; title weighs most, then artist, album, tags.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
+use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAnalyzer};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+const TOKENIZER: &str = "folded";
+
+#[derive(Clone, Copy)]
+struct Fields {
+    job_id: Field,
+    owner: Field,
+    title: Field,
+    artist: Field,
+    album: Field,
+    tags: Field,
+}
+
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+}
+
+pub struct TrackDoc<'a> {
+    pub job_id: String,
+    pub owner: String,
+    pub title: &'a str,
+    pub artist: Option<&'a str>,
+    pub album: Option<&'a str>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Hit {
+    pub job_id: String,
+    pub title: String,
+    pub artist: Option<String>,
+    pub album: Option<String>,
+    pub tags: Vec<String>,
+    pub score: f32,
+}
+
+fn analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(SimpleTokenizer::default()).filter(LowerCaser).filter(AsciiFoldingFilter).build()
+}
+
+impl SearchIndex {
+    pub fn open(dir: &Path) -> tantivy::Result<Self> {
+        let mut builder = Schema::builder();
+        let text = TextOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(TOKENIZER)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            )
+            .set_stored();
+        let fields = Fields {
+            job_id: builder.add_text_field("job_id", STRING | STORED),
+            owner: builder.add_text_field("owner", STRING),
+            title: builder.add_text_field("title", text.clone()),
+            artist: builder.add_text_field("artist", text.clone()),
+            album: builder.add_text_field("album", text.clone()),
+            tags: builder.add_text_field("tags", text),
+        };
+        std::fs::create_dir_all(dir)?;
+        let directory = tantivy::directory::MmapDirectory::open(dir)?;
+        let index = Index::open_or_create(directory, builder.build())?;
+        index.tokenizers().register(TOKENIZER, analyzer());
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let writer = index.writer(30_000_000)?;
+        Ok(Self { index, reader, writer: Mutex::new(writer), fields })
+    }
+
+    /// Replaces the track's document and makes it searchable at once.
+    pub fn upsert(&self, track: &TrackDoc<'_>) -> tantivy::Result<()> {
+        let f = self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.job_id, &track.job_id);
+        doc.add_text(f.owner, &track.owner);
+        doc.add_text(f.title, track.title);
+        if let Some(artist) = track.artist {
+            doc.add_text(f.artist, artist);
+        }
+        if let Some(album) = track.album {
+            doc.add_text(f.album, album);
+        }
+        for tag in &track.tags {
+            doc.add_text(f.tags, tag);
+        }
+        let mut writer = self.writer.lock().map_err(|_| tantivy::TantivyError::Poisoned)?;
+        writer.delete_term(Term::from_field_text(f.job_id, &track.job_id));
+        writer.add_document(doc)?;
+        writer.commit()?;
+        drop(writer);
+        self.reader.reload()
+    }
+
+    pub fn search(&self, text: &str, owner: Option<&str>, limit: usize) -> tantivy::Result<Vec<Hit>> {
+        let f = self.fields;
+        let mut tokens = Vec::new();
+        let mut analyzer = self.index.tokenizers().get(TOKENIZER).unwrap_or_else(analyzer);
+        let mut stream = analyzer.token_stream(text);
+        stream.process(&mut |t| tokens.push(t.text.clone()));
+        if tokens.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for token in tokens.iter().take(8) {
+            // One typo for short words, two for long ones.
+            let distance = if token.chars().count() <= 4 { 1 } else { 2 };
+            let per_field: Vec<(Occur, Box<dyn Query>)> =
+                [(f.title, 4.0), (f.artist, 3.0), (f.album, 2.0), (f.tags, 1.0)]
+                    .into_iter()
+                    .map(|(field, boost)| {
+                        let fuzzy = FuzzyTermQuery::new(Term::from_field_text(field, token), distance, true);
+                        (Occur::Should, Box::new(BoostQuery::new(Box::new(fuzzy), boost)) as Box<dyn Query>)
+                    })
+                    .collect();
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(per_field))));
+        }
+        if let Some(owner) = owner {
+            let term = Term::from_field_text(f.owner, owner);
+            clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+        }
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let doc: TantivyDocument = searcher.doc(address)?;
+            let text = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_string);
+            hits.push(Hit {
+                job_id: text(f.job_id).unwrap_or_default(),
+                title: text(f.title).unwrap_or_default(),
+                artist: text(f.artist),
+                album: text(f.album),
+                tags: doc.get_all(f.tags).filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                score,
+            });
+        }
+        Ok(hits)
+    }
+}

@@ -1,0 +1,410 @@
+//! The whole pipeline, every hop real: the five services run in-process on random ports
+//! against a private sandbox of the local stack; only Last.fm is a local fake.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tunewire_test_stack::{Sandbox, eventually, maildev};
+
+const PIPELINE_DEADLINE: Duration = Duration::from_secs(90);
+
+struct Pipeline {
+    sandbox: Sandbox,
+    gateway: String,
+    http: reqwest::Client,
+    shutdown: CancellationToken,
+    scratch: PathBuf,
+}
+
+/// A stand-in for Last.fm's `track.getTopTags`: one tag, given as an object (a real quirk).
+async fn fake_lastfm(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    use warp::Filter;
+    let route = warp::any()
+        .map(|| warp::reply::json(&json!({"toptags": {"tag": {"name": "Electronic", "count": "77"}, "@attr": {}}})));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(warp::serve(route).incoming(listener).graceful(shutdown.cancelled_owned()).run());
+    Ok(addr)
+}
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl Pipeline {
+    async fn start() -> anyhow::Result<Self> {
+        let sandbox = Sandbox::create().await?;
+        let shutdown = CancellationToken::new();
+        let scratch = std::env::temp_dir().join(format!("tw-e2e-{}", sandbox.name));
+        std::fs::create_dir_all(&scratch)?;
+        let link_secret = format!("link-secret-{}", sandbox.name);
+        let lastfm = fake_lastfm(shutdown.clone()).await?;
+        let stack = &sandbox.stack;
+
+        let auth = tunewire_auth::start(
+            tunewire_auth::Config {
+                bind: localhost(),
+                database_url: sandbox.database_url.clone(),
+                signing_key_pem: None,
+                issuer: "tunewire-auth".into(),
+                audience: "tunewire".into(),
+                token_ttl_s: 3600,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        let catalog = tunewire_catalog_indexer::start(
+            tunewire_catalog_indexer::Config {
+                bind: localhost(),
+                database_url: sandbox.database_url.clone(),
+                amqp_url: sandbox.amqp_url.clone(),
+                index_dir: scratch.join("index"),
+                lastfm_api_key: Some("test-key".into()),
+                lastfm_url: format!("http://{lastfm}/2.0/"),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        let gateway = tunewire_gateway::start(
+            tunewire_gateway::Config {
+                bind: localhost(),
+                database_url: sandbox.database_url.clone(),
+                amqp_url: sandbox.amqp_url.clone(),
+                mongodb_uri: stack.mongo_uri.clone(),
+                mongodb_database: sandbox.mongo_database.clone(),
+                auth_url: format!("http://{}", auth.addr),
+                catalog_url: format!("http://{}", catalog.addr),
+                token_issuer: "tunewire-auth".into(),
+                token_audience: "tunewire".into(),
+                link_secret: link_secret.clone(),
+                link_secret_previous: None,
+                max_upload_bytes: 512 << 20,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        let gateway_url = format!("http://{}", gateway.addr);
+        tunewire_converter::start(
+            tunewire_converter::Config {
+                health_bind: localhost(),
+                amqp_url: sandbox.amqp_url.clone(),
+                mongodb_uri: stack.mongo_uri.clone(),
+                mongodb_database: sandbox.mongo_database.clone(),
+                concurrency: 2,
+                work_dir: scratch.join("work"),
+                max_duration_s: 3600.0,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        tunewire_notifier::start(
+            tunewire_notifier::Config {
+                health_bind: localhost(),
+                database_url: sandbox.database_url.clone(),
+                amqp_url: sandbox.amqp_url.clone(),
+                smtp_host: stack.smtp_host.clone(),
+                smtp_port: stack.smtp_port,
+                smtp_tls: tunewire_notifier::SmtpTls::None,
+                smtp_username: None,
+                smtp_password: None,
+                mail_from: "Tunewire <noreply@tunewire.test>".into(),
+                public_url: gateway_url.clone(),
+                link_secret,
+                link_ttl_h: 24,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        Ok(Self { sandbox, gateway: gateway_url, http: reqwest::Client::new(), shutdown, scratch })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        self.sandbox.cleanup().await
+    }
+
+    /// Registers a fresh user and returns (email, bearer token).
+    async fn user(&self) -> anyhow::Result<(String, String)> {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let creds = json!({"email": email, "password": "correct horse battery"});
+        let r = self.http.post(format!("{}/v1/auth/register", self.gateway)).json(&creds).send().await?;
+        if r.status() != 201 {
+            bail!("register: {} {}", r.status(), r.text().await?);
+        }
+        let r = self.http.post(format!("{}/v1/auth/login", self.gateway)).json(&creds).send().await?;
+        let body: Value = r.error_for_status()?.json().await?;
+        assert_eq!(body["token_type"], "Bearer");
+        Ok((email, body["access_token"].as_str().context("no token")?.to_string()))
+    }
+
+    async fn upload(&self, token: &str, path: &Path, name: &str) -> anyhow::Result<reqwest::Response> {
+        let bytes = tokio::fs::read(path).await?;
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()));
+        Ok(self.http.post(format!("{}/v1/uploads", self.gateway)).bearer_auth(token).multipart(form).send().await?)
+    }
+
+    async fn job(&self, token: &str, id: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self.http.get(format!("{}/v1/jobs/{id}", self.gateway)).bearer_auth(token).send().await?)
+    }
+
+    async fn wait_for_state(&self, token: &str, id: &str, wanted: &str) -> anyhow::Result<Value> {
+        eventually(&format!("job {id} {wanted}"), PIPELINE_DEADLINE, || async {
+            let job: Value = self.job(token, id).await?.error_for_status()?.json().await?;
+            match job["state"].as_str() {
+                Some(s) if s == wanted => Ok(Some(job)),
+                Some("failed") if wanted != "failed" => bail!("job failed: {}", job["error"]),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
+        let url = self.sandbox.stack.maildev_url.clone();
+        eventually(&format!("{count} email(s) to {to}"), PIPELINE_DEADLINE, || async {
+            let found = maildev::messages_to(&url, to).await?;
+            Ok((found.len() >= count).then_some(found))
+        })
+        .await
+    }
+}
+
+fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).status()?;
+    if !status.success() {
+        bail!("ffmpeg {args:?} failed");
+    }
+    Ok(())
+}
+
+fn probe(path: &Path) -> anyhow::Result<Value> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The one download link in an email's text part.
+fn download_link(email: &Value) -> anyhow::Result<String> {
+    let text = email["text"].as_str().context("email without text part")?;
+    text.split_whitespace()
+        .find(|w| w.contains("/v1/downloads/"))
+        .map(str::to_string)
+        .context("no download link in the email")
+}
+
+#[tokio::test]
+async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_twice() -> anyhow::Result<()> {
+    let p = Pipeline::start().await?;
+    let (email, token) = p.user().await?;
+    let source = p.scratch.join("song.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=160x120:rate=10:duration=30",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000:duration=30",
+        "-ac",
+        "2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-c:a",
+        "aac",
+        "-metadata",
+        "title=Moonlight Serenade",
+        "-metadata",
+        "artist=Glenn Miller",
+        source.to_str().context("path")?,
+    ])?;
+
+    let uploaded_at = std::time::Instant::now();
+    let resp = p.upload(&token, &source, "song.mp4").await?;
+    assert_eq!(resp.status(), 202);
+    let accepted: Value = resp.json().await?;
+    let job_id = accepted["job_id"].as_str().context("no job_id")?.to_string();
+    assert_eq!(accepted["status_url"], format!("/v1/jobs/{job_id}"));
+
+    let job = p.wait_for_state(&token, &job_id, "converted").await?;
+    let file_id = job["output"]["file_id"].as_str().context("no output file")?.to_string();
+    assert_eq!(job["source"]["filename"], "song.mp4");
+
+    let mails = p.emails(&email, 1).await?;
+    eprintln!("upload response to email: {:?}", uploaded_at.elapsed());
+    assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("Moonlight Serenade"));
+    let link = download_link(&mails[0])?;
+    let mp3 = reqwest::get(&link).await?;
+    assert_eq!(mp3.status(), 200, "the emailed link works without a token");
+    assert_eq!(mp3.headers()["content-type"], "audio/mpeg");
+    assert!(mp3.headers()["content-disposition"].to_str()?.contains("song.mp3"));
+    let out = p.scratch.join("downloaded.mp3");
+    tokio::fs::write(&out, mp3.bytes().await?).await?;
+    let probed = probe(&out)?;
+    assert_eq!(probed["streams"][0]["codec_name"], "mp3");
+    assert_eq!(probed["streams"][0]["sample_rate"], "44100");
+    assert_eq!(probed["streams"][0]["channels"], 2);
+    let duration: f64 = probed["format"]["duration"].as_str().unwrap_or("0").parse()?;
+    assert!((duration - 30.0).abs() <= 0.15, "duration {duration}");
+
+    // The owner can fetch it with a token too.
+    let owned = p.http.get(format!("{}/v1/files/{file_id}", p.gateway)).bearer_auth(&token).send().await?;
+    assert_eq!(owned.status(), 200);
+
+    // Found by a misspelled title, tagged by (fake) Last.fm.
+    let hits = eventually("search hit", PIPELINE_DEADLINE, || async {
+        let r: Value = p
+            .http
+            .get(format!("{}/v1/search", p.gateway))
+            .query(&[("q", "moonligt serenade")])
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(r["hits"].as_array().filter(|h| !h.is_empty()).cloned())
+    })
+    .await?;
+    assert_eq!(hits[0]["job_id"], job_id.as_str());
+    assert_eq!(hits[0]["tags"], json!(["electronic"]));
+    let tagged = eventually("job tags", PIPELINE_DEADLINE, || async {
+        let job: Value = p.job(&token, &job_id).await?.json().await?;
+        Ok((job["tags"] == json!(["electronic"])).then_some(job))
+    })
+    .await?;
+    assert_eq!(tagged["state"], "converted");
+
+    // The same media.uploaded delivered again: no second MP3, email or catalog row.
+    let db = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    let (owner_id, source_file_id, size, sha256): (uuid::Uuid, String, i64, String) = sqlx::query_as(
+        "SELECT owner_id, source_file_id, source_size, source_sha256 FROM gateway.jobs WHERE id = $1::uuid",
+    )
+    .bind(&job_id)
+    .fetch_one(&db)
+    .await?;
+    let event = json!({
+        "job_id": job_id, "preset": "cbr192", "overrides": {},
+        "owner": {"id": owner_id, "email": email},
+        "source": {"file_id": source_file_id, "filename": "song.mp4", "size": size, "sha256": sha256},
+    });
+    let notifier_acks_before = acked(&p.sandbox, "notifier.outcomes").await?;
+    let conn = Connection::connect(&p.sandbox.amqp_url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_publish(
+            "tunewire.events".into(),
+            "media.uploaded".into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&event)?,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    // The redelivery has been through the notifier once its ack count moves on.
+    eventually("the notifier to handle the redelivery", PIPELINE_DEADLINE, || async {
+        Ok((acked(&p.sandbox, "notifier.outcomes").await? > notifier_acks_before).then_some(()))
+    })
+    .await?;
+    assert_eq!(maildev::messages_to(&p.sandbox.stack.maildev_url, &email).await?.len(), 1, "one email");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM catalog.tracks WHERE job_id = $1::uuid")
+        .bind(&job_id)
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(rows, 1, "one catalog row");
+    let mongo = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?;
+    let mp3s = mongo
+        .database(&p.sandbox.mongo_database)
+        .collection::<mongodb::bson::Document>("audio.files")
+        .count_documents(mongodb::bson::doc! {"metadata.job_id": &job_id})
+        .await?;
+    assert_eq!(mp3s, 1, "one MP3");
+
+    // Nothing left unacknowledged on the pipeline's queues.
+    let queues = eventually("queues to drain", PIPELINE_DEADLINE, || async {
+        let queues = p.sandbox.queues().await?;
+        let busy = queues
+            .iter()
+            .any(|q| q["messages_unacknowledged"].as_u64().unwrap_or(0) > 0 || q["messages"].as_u64().unwrap_or(0) > 0);
+        Ok((!busy && queues.len() >= 8).then_some(queues))
+    })
+    .await?;
+    let names: Vec<&str> = queues.iter().filter_map(|q| q["name"].as_str()).collect();
+    for expected in
+        ["converter.media-uploaded", "catalog-indexer.media-converted", "notifier.outcomes", "gateway.job-state"]
+    {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(names.contains(&format!("{expected}.dead").as_str()), "{expected}.dead missing");
+    }
+    conn.close(200, "done".into()).await?;
+    db.close().await;
+    p.stop().await
+}
+
+/// Acknowledgements counted by the management API for one queue (0 before any).
+async fn acked(sandbox: &Sandbox, queue: &str) -> anyhow::Result<u64> {
+    let queues = sandbox.queues().await?;
+    Ok(queues.iter().find(|q| q["name"] == queue).and_then(|q| q["message_stats"]["ack"].as_u64()).unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_media_fails_with_a_reason_and_an_email() -> anyhow::Result<()> {
+    let p = Pipeline::start().await?;
+    let (email, token) = p.user().await?;
+    let notes = p.scratch.join("notes.mp4");
+    tokio::fs::write(&notes, b"<html><body>this is not a video</body></html>").await?;
+    let resp = p.upload(&token, &notes, "notes.mp4").await?;
+    assert_eq!(resp.status(), 202);
+    let job_id = resp.json::<Value>().await?["job_id"].as_str().context("no job id")?.to_string();
+    let job = p.wait_for_state(&token, &job_id, "failed").await?;
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("not audio or video")), "{job}");
+    let mails = p.emails(&email, 1).await?;
+    assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("notes.mp4"));
+    assert!(mails[0]["text"].as_str().unwrap_or_default().contains("not audio or video"));
+    p.stop().await
+}
+
+#[tokio::test]
+async fn tokens_and_ownership_are_enforced() -> anyhow::Result<()> {
+    let p = Pipeline::start().await?;
+    let (_, alice) = p.user().await?;
+    let (_, bob) = p.user().await?;
+    let clip = p.scratch.join("clip.wav");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=500:duration=2", clip.to_str().context("path")?])?;
+    let job_id = p.upload(&alice, &clip, "clip.wav").await?.json::<Value>().await?["job_id"]
+        .as_str()
+        .context("no job")?
+        .to_string();
+    let job = p.wait_for_state(&alice, &job_id, "converted").await?;
+    let file_id = job["output"]["file_id"].as_str().context("no file")?.to_string();
+
+    let no_token = p.http.get(format!("{}/v1/jobs/{job_id}", p.gateway)).send().await?;
+    assert_eq!(no_token.status(), 401);
+    let body: Value = no_token.json().await?;
+    assert_eq!(body["error"], "unauthorized");
+    let forged = p.http.get(format!("{}/v1/jobs/{job_id}", p.gateway)).bearer_auth(format!("{alice}x")).send().await?;
+    assert_eq!(forged.status(), 401);
+    let garbage = p.http.get(format!("{}/v1/jobs/{job_id}", p.gateway)).bearer_auth("not.a.token").send().await?;
+    assert_eq!(garbage.status(), 401);
+    assert_eq!(p.job(&bob, &job_id).await?.status(), 404, "bob cannot see alice's job");
+    let bobs_try = p.http.get(format!("{}/v1/files/{file_id}", p.gateway)).bearer_auth(&bob).send().await?;
+    assert_eq!(bobs_try.status(), 404, "bob cannot download alice's file");
+    let list: Value = p.http.get(format!("{}/v1/jobs", p.gateway)).bearer_auth(&bob).send().await?.json().await?;
+    assert_eq!(list["jobs"], json!([]));
+    let tampered = p.http.get(format!("{}/v1/downloads/abc.def", p.gateway)).send().await?;
+    assert_eq!(tampered.status(), 403);
+    p.stop().await
+}
