@@ -1,11 +1,11 @@
 //! The transcoder on media made by the ffmpeg CLI, checked by probing the output.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode};
 use tunewire_events::Preset;
 use tunewire_events::contract::TrackTags;
+use tunewire_test_stack::media;
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -25,18 +25,12 @@ fn uuid_like() -> String {
 }
 
 fn ffmpeg(args: &[&str]) {
-    let status = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).status().unwrap();
-    assert!(status.success(), "ffmpeg {args:?} failed");
+    media::ffmpeg(args).unwrap();
 }
 
-/// (codec, sample rate, channels, duration, title tag) of an MP3, from ffprobe.
+/// (codec, sample rate, channels, duration, title tag) of an MP3.
 fn probe(path: &Path) -> (String, u32, u32, f64, String) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = media::probe(path).unwrap();
     let s = &json["streams"][0];
     (
         s["codec_name"].as_str().unwrap_or_default().to_string(),

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -11,6 +10,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tunewire_test_stack::media::{self, ffmpeg, probe};
 use tunewire_test_stack::{Sandbox, eventually, maildev};
 
 const PIPELINE_DEADLINE: Duration = Duration::from_secs(90);
@@ -178,22 +178,6 @@ impl Pipeline {
     }
 }
 
-fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("ffmpeg").args(["-hide_banner", "-loglevel", "error", "-y"]).args(args).status()?;
-    if !status.success() {
-        bail!("ffmpeg {args:?} failed");
-    }
-    Ok(())
-}
-
-fn probe(path: &Path) -> anyhow::Result<Value> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
-        .arg(path)
-        .output()?;
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 /// The one download link in an email's text part.
 fn download_link(email: &Value) -> anyhow::Result<String> {
     let text = email["text"].as_str().context("email without text part")?;
@@ -208,29 +192,7 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
     let p = Pipeline::start().await?;
     let (email, token) = p.user().await?;
     let source = p.scratch.join("song.mp4");
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=160x120:rate=10:duration=30",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000:duration=30",
-        "-ac",
-        "2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-c:a",
-        "aac",
-        "-metadata",
-        "title=Moonlight Serenade",
-        "-metadata",
-        "artist=Glenn Miller",
-        source.to_str().context("path")?,
-    ])?;
+    media::h264_aac_mp4(&source, 30, "Moonlight Serenade", "Glenn Miller")?;
 
     let uploaded_at = std::time::Instant::now();
     let resp = p.upload(&token, &source, "song.mp4").await?;
