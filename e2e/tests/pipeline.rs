@@ -192,7 +192,7 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
     let p = Pipeline::start().await?;
     let (email, token) = p.user().await?;
     let source = p.scratch.join("song.mp4");
-    media::h264_aac_mp4(&source, 30, "Moonlight Serenade", "Glenn Miller")?;
+    media::h264_aac_mp4(&source, 30, &[("title", "Moonlight Serenade"), ("artist", "Glenn Miller")])?;
 
     let uploaded_at = std::time::Instant::now();
     let resp = p.upload(&token, &source, "song.mp4").await?;

@@ -14,13 +14,12 @@ pub fn ffmpeg(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An H.264/AAC MP4 (48 kHz stereo sine under a test pattern) with title and artist tags.
-pub fn h264_aac_mp4(path: &Path, seconds: u32, title: &str, artist: &str) -> anyhow::Result<()> {
+/// An H.264/AAC MP4 (48 kHz stereo sine under a test pattern) with the given container tags.
+pub fn h264_aac_mp4(path: &Path, seconds: u32, tags: &[(&str, &str)]) -> anyhow::Result<()> {
     let video = format!("testsrc=size=160x120:rate=10:duration={seconds}");
     let audio = format!("sine=frequency=440:sample_rate=48000:duration={seconds}");
-    let (title, artist) = (format!("title={title}"), format!("artist={artist}"));
-    let out = path.to_str().context("non-UTF-8 path")?;
-    ffmpeg(&[
+    let tags: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec![
         "-f",
         "lavfi",
         "-i",
@@ -37,12 +36,12 @@ pub fn h264_aac_mp4(path: &Path, seconds: u32, title: &str, artist: &str) -> any
         "ultrafast",
         "-c:a",
         "aac",
-        "-metadata",
-        &title,
-        "-metadata",
-        &artist,
-        out,
-    ])
+    ];
+    for tag in &tags {
+        args.extend(["-metadata", tag.as_str()]);
+    }
+    args.push(path.to_str().context("non-UTF-8 path")?);
+    ffmpeg(&args)
 }
 
 /// `ffprobe -show_streams -show_format` as JSON.
