@@ -149,7 +149,7 @@ pub trait Message: Sized + Send + 'static {
 
 impl<E: Event> Message for E {
     fn decode(_routing_key: &str, payload: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(payload).map_err(|e| e.to_string())
+        decode_as(payload)
     }
 }
 

@@ -115,10 +115,6 @@ impl MediaStore {
         Ok(())
     }
 
-    pub fn database(&self) -> &Database {
-        &self.db
-    }
-
     /// Streams `source` into `bucket`, hashing as it goes. On any failure, or past
     /// `max_bytes`, the partial file is removed and nothing is left behind.
     pub async fn store<S, E>(
