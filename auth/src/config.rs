@@ -1,30 +1,76 @@
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use tunewire_events::Email;
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{secret, var};
+use tunewire_service_runtime::config::{secret, var, var_opt};
+
+use crate::login_limits::Limits;
 
 #[derive(Clone)]
 pub struct Config {
     pub bind: SocketAddr,
     pub database_url: String,
-    /// Ed25519 private key, PKCS#8 PEM (`openssl genpkey -algorithm ed25519`). Unset: a
-    /// throwaway key per process, fine for one local instance only.
+    /// Ed25519 or RSA private key, PEM (`openssl genpkey -algorithm ed25519`, or
+    /// `-algorithm rsa`). EdDSA or RS256 follows from the key. Unset: a throwaway Ed25519 key
+    /// per process, fine for one local instance only.
     pub signing_key_pem: Option<String>,
+    /// The key before the last rotation: its public half stays in the JWKS so tokens it
+    /// signed keep working until they expire.
+    pub previous_signing_key_pem: Option<String>,
     pub issuer: String,
     pub audience: String,
     pub token_ttl_s: u64,
+    /// An admin account made (or promoted, with this password) at start.
+    pub admin: Option<(Email, String)>,
+    pub login_limits: Limits,
+    /// How many proxies in front of auth append to `X-Forwarded-For` (the gateway is one);
+    /// the client is the entry that many places from the right.
+    pub trusted_proxy_hops: usize,
 }
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let admin_email: Option<Email> = var_opt("AUTH_ADMIN_EMAIL")?;
+        let admin_password = secret("AUTH_ADMIN_PASSWORD")?;
+        let admin = match (admin_email, admin_password) {
+            (Some(email), Some(password)) => Some((email, password)),
+            (Some(_), None) => return Err(ConfigError::Missing { key: "AUTH_ADMIN_PASSWORD".into() }),
+            // A password alone is for `create-admin --email`.
+            (None, _) => None,
+        };
         Ok(Self {
             bind: var("AUTH_BIND", SocketAddr::from(([0, 0, 0, 0], 8081)))?,
             database_url: secret("DATABASE_URL")?
                 .unwrap_or_else(|| "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire".into()),
             signing_key_pem: secret("AUTH_SIGNING_KEY")?,
+            previous_signing_key_pem: secret("AUTH_PREVIOUS_SIGNING_KEY")?,
             issuer: var("AUTH_ISSUER", "tunewire-auth".to_string())?,
             audience: var("AUTH_AUDIENCE", "tunewire".to_string())?,
             token_ttl_s: var("AUTH_TOKEN_TTL_S", 3600)?,
+            admin,
+            login_limits: Limits {
+                per_email: var("AUTH_LOGIN_FAILURES_PER_EMAIL", 5)?,
+                per_address: var("AUTH_LOGIN_FAILURES_PER_ADDRESS", 20)?,
+                window: Duration::from_secs(var("AUTH_LOGIN_WINDOW_S", 900)?),
+            },
+            trusted_proxy_hops: var("AUTH_TRUSTED_PROXY_HOPS", 1)?,
         })
+    }
+
+    /// Settings for the local stack with everything optional left out; tests start from it.
+    pub fn local(database_url: String) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            signing_key_pem: None,
+            previous_signing_key_pem: None,
+            issuer: "tunewire-auth".into(),
+            audience: "tunewire".into(),
+            token_ttl_s: 3600,
+            admin: None,
+            login_limits: Limits { per_email: 5, per_address: 20, window: Duration::from_secs(900) },
+            trusted_proxy_hops: 1,
+        }
     }
 }

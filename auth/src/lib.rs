@@ -2,8 +2,10 @@
 //! `iss`, `aud`, `exp`, `role`), with the JWKS the gateway verifies them against. It never
 //! sees media and never touches another service's tables.
 
+pub mod accounts;
 pub mod config;
 pub mod keys;
+pub mod login_limits;
 mod routes;
 
 use std::net::SocketAddr;
@@ -17,6 +19,17 @@ use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_erro
 use warp::Filter;
 
 pub use config::Config;
+
+/// `tunewire-auth create-admin --email ADDRESS`, the password from `AUTH_ADMIN_PASSWORD` or
+/// `AUTH_ADMIN_PASSWORD_FILE`.
+pub async fn create_admin(config: &Config, email: &tunewire_events::Email) -> anyhow::Result<()> {
+    let password = tunewire_service_runtime::config::required_secret("AUTH_ADMIN_PASSWORD")?;
+    let db = PgPoolOptions::new().max_connections(1).connect(&config.database_url).await?;
+    migrate(&db).await?;
+    let id = accounts::provision_admin(&db, email, &password).await?;
+    println!("admin {email} ready (id {id})");
+    Ok(())
+}
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -47,8 +60,20 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
     migrate(&db).await?;
-    let keys = Arc::new(keys::SigningKeys::load(config.signing_key_pem.as_deref())?);
-    let state = routes::State { db: db.clone(), keys, config: Arc::new(config.clone()) };
+    let keys = Arc::new(keys::SigningKeys::load(
+        config.signing_key_pem.as_deref(),
+        config.previous_signing_key_pem.as_deref(),
+    )?);
+    if let Some((email, password)) = &config.admin {
+        let id = accounts::provision_admin(&db, email, password).await?;
+        tracing::info!(user_id = %id, "admin account provisioned from AUTH_ADMIN_EMAIL");
+    }
+    let state = routes::State {
+        db: db.clone(),
+        keys,
+        config: Arc::new(config.clone()),
+        login_limits: Arc::new(login_limits::LoginLimits::new(config.login_limits)),
+    };
     let health = HealthRoutes::new(Arc::new(Dependencies { db }), Registry::default());
     let api = routes::routes(state).or(health.routes()).recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;

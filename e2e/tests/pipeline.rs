@@ -48,18 +48,8 @@ impl Pipeline {
         let lastfm = fake_lastfm(shutdown.clone()).await?;
         let stack = &sandbox.stack;
 
-        let auth = tunewire_auth::start(
-            tunewire_auth::Config {
-                bind: localhost(),
-                database_url: sandbox.database_url.clone(),
-                signing_key_pem: None,
-                issuer: "tunewire-auth".into(),
-                audience: "tunewire".into(),
-                token_ttl_s: 3600,
-            },
-            shutdown.clone(),
-        )
-        .await?;
+        let auth =
+            tunewire_auth::start(tunewire_auth::Config::local(sandbox.database_url.clone()), shutdown.clone()).await?;
         let catalog = tunewire_catalog_indexer::start(
             tunewire_catalog_indexer::Config {
                 bind: localhost(),

@@ -1,0 +1,93 @@
+//! The `auth.users` table: argon2id hashes, roles `user` and `admin`. Registering only ever
+//! makes a `user`; an admin comes from configuration or the `create-admin` command.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sqlx::PgPool;
+use tunewire_events::{Email, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("the password must be 8 to 256 characters long")]
+    PasswordLength,
+    #[error("hashing the password failed: {0}")]
+    Hashing(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// argon2id at OWASP's first recommended setting (19 MiB, 2 passes, 1 lane).
+fn hasher() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+pub fn check_password_length(password: &str) -> Result<(), AccountError> {
+    let length = password.chars().count();
+    if (8..=256).contains(&length) { Ok(()) } else { Err(AccountError::PasswordLength) }
+}
+
+/// CPU-bound: call from a blocking thread.
+pub fn hash_password(password: &str) -> Result<String, AccountError> {
+    check_password_length(password)?;
+    let salt = SaltString::generate(&mut OsRng);
+    hasher()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountError::Hashing(e.to_string()))
+}
+
+/// CPU-bound: call from a blocking thread. Parameters come from the stored hash.
+pub fn verify_password(password: &str, stored_hash: &str) -> bool {
+    PasswordHash::new(stored_hash).is_ok_and(|h| hasher().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// Creates a `user`; `None` when the email is taken.
+pub async fn register(db: &PgPool, email: &Email, hash: &str) -> Result<Option<UserId>, AccountError> {
+    let id = UserId::new();
+    let inserted = sqlx::query(
+        "INSERT INTO auth.users (id, email, password_hash) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(id.as_uuid())
+    .bind(email.as_str())
+    .bind(hash)
+    .execute(db)
+    .await?;
+    Ok((inserted.rows_affected() == 1).then_some(id))
+}
+
+pub struct Account {
+    pub id: UserId,
+    pub password_hash: String,
+    pub role: String,
+}
+
+pub async fn find(db: &PgPool, email: &Email) -> Result<Option<Account>, AccountError> {
+    let row: Option<(uuid::Uuid, String, String)> =
+        sqlx::query_as("SELECT id, password_hash, role FROM auth.users WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(id, password_hash, role)| Account { id: UserId::from(id), password_hash, role }))
+}
+
+/// Makes `email` an admin with `password`, creating the account if needed. Idempotent, so
+/// every replica may run it at start.
+pub async fn provision_admin(db: &PgPool, email: &Email, password: &str) -> Result<UserId, AccountError> {
+    let password = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| AccountError::Hashing(e.to_string()))??;
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "INSERT INTO auth.users (id, email, password_hash, role) VALUES ($1, $2, $3, 'admin')
+         ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, role = 'admin'
+         RETURNING id",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(email.as_str())
+    .bind(&hash)
+    .fetch_one(db)
+    .await?;
+    Ok(UserId::from(id))
+}
