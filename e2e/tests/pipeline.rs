@@ -14,6 +14,8 @@ use tunewire_test_stack::media::{self, ffmpeg, probe};
 use tunewire_test_stack::{Sandbox, eventually, maildev};
 
 const PIPELINE_DEADLINE: Duration = Duration::from_secs(90);
+/// The converter's limit here: low, so a failure the gateway's probe cannot catch is cheap to make.
+const MAX_DURATION_S: f64 = 60.0;
 
 struct Pipeline {
     sandbox: Sandbox,
@@ -62,24 +64,17 @@ impl Pipeline {
             shutdown.clone(),
         )
         .await?;
-        let gateway = tunewire_gateway::start(
-            tunewire_gateway::Config {
-                bind: localhost(),
-                database_url: sandbox.database_url.clone(),
-                amqp_url: sandbox.amqp_url.clone(),
-                mongodb_uri: stack.mongo_uri.clone(),
-                mongodb_database: sandbox.mongo_database.clone(),
-                auth_url: format!("http://{}", auth.addr),
-                catalog_url: format!("http://{}", catalog.addr),
-                token_issuer: "tunewire-auth".into(),
-                token_audience: "tunewire".into(),
-                link_secret: link_secret.clone(),
-                link_secret_previous: None,
-                max_upload_bytes: 512 << 20,
-            },
-            shutdown.clone(),
-        )
-        .await?;
+        let mut gateway_config = tunewire_gateway::Config::local(
+            sandbox.database_url.clone(),
+            sandbox.amqp_url.clone(),
+            stack.mongo_uri.clone(),
+            sandbox.mongo_database.clone(),
+        );
+        gateway_config.auth_url = format!("http://{}", auth.addr);
+        gateway_config.catalog_url = format!("http://{}", catalog.addr);
+        gateway_config.link_secret = link_secret.clone();
+        gateway_config.max_upload_bytes = 512 << 20;
+        let gateway = tunewire_gateway::start(gateway_config, shutdown.clone()).await?;
         let gateway_url = format!("http://{}", gateway.addr);
         tunewire_converter::start(
             tunewire_converter::Config {
@@ -89,7 +84,7 @@ impl Pipeline {
                 mongodb_database: sandbox.mongo_database.clone(),
                 concurrency: 2,
                 work_dir: scratch.join("work"),
-                max_duration_s: 3600.0,
+                max_duration_s: MAX_DURATION_S,
             },
             shutdown.clone(),
         )
@@ -313,19 +308,27 @@ async fn acked(sandbox: &Sandbox, queue: &str) -> anyhow::Result<u64> {
 }
 
 #[tokio::test]
-async fn a_file_that_is_not_media_fails_with_a_reason_and_an_email() -> anyhow::Result<()> {
+async fn not_media_is_refused_at_upload_and_too_long_media_fails_with_a_reason_and_an_email() -> anyhow::Result<()> {
     let p = Pipeline::start().await?;
     let (email, token) = p.user().await?;
     let notes = p.scratch.join("notes.mp4");
     tokio::fs::write(&notes, b"<html><body>this is not a video</body></html>").await?;
     let resp = p.upload(&token, &notes, "notes.mp4").await?;
+    assert_eq!(resp.status(), 415);
+    assert_eq!(resp.json::<Value>().await?["error"], "not_media");
+
+    // Media the probe accepts but the converter refuses: longer than its limit.
+    let long = p.scratch.join("long.wav");
+    let spec = format!("sine=frequency=300:duration={}:sample_rate=8000", MAX_DURATION_S + 30.0);
+    ffmpeg(&["-f", "lavfi", "-i", &spec, "-ac", "1", long.to_str().context("path")?])?;
+    let resp = p.upload(&token, &long, "long.wav").await?;
     assert_eq!(resp.status(), 202);
     let job_id = resp.json::<Value>().await?["job_id"].as_str().context("no job id")?.to_string();
     let job = p.wait_for_state(&token, &job_id, "failed").await?;
-    assert!(job["error"].as_str().is_some_and(|e| e.contains("not audio or video")), "{job}");
+    assert!(job["error"].as_str().is_some_and(|e| e.contains("longer than the 60 s limit")), "{job}");
     let mails = p.emails(&email, 1).await?;
-    assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("notes.mp4"));
-    assert!(mails[0]["text"].as_str().unwrap_or_default().contains("not audio or video"));
+    assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("long.wav"));
+    assert!(mails[0]["text"].as_str().unwrap_or_default().contains("longer than the 60 s limit"));
     p.stop().await
 }
 

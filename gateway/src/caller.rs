@@ -1,10 +1,11 @@
 //! Who is calling: a bearer token verified locally against auth's JWKS (cached; refetched
-//! when a token names a key the cache does not have, at most every 10 s).
+//! when a token names a key the cache does not have, at most every 10 s). The algorithm is
+//! the one the JWKS publishes for the key (EdDSA or RS256), never the one the token claims.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::RwLock;
@@ -27,7 +28,8 @@ struct Claims {
 
 pub struct TokenVerifier {
     jwks_url: String,
-    validation: Validation,
+    issuer: String,
+    audience: String,
     http: reqwest::Client,
     cache: RwLock<(JwkSet, Option<Instant>)>,
 }
@@ -36,31 +38,32 @@ const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
 impl TokenVerifier {
     pub fn new(auth_url: &str, issuer: &str, audience: &str, http: reqwest::Client) -> Arc<Self> {
-        // The algorithm is pinned: a token's own `alg` cannot downgrade verification.
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
         Arc::new(Self {
             jwks_url: format!("{}/.well-known/jwks.json", auth_url.trim_end_matches('/')),
-            validation,
+            issuer: issuer.to_string(),
+            audience: audience.to_string(),
             http,
             cache: RwLock::new((JwkSet { keys: vec![] }, None)),
         })
     }
 
-    async fn key(&self, kid: &str) -> Result<Option<DecodingKey>, ApiError> {
+    async fn key(&self, kid: &str) -> Result<Option<Jwk>, ApiError> {
         {
             let cache = self.cache.read().await;
             if let Some(jwk) = cache.0.find(kid) {
-                return Ok(DecodingKey::from_jwk(jwk).ok());
+                return Ok(Some(jwk.clone()));
             }
             if cache.1.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
                 return Ok(None);
             }
         }
         let mut cache = self.cache.write().await;
+        if let Some(jwk) = cache.0.find(kid) {
+            return Ok(Some(jwk.clone()));
+        }
+        if cache.1.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
+            return Ok(None);
+        }
         let fetched: JwkSet = self
             .http
             .get(&self.jwks_url)
@@ -73,7 +76,17 @@ impl TokenVerifier {
             .await
             .map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
         *cache = (fetched, Some(Instant::now()));
-        Ok(cache.0.find(kid).and_then(|jwk| DecodingKey::from_jwk(jwk).ok()))
+        Ok(cache.0.find(kid).cloned())
+    }
+
+    /// Expiry, issuer, audience and subject checked, with 30 s of leeway for clock skew.
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        validation
     }
 
     pub async fn verify(&self, authorization: &str) -> Result<Caller, ApiError> {
@@ -85,9 +98,19 @@ impl TokenVerifier {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| ApiError::unauthorized("the token is malformed"))?;
         let kid = header.kid.ok_or_else(|| ApiError::unauthorized("the token names no key (kid)"))?;
-        let key =
+        let jwk =
             self.key(&kid).await?.ok_or_else(|| ApiError::unauthorized("the token was signed by an unknown key"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|e| {
+        let algorithm = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| Algorithm::try_from(a).ok())
+            .filter(|a| matches!(a, Algorithm::EdDSA | Algorithm::RS256))
+            .ok_or_else(|| ApiError::unauthorized("the token's key has no supported algorithm"))?;
+        if header.alg != algorithm {
+            return Err(ApiError::unauthorized("the token's algorithm does not match its key"));
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| ApiError::unauthorized("the token's key is unusable"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(algorithm)).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::unauthorized("the token has expired; log in again"),

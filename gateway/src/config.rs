@@ -1,4 +1,6 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use tunewire_service_runtime::ConfigError;
 use tunewire_service_runtime::config::{required_secret, secret, var};
@@ -20,6 +22,10 @@ pub struct Config {
     pub link_secret: String,
     pub link_secret_previous: Option<String>,
     pub max_upload_bytes: u64,
+    /// Where an upload is copied while it streams into GridFS, so FFmpeg can probe it.
+    /// Needs room for the largest upload times the uploads in flight.
+    pub spool_dir: PathBuf,
+    pub retention: crate::retention::Policy,
 }
 
 impl Config {
@@ -38,6 +44,36 @@ impl Config {
             link_secret: required_secret("LINK_SECRET")?,
             link_secret_previous: secret("LINK_SECRET_PREVIOUS")?,
             max_upload_bytes: var("MAX_UPLOAD_BYTES", 2u64 << 30)?,
+            spool_dir: var("GATEWAY_SPOOL_DIR", std::env::temp_dir())?,
+            retention: crate::retention::Policy {
+                originals: Duration::from_secs(var("RETENTION_ORIGINALS_S", 24 * 3600)?),
+                outputs: Duration::from_secs(var("RETENTION_OUTPUTS_S", 7 * 24 * 3600)?),
+                every: Duration::from_secs(var("RETENTION_SWEEP_S", 300)?),
+            },
         })
+    }
+
+    /// Defaults for the local stack with the given dependencies; tests start from it.
+    pub fn local(database_url: String, amqp_url: String, mongodb_uri: String, mongodb_database: String) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            amqp_url,
+            mongodb_uri,
+            mongodb_database,
+            auth_url: "http://127.0.0.1:8081".into(),
+            catalog_url: "http://127.0.0.1:8082".into(),
+            token_issuer: "tunewire-auth".into(),
+            token_audience: "tunewire".into(),
+            link_secret: "local-link-secret".into(),
+            link_secret_previous: None,
+            max_upload_bytes: 2 << 30,
+            spool_dir: std::env::temp_dir(),
+            retention: crate::retention::Policy {
+                originals: Duration::from_secs(24 * 3600),
+                outputs: Duration::from_secs(7 * 24 * 3600),
+                every: Duration::from_secs(300),
+            },
+        }
     }
 }

@@ -9,31 +9,62 @@ use tunewire_events::{Event, JobId, MediaUploaded, UserId};
 
 use crate::caller::Caller;
 
-/// Creates the job and queues its `media.uploaded` in the outbox, atomically.
-pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<(), sqlx::Error> {
+pub enum Created {
+    New,
+    /// The same owner already has a live job for these bytes and this preset.
+    Existing(JobId),
+}
+
+const LIVE_STATES: &str = "('queued', 'converting', 'converted')";
+
+/// Creates the job and queues its `media.uploaded` in the outbox, atomically; or finds the
+/// live job with the same owner, SHA-256 and preset and queues nothing.
+pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<Created, sqlx::Error> {
     let payload = serde_json::to_vec(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "INSERT INTO gateway.jobs (id, owner_id, owner_email, state, preset, source_file_id, source_filename, source_size, source_sha256)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8)",
-    )
-    .bind(event.job_id.as_uuid())
-    .bind(event.owner.id.as_uuid())
-    .bind(event.owner.email.as_str())
-    .bind(event.preset.as_str())
-    .bind(event.source.file_id.as_str())
-    .bind(&event.source.filename)
-    .bind(event.source.size as i64)
-    .bind(&event.source.sha256)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO gateway.outbox (id, routing_key, payload) VALUES ($1, $2, $3)")
-        .bind(uuid::Uuid::new_v4())
-        .bind(MediaUploaded::ROUTING_KEY)
-        .bind(payload)
-        .execute(&mut *tx)
+    // A live duplicate can stop being live (failed, expired) between the insert and the
+    // lookup; then the insert is simply tried again.
+    for _ in 0..3 {
+        let mut tx = db.begin().await?;
+        let inserted: Option<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO gateway.jobs (id, owner_id, owner_email, state, preset, source_file_id, source_filename, source_size, source_sha256)
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8)
+             ON CONFLICT (owner_id, source_sha256, preset) WHERE state IN {LIVE_STATES} DO NOTHING
+             RETURNING id"
+        )))
+        .bind(event.job_id.as_uuid())
+        .bind(event.owner.id.as_uuid())
+        .bind(event.owner.email.as_str())
+        .bind(event.preset.as_str())
+        .bind(event.source.file_id.as_str())
+        .bind(&event.source.filename)
+        .bind(event.source.size as i64)
+        .bind(&event.source.sha256)
+        .fetch_optional(&mut *tx)
         .await?;
-    tx.commit().await
+        if inserted.is_some() {
+            sqlx::query("INSERT INTO gateway.outbox (id, routing_key, payload) VALUES ($1, $2, $3)")
+                .bind(uuid::Uuid::new_v4())
+                .bind(MediaUploaded::ROUTING_KEY)
+                .bind(&payload)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(Created::New);
+        }
+        let existing: Option<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM gateway.jobs WHERE owner_id = $1 AND source_sha256 = $2 AND preset = $3 AND state IN {LIVE_STATES}"
+        )))
+        .bind(event.owner.id.as_uuid())
+        .bind(&event.source.sha256)
+        .bind(event.preset.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if let Some(existing) = existing {
+            return Ok(Created::Existing(JobId::from(existing)));
+        }
+    }
+    Err(sqlx::Error::Protocol("the duplicate job kept changing state".into()))
 }
 
 const COLUMNS: &str = "id, state, progress, preset, source_filename, source_size, source_sha256, output_file_id, \
@@ -75,28 +106,120 @@ pub async fn get(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Value
     row.as_ref().map(to_json).transpose()
 }
 
-/// The caller's newest jobs.
-pub async fn list(db: &PgPool, caller: &Caller, limit: i64) -> Result<Vec<Value>, sqlx::Error> {
-    let sql = sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM gateway.jobs WHERE owner_id = $1 OR $2 ORDER BY created_at DESC LIMIT $3"
-    ));
-    let rows = sqlx::query(sql).bind(caller.id.as_uuid()).bind(caller.admin).bind(limit).fetch_all(db).await?;
-    rows.iter().map(to_json).collect()
+/// Where a page of `list` ends: the last job's creation time and id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    created_at: DateTime<Utc>,
+    id: uuid::Uuid,
 }
 
-/// The original's filename of the job that produced `file_id`, if `owner` may download it.
-pub async fn output_filename(
+impl Cursor {
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let raw = format!("{}.{}", self.created_at.timestamp_micros(), self.id);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        let (micros, id) = std::str::from_utf8(&raw).ok()?.split_once('.')?;
+        Some(Self { created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?, id: id.parse().ok()? })
+    }
+}
+
+pub const STATES: [&str; 5] = ["queued", "converting", "converted", "failed", "expired"];
+
+/// A page of the caller's jobs (every job for an admin), newest first.
+pub async fn list(
     db: &PgPool,
-    file_id: &str,
-    owner: UserId,
-    admin: bool,
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT source_filename FROM gateway.jobs WHERE output_file_id = $1 AND (owner_id = $2 OR $3)")
-        .bind(file_id)
-        .bind(owner.as_uuid())
-        .bind(admin)
-        .fetch_optional(db)
+    caller: &Caller,
+    state: Option<&str>,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<(Vec<Value>, Option<Cursor>), sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM gateway.jobs
+         WHERE (owner_id = $1 OR $2) AND ($3::text IS NULL OR state = $3)
+           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5))
+         ORDER BY created_at DESC, id DESC LIMIT $6"
+    ));
+    let rows = sqlx::query(sql)
+        .bind(caller.id.as_uuid())
+        .bind(caller.admin)
+        .bind(state)
+        .bind(after.map(|c| c.created_at))
+        .bind(after.map(|c| c.id))
+        .bind(limit + 1)
+        .fetch_all(db)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = match page.last() {
+        Some(row) if more => Some(Cursor { created_at: row.try_get("created_at")?, id: row.try_get("id")? }),
+        _ => None,
+    };
+    Ok((page.iter().map(to_json).collect::<Result<_, _>>()?, next))
+}
+
+pub struct Download {
+    pub source_filename: String,
+    pub expired: bool,
+}
+
+/// The job that produced `file_id`, if `owner` (or an admin) may download it.
+pub async fn download(db: &PgPool, file_id: &str, owner: UserId, admin: bool) -> Result<Option<Download>, sqlx::Error> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT source_filename, state FROM gateway.jobs WHERE output_file_id = $1 AND (owner_id = $2 OR $3)",
+    )
+    .bind(file_id)
+    .bind(owner.as_uuid())
+    .bind(admin)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(source_filename, state)| Download { source_filename, expired: state == "expired" }))
+}
+
+/// The GridFS files a job holds: its original and its MP3, if any.
+pub struct JobFiles {
+    pub source_file_id: String,
+    pub output_file_id: Option<String>,
+}
+
+pub async fn files(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<JobFiles>, sqlx::Error> {
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT source_file_id, output_file_id FROM gateway.jobs WHERE id = $1 AND (owner_id = $2 OR $3)",
+    )
+    .bind(id.as_uuid())
+    .bind(caller.id.as_uuid())
+    .bind(caller.admin)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(source_file_id, output_file_id)| JobFiles { source_file_id, output_file_id }))
+}
+
+pub async fn delete(db: &PgPool, id: JobId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM gateway.jobs WHERE id = $1").bind(id.as_uuid()).execute(db).await.map(drop)
+}
+
+/// Retention removed these originals.
+pub async fn sources_removed(db: &PgPool, file_ids: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE gateway.jobs SET source_removed_at = now() WHERE source_file_id = ANY($1)")
+        .bind(file_ids)
+        .execute(db)
         .await
+        .map(drop)
+}
+
+/// Retention removed these MP3s: their jobs are `expired`.
+pub async fn outputs_expired(db: &PgPool, file_ids: &[String]) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE gateway.jobs SET state = 'expired', updated_at = now() WHERE output_file_id = ANY($1) AND state = 'converted'",
+    )
+    .bind(file_ids)
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
 }
 
 /// Applies a pipeline event. States only move forward, so redelivered or reordered events

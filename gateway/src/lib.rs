@@ -5,10 +5,16 @@
 
 pub mod caller;
 pub mod config;
+pub mod download;
+pub mod job_events;
 pub mod job_state;
 pub mod jobs;
+pub mod metrics;
 pub mod outbox;
+pub mod probe;
+pub mod retention;
 pub mod routes;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +68,9 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
+    probe::init()?;
+    upload::check_spool_dir(&config.spool_dir)
+        .map_err(|e| anyhow::anyhow!("GATEWAY_SPOOL_DIR={} is not writable: {e}", config.spool_dir.display()))?;
     let db = PgPoolOptions::new().max_connections(20).connect(&config.database_url).await?;
     migrate(&db).await?;
     let store = MediaStore::connect(&config.mongodb_uri, &config.mongodb_database).await?;
@@ -74,6 +83,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.link_secret_previous.clone().map(String::into_bytes),
     );
     let outbox_wake = Arc::new(Notify::new());
+    let mut registry = Registry::default();
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let state = routes::State {
         config: Arc::new(config.clone()),
         db: db.clone(),
@@ -82,19 +93,27 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         links,
         http,
         outbox_wake: outbox_wake.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
     };
     let health =
-        HealthRoutes::new(Arc::new(Dependencies { db: db.clone(), bus: bus.clone(), store }), Registry::default());
-    let api = routes::routes(state).or(health.routes()).unify().recover(http_error::recover);
+        HealthRoutes::new(Arc::new(Dependencies { db: db.clone(), bus: bus.clone(), store: store.clone() }), registry);
+    let api = routes::routes(state)
+        .or(health.routes())
+        .unify()
+        .recover(http_error::recover)
+        .with(warp::log::custom(move |info| metrics.observe(&info)));
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     let server = health::spawn_server(listener, api, shutdown.clone());
     let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, shutdown.clone()));
+    let retention = tokio::spawn(retention::run(db.clone(), store, config.retention, shutdown.clone()));
     let task = tokio::spawn(async move {
         let handler = move |msg| job_state::handle(db.clone(), msg);
         bus.consume(GATEWAY_QUEUE, 32, handler, shutdown).await;
         let _ = relay.await;
+        let _ = retention.await;
         let _ = server.await;
     });
     Ok(Running { addr, task })

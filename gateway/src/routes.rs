@@ -1,29 +1,29 @@
-//! The public HTTP API (`/v1/...`).
+//! The public HTTP API (`/v1/...`): the filter tree and the small handlers; uploads,
+//! downloads and job events live in their own modules.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use futures_util::{StreamExt, TryStreamExt};
-use mongodb::bson::doc;
-use serde::Deserialize;
+use futures_util::TryStreamExt;
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tunewire_events::contract::{Owner, SourceFile, TrackTags};
-use tunewire_events::{FileId, JobId, MediaUploaded, Preset, UserId};
-use tunewire_media_store::{Bucket, MediaStore, StoreError};
+use tokio_util::sync::CancellationToken;
+use tunewire_events::JobId;
+use tunewire_media_store::{Bucket, MediaStore};
 use tunewire_service_runtime::ApiError;
 use tunewire_signed_links::LinkSigner;
-use warp::http::{StatusCode, header};
-use warp::multipart::FormData;
+use warp::http::{HeaderMap, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
 use crate::caller::{Caller, TokenVerifier};
 use crate::config::Config;
-use crate::jobs;
+use crate::metrics::Metrics;
+use crate::upload::{self, Details, RawUpload};
+use crate::{download, job_events, jobs};
 
 #[derive(Clone)]
 pub struct State {
@@ -34,9 +34,13 @@ pub struct State {
     pub links: LinkSigner,
     pub http: reqwest::Client,
     pub outbox_wake: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
 }
 
 type Response = warp::reply::Response;
+
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 fn with<T: Clone + Send + Sync + 'static>(
     value: T,
@@ -45,9 +49,44 @@ fn with<T: Clone + Send + Sync + 'static>(
 }
 
 fn caller(state: State) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::header::<String>("authorization").and(with(state)).and_then(|auth: String, state: State| async move {
-        state.verifier.verify(&auth).await.map_err(warp::reject::custom)
-    })
+    warp::header::optional::<String>("authorization").and(with(state)).and_then(
+        |auth: Option<String>, state: State| async move {
+            let auth = auth.ok_or_else(|| {
+                warp::reject::custom(ApiError::unauthorized(
+                    "a bearer token is required (Authorization: Bearer <token>)",
+                ))
+            })?;
+            state.verifier.verify(&auth).await.map_err(warp::reject::custom)
+        },
+    )
+}
+
+/// `true` for HEAD, `false` for GET.
+fn get_or_head() -> impl Filter<Extract = (bool,), Error = Rejection> + Clone {
+    warp::get().map(|| false).or(warp::head().map(|| true)).unify()
+}
+
+/// Passes only requests whose body is `multipart/form-data`.
+fn multipart_body() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|content_type: Option<String>| async move {
+            match content_type {
+                Some(ct) if ct.trim().to_ascii_lowercase().starts_with("multipart/form-data") => Ok(()),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
+}
+
+fn not_multipart_body() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|content_type: Option<String>| async move {
+            match content_type {
+                Some(ct) if ct.trim().to_ascii_lowercase().starts_with("multipart/") => Err(warp::reject::not_found()),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
 }
 
 async fn answer(result: Result<Response, ApiError>) -> Result<Response, Rejection> {
@@ -55,53 +94,100 @@ async fn answer(result: Result<Response, ApiError>) -> Result<Response, Rejectio
 }
 
 pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let openapi = warp::path!("v1" / "openapi.json")
+        .and(warp::get())
+        .map(|| warp::reply::with_header(OPENAPI, header::CONTENT_TYPE, "application/json").into_response());
     let auth_proxy = warp::path!("v1" / "auth" / String)
         .and(warp::post())
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::bytes())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(with(state.clone()))
-        .and_then(|action: String, body: Bytes, state: State| async move {
-            answer(auth_proxy(action, body, state).await).await
+        .and_then(|action: String, body: Bytes, remote, forwarded, state: State| async move {
+            answer(auth_proxy(action, body, remote, forwarded, state).await).await
         });
-    let upload = warp::path!("v1" / "uploads")
-        .and(warp::post())
+    let me = warp::path!("v1" / "me").and(warp::get()).and(caller(state.clone())).map(|caller: Caller| {
+        let role = if caller.admin { "admin" } else { "user" };
+        warp::reply::json(&json!({"id": caller.id, "email": caller.email, "role": role})).into_response()
+    });
+    let upload_form = warp::path!("v1" / "uploads")
+        .and(warp::post().or(warp::put()).unify())
         .and(caller(state.clone()))
+        .and(multipart_body())
         .and(warp::multipart::form().max_length(None))
         .and(with(state.clone()))
-        .and_then(|caller, form, state| async move { answer(upload(caller, form, state).await).await });
+        .and_then(|caller, form, state| async move { answer(upload::multipart(caller, form, state).await).await });
+    let upload_raw = warp::path!("v1" / "uploads")
+        .and(warp::post().or(warp::put()).unify())
+        .and(caller(state.clone()))
+        .and(not_multipart_body())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(with(state.clone()))
+        .and_then(|caller, query, headers, body, state| async move {
+            answer(raw_upload(caller, query, headers, body, state).await).await
+        });
+    let list = warp::path!("v1" / "jobs")
+        .and(warp::get())
+        .and(caller(state.clone()))
+        .and(warp::query::<HashMap<String, String>>())
+        .and(with(state.clone()))
+        .and_then(|caller, query, state| async move { answer(list_jobs(caller, query, state).await).await });
     let job = warp::path!("v1" / "jobs" / String)
         .and(warp::get())
         .and(caller(state.clone()))
         .and(with(state.clone()))
         .and_then(|id: String, caller, state| async move { answer(get_job(id, caller, state).await).await });
-    let list = warp::path!("v1" / "jobs")
+    let delete = warp::path!("v1" / "jobs" / String)
+        .and(warp::delete())
+        .and(caller(state.clone()))
+        .and(with(state.clone()))
+        .and_then(|id: String, caller, state| async move { answer(delete_job(id, caller, state).await).await });
+    let events = warp::path!("v1" / "jobs" / String / "events")
         .and(warp::get())
         .and(caller(state.clone()))
         .and(with(state.clone()))
-        .and_then(|caller, state| async move { answer(list_jobs(caller, state).await).await });
+        .and_then(|id: String, caller, state| async move { answer(job_events(id, caller, state).await).await });
     let file = warp::path!("v1" / "files" / String)
-        .and(warp::get())
+        .and(get_or_head())
         .and(caller(state.clone()))
+        .and(warp::header::headers_cloned())
         .and(with(state.clone()))
-        .and_then(|id: String, caller: Caller, state| async move {
-            answer(download(id, caller.id, caller.admin, state).await).await
+        .and_then(|id: String, head, caller: Caller, headers, state: State| async move {
+            let request = download::Request { head, headers };
+            answer(download::serve(&state, &id, caller.id, caller.admin, request).await).await
         });
     let signed = warp::path!("v1" / "downloads" / String)
-        .and(warp::get())
+        .and(get_or_head())
+        .and(warp::header::headers_cloned())
         .and(with(state.clone()))
-        .and_then(|token: String, state| async move { answer(signed_download(token, state).await).await });
+        .and_then(|token: String, head, headers, state: State| async move {
+            answer(signed_download(token, download::Request { head, headers }, state).await).await
+        });
     let search = warp::path!("v1" / "search")
         .and(warp::get())
         .and(caller(state.clone()))
-        .and(warp::query::<SearchQuery>())
+        .and(warp::query::<HashMap<String, String>>())
         .and(with(state))
         .and_then(|caller, query, state| async move { answer(search(caller, query, state).await).await });
-    auth_proxy
-        .or(upload)
+    openapi
+        .or(auth_proxy)
+        .unify()
+        .or(me)
+        .unify()
+        .or(upload_form)
+        .unify()
+        .or(upload_raw)
+        .unify()
+        .or(list)
         .unify()
         .or(job)
         .unify()
-        .or(list)
+        .or(delete)
+        .unify()
+        .or(events)
         .unify()
         .or(file)
         .unify()
@@ -111,256 +197,188 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Reject
         .unify()
 }
 
-/// Register and login live in auth; a client only needs the gateway's address.
-async fn auth_proxy(action: String, body: Bytes, state: State) -> Result<Response, ApiError> {
+async fn raw_upload<B, S>(
+    caller: Caller,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: S,
+    state: State,
+) -> Result<Response, ApiError>
+where
+    B: Buf + Send,
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+{
+    let details = details_from_query(query)?;
+    let raw = RawUpload {
+        filename: upload::raw_filename(
+            headers.get("x-filename").map(|v| v.as_bytes()),
+            headers.get(header::CONTENT_DISPOSITION).and_then(|v| v.to_str().ok()),
+        ),
+        content_length: headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
+    };
+    let body = Box::pin(body.map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string()));
+    upload::raw(caller, raw, details, body, state).await
+}
+
+/// Raw uploads take their details from the query string.
+fn details_from_query(query: HashMap<String, String>) -> Result<Details, ApiError> {
+    let mut details = Details::default();
+    for (key, value) in query {
+        match key.as_str() {
+            "title" => details.title = Some(value),
+            "artist" => details.artist = Some(value),
+            "album" => details.album = Some(value),
+            "preset" => details.preset = Some(value),
+            other => {
+                return Err(ApiError::bad_request("unknown_field", format!("unexpected query parameter {other:?}")));
+            }
+        }
+    }
+    Ok(details)
+}
+
+/// Register and login live in auth; a client only needs the gateway's address. The client's
+/// address travels in `X-Forwarded-For` (auth limits failed logins by it), and auth's
+/// `Retry-After` comes back.
+async fn auth_proxy(
+    action: String,
+    body: Bytes,
+    remote: Option<SocketAddr>,
+    forwarded: Option<String>,
+    state: State,
+) -> Result<Response, ApiError> {
     if action != "register" && action != "login" {
-        return Err(ApiError::not_found("route"));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
     let url = format!("{}/{action}", state.config.auth_url.trim_end_matches('/'));
-    let resp = state
+    let mut request = state
         .http
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body)
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
+        .timeout(Duration::from_secs(10));
+    if let Some(remote) = remote {
+        let chain = match forwarded {
+            Some(f) if !f.trim().is_empty() => format!("{f}, {}", remote.ip()),
+            _ => remote.ip().to_string(),
+        };
+        request = request.header("x-forwarded-for", chain);
+    }
+    let resp = request.send().await.map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
     let status = resp.status();
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
     let bytes = resp.bytes().await.map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
-    Ok(warp::http::Response::builder()
-        .status(status.as_u16())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(warp::hyper::body::Bytes::from(bytes))
-        .map(Reply::into_response)
-        .unwrap_or_else(|e| ApiError::internal("proxy", e).into_response()))
-}
-
-/// A file name safe to store and to show: no folders, no control characters, bounded.
-fn clean_filename(raw: Option<&str>) -> String {
-    let base = raw.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
-    let cleaned = cleaned.trim().trim_start_matches('.').to_string();
-    if cleaned.is_empty() { "upload".into() } else { cleaned }
-}
-
-const MAX_FIELD_BYTES: usize = 1024;
-
-async fn read_field(part: warp::multipart::Part) -> Result<String, ApiError> {
-    let name = part.name().to_string();
-    let mut bytes = Vec::new();
-    let mut stream = part.stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
-        bytes.extend_from_slice(chunk.chunk());
-        if bytes.len() > MAX_FIELD_BYTES {
-            return Err(ApiError::bad_request(
-                "field_too_long",
-                format!("field {name:?} is longer than {MAX_FIELD_BYTES} bytes"),
-            ));
-        }
+    let mut response =
+        warp::reply::with_header(bytes.to_vec(), header::CONTENT_TYPE, "application/json").into_response();
+    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(value) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
     }
-    String::from_utf8(bytes)
-        .map(|s| s.trim().to_string())
-        .map_err(|_| ApiError::bad_request("invalid_field", format!("field {name:?} is not UTF-8 text")))
+    Ok(response)
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::TooLarge { limit } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the file is larger than the {limit}-byte upload limit"),
-        ),
-        StoreError::Source(reason) => {
-            ApiError::bad_request("upload_interrupted", format!("the upload did not complete: {reason}"))
-        }
-        other => ApiError::unavailable(other.code(), other),
-    }
-}
-
-struct Parsed {
-    file: Option<(tunewire_media_store::StoredFile, String)>,
-    tags: TrackTags,
-    preset: Preset,
-}
-
-async fn parse_form(mut form: FormData, caller: &Caller, state: &State, parsed: &mut Parsed) -> Result<(), ApiError> {
-    while let Some(part) = form.next().await {
-        let part = part.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
-        match part.name() {
-            "file" => {
-                if parsed.file.is_some() {
-                    return Err(ApiError::bad_request("too_many_files", "send one `file` part per upload"));
-                }
-                let filename = clean_filename(part.filename());
-                let body =
-                    part.stream().map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string());
-                let metadata = doc! {"owner_id": caller.id.to_string()};
-                let stored = state
-                    .store
-                    .store(Bucket::Uploads, None, &filename, metadata, Box::pin(body), state.config.max_upload_bytes)
-                    .await
-                    .map_err(store_error)?;
-                parsed.file = Some((stored, filename));
-            }
-            "title" => parsed.tags.title = Some(read_field(part).await?).filter(|s| !s.is_empty()),
-            "artist" => parsed.tags.artist = Some(read_field(part).await?).filter(|s| !s.is_empty()),
-            "album" => parsed.tags.album = Some(read_field(part).await?).filter(|s| !s.is_empty()),
-            "preset" => {
-                let value = read_field(part).await?;
-                parsed.preset = value.parse().map_err(|e: String| ApiError::bad_request("invalid_preset", e))?;
-            }
-            other => {
-                let other = other.to_string();
-                return Err(ApiError::bad_request("unknown_field", format!("unexpected form field {other:?}")));
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn upload(caller: Caller, form: FormData, state: State) -> Result<Response, ApiError> {
-    let mut parsed = Parsed { file: None, tags: TrackTags::default(), preset: Preset::default() };
-    let outcome = parse_form(form, &caller, &state, &mut parsed).await;
-    let result = match (outcome, parsed.file.take()) {
-        (Err(e), file) => Err((e, file)),
-        (Ok(()), None) => Err((ApiError::bad_request("missing_file", "the form has no `file` part"), None)),
-        (Ok(()), Some((stored, filename))) => {
-            let event = MediaUploaded {
-                job_id: JobId::new(),
-                owner: Owner { id: caller.id, email: caller.email.clone() },
-                source: SourceFile {
-                    file_id: stored.id.clone(),
-                    filename: filename.clone(),
-                    size: stored.size,
-                    sha256: stored.sha256.clone(),
-                },
-                preset: parsed.preset,
-                overrides: parsed.tags,
-            };
-            match jobs::create(&state.db, &event).await {
-                Ok(()) => Ok(event.job_id),
-                Err(e) => Err((ApiError::unavailable("database_unavailable", e), Some((stored, filename)))),
-            }
-        }
-    };
-    match result {
-        Ok(job_id) => {
-            state.outbox_wake.notify_one();
-            tracing::info!(%job_id, owner = %caller.id, "upload accepted");
-            let body = json!({"job_id": job_id, "status_url": format!("/v1/jobs/{job_id}")});
-            Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::ACCEPTED).into_response())
-        }
-        Err((error, stored)) => {
-            // Nothing is kept for an upload that was not accepted.
-            if let Some((stored, _)) = stored {
-                if let Err(e) = state.store.delete(Bucket::Uploads, &stored.id).await {
-                    tracing::warn!(file_id = %stored.id, error = %e, "could not remove a rejected upload");
-                }
-            }
-            Err(error)
-        }
-    }
+fn job_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse().map_err(|_| ApiError::not_found("job"))
 }
 
 async fn get_job(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
-    let id: JobId = id.parse().map_err(|_| ApiError::not_found("job"))?;
+    let id = job_id(&id)?;
     match jobs::get(&state.db, id, &caller).await.map_err(|e| ApiError::unavailable("database_unavailable", e))? {
         Some(job) => Ok(warp::reply::json(&job).into_response()),
         None => Err(ApiError::not_found("job")),
     }
 }
 
-async fn list_jobs(caller: Caller, state: State) -> Result<Response, ApiError> {
-    let jobs =
-        jobs::list(&state.db, &caller, 100).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
-    Ok(warp::reply::json(&json!({"jobs": jobs})).into_response())
-}
-
-/// `Content-Disposition` with an ASCII fallback and the exact UTF-8 name (RFC 6266).
-fn content_disposition(source_filename: &str) -> String {
-    let stem = source_filename.rsplit_once('.').map_or(source_filename, |(s, _)| s);
-    let name = format!("{stem}.mp3");
-    let ascii: String =
-        name.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
-    let encoded: String = name
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
+async fn list_jobs(caller: Caller, query: HashMap<String, String>, state: State) -> Result<Response, ApiError> {
+    let mut filter_state = None;
+    let mut cursor = None;
+    let mut limit = 20;
+    for (key, value) in &query {
+        match key.as_str() {
+            "state" if jobs::STATES.contains(&value.as_str()) => filter_state = Some(value.as_str()),
+            "state" => {
+                let states = jobs::STATES.join(", ");
+                return Err(ApiError::bad_request("invalid_state", format!("state must be one of {states}")));
             }
-        })
-        .collect();
-    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+            "cursor" => {
+                cursor = Some(jobs::Cursor::decode(value).ok_or_else(|| {
+                    ApiError::bad_request("invalid_cursor", "the cursor is not one this API handed out")
+                })?)
+            }
+            "limit" => {
+                limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be a number from 1 to 100"))?
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!("unexpected query parameter {other:?}"),
+                ));
+            }
+        }
+    }
+    let (page, next) = jobs::list(&state.db, &caller, filter_state, cursor, limit)
+        .await
+        .map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    Ok(warp::reply::json(&json!({"jobs": page, "next_cursor": next.map(|c| c.encode())})).into_response())
 }
 
-async fn download(id: String, owner: UserId, admin: bool, state: State) -> Result<Response, ApiError> {
-    let file_id: FileId = id.parse().map_err(|_| ApiError::not_found("file"))?;
-    let filename = jobs::output_filename(&state.db, file_id.as_str(), owner, admin)
+/// Removes the job's original and MP3 from GridFS, then the job.
+async fn delete_job(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let files = jobs::files(&state.db, id, &caller)
         .await
         .map_err(|e| ApiError::unavailable("database_unavailable", e))?
-        .ok_or_else(|| ApiError::not_found("file"))?;
-    let (info, download) = state
-        .store
-        .open(Bucket::Audio, &file_id)
-        .await
-        .map_err(|e| ApiError::unavailable(e.code(), e))?
-        .ok_or_else(|| ApiError::not_found("file"))?;
-    // The GridFS stream is not Sync, which warp's body needs: hand chunks over a small channel.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let mut reader = download.compat();
-        loop {
-            let mut buf = vec![0u8; 256 * 1024];
-            match reader.read(&mut buf).await {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-    });
-    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut response = warp::reply::stream(body).into_response();
-    let headers = response.headers_mut();
-    let insert = |headers: &mut warp::http::HeaderMap, name, value: String| {
-        if let Ok(value) = header::HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    insert(headers, header::CONTENT_TYPE, "audio/mpeg".into());
-    insert(headers, header::CONTENT_LENGTH, info.length.to_string());
-    insert(headers, header::ETAG, format!("\"{file_id}\""));
-    insert(headers, header::CONTENT_DISPOSITION, content_disposition(&filename));
-    Ok(response)
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let mut to_remove = vec![(Bucket::Uploads, files.source_file_id)];
+    to_remove.extend(files.output_file_id.map(|f| (Bucket::Audio, f)));
+    for (bucket, file_id) in to_remove {
+        let Ok(file_id) = file_id.parse() else { continue };
+        state.store.delete(bucket, &file_id).await.map_err(|e| ApiError::unavailable(e.code(), e))?;
+    }
+    jobs::delete(&state.db, id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    tracing::info!(job_id = %id, by = %caller.id, "job deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn signed_download(token: String, state: State) -> Result<Response, ApiError> {
+async fn job_events(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let first = jobs::get(&state.db, id, &caller)
+        .await
+        .map_err(|e| ApiError::unavailable("database_unavailable", e))?
+        .ok_or_else(|| ApiError::not_found("job"))?;
+    let shutdown = state.shutdown.clone();
+    let stream = job_events::follow(state, id, caller, first, shutdown);
+    Ok(warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(stream)).into_response())
+}
+
+async fn signed_download(token: String, request: download::Request, state: State) -> Result<Response, ApiError> {
     let claims = state
         .links
         .verify(&token, chrono::Utc::now())
         .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()))?;
-    download(claims.file_id.to_string(), claims.owner, false, state).await
-}
-
-#[derive(Deserialize)]
-struct SearchQuery {
-    q: Option<String>,
+    download::serve(&state, claims.file_id.as_str(), claims.owner, false, request).await
 }
 
 /// Fronts the catalog's search with the caller's identity: a user searches their own tracks.
-async fn search(caller: Caller, query: SearchQuery, state: State) -> Result<Response, ApiError> {
-    let mut params = vec![("q", query.q.unwrap_or_default())];
+async fn search(caller: Caller, query: HashMap<String, String>, state: State) -> Result<Response, ApiError> {
+    let mut params: Vec<(&str, String)> = Vec::new();
+    for (key, value) in query {
+        match key.as_str() {
+            "q" => params.push(("q", value)),
+            "tag" => params.push(("tag", value)),
+            "limit" => params.push(("limit", value)),
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown_parameter",
+                    format!("unexpected query parameter {other:?}"),
+                ));
+            }
+        }
+    }
     if !caller.admin {
         params.push(("owner", caller.id.to_string()));
     }
@@ -379,25 +397,4 @@ async fn search(caller: Caller, query: SearchQuery, state: State) -> Result<Resp
         StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
     )
     .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filenames_lose_folders_and_control_characters() {
-        assert_eq!(clean_filename(Some("../../etc/passwd")), "passwd");
-        assert_eq!(clean_filename(Some("C:\\music\\song.mp4")), "song.mp4");
-        assert_eq!(clean_filename(Some("a\u{0}b\nc.mkv")), "abc.mkv");
-        assert_eq!(clean_filename(None), "upload");
-        assert_eq!(clean_filename(Some("..")), "upload");
-    }
-
-    #[test]
-    fn content_disposition_keeps_non_ascii_names() {
-        let value = content_disposition("Café déjà.mp4");
-        assert!(value.starts_with("attachment; filename=\"Caf_ d_j_.mp3\""), "{value}");
-        assert!(value.ends_with("filename*=UTF-8''Caf%C3%A9%20d%C3%A9j%C3%A0.mp3"), "{value}");
-    }
 }

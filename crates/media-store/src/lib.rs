@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::io::AsyncWriteExt;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::gridfs::{GridFsBucket, GridFsDownloadStream};
 use mongodb::options::{GridFsBucketOptions, IndexOptions, WriteConcern};
@@ -41,6 +41,8 @@ pub enum StoreError {
     Source(String),
     #[error("local file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("file {file_id} is corrupt: {what}")]
+    Corrupt { file_id: FileId, what: String },
 }
 
 impl StoreError {
@@ -50,6 +52,7 @@ impl StoreError {
             StoreError::TooLarge { .. } => "payload_too_large",
             StoreError::Source(_) => "upload_interrupted",
             StoreError::Io(_) => "local_io",
+            StoreError::Corrupt { .. } => "media_store_corrupt",
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct StoredFile {
 pub struct FileInfo {
     pub id: FileId,
     pub length: u64,
+    pub chunk_size: u32,
     pub filename: Option<String>,
     pub uploaded_at: chrono::DateTime<chrono::Utc>,
     pub metadata: Option<Document>,
@@ -115,8 +119,10 @@ impl MediaStore {
         Ok(())
     }
 
-    /// Streams `source` into `bucket`, hashing as it goes. On any failure, or past
-    /// `max_bytes`, the partial file is removed and nothing is left behind.
+    /// Streams `source` into `bucket`, hashing as it goes, and copying every byte to `tee`
+    /// when given (a local spool to probe). On any failure, or past `max_bytes`, the partial
+    /// file is removed and nothing is left behind.
+    #[allow(clippy::too_many_arguments)]
     pub async fn store<S, E>(
         &self,
         bucket: Bucket,
@@ -125,6 +131,7 @@ impl MediaStore {
         metadata: Document,
         mut source: S,
         max_bytes: u64,
+        mut tee: Option<&mut (dyn tokio::io::AsyncWrite + Unpin + Send)>,
     ) -> Result<StoredFile, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -143,6 +150,12 @@ impl MediaStore {
                 }
                 hasher.update(&chunk);
                 upload.write_all(&chunk).await?;
+                if let Some(tee) = tee.as_mut() {
+                    tee.write_all(&chunk).await?;
+                }
+            }
+            if let Some(tee) = tee.as_mut() {
+                tee.flush().await?;
             }
             upload.close().await?;
             Ok(())
@@ -168,7 +181,7 @@ impl MediaStore {
     ) -> Result<StoredFile, StoreError> {
         let file = tokio::fs::File::open(path).await?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 255 * 1024);
-        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX).await
+        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX, None).await
     }
 
     pub async fn info(&self, bucket: Bucket, id: &FileId) -> Result<Option<FileInfo>, StoreError> {
@@ -176,6 +189,7 @@ impl MediaStore {
         Ok(found.map(|f| FileInfo {
             id: id.clone(),
             length: f.length,
+            chunk_size: f.chunk_size_bytes,
             filename: f.filename,
             uploaded_at: chrono::DateTime::from_timestamp_millis(f.upload_date.timestamp_millis()).unwrap_or_default(),
             metadata: f.metadata,
@@ -195,6 +209,49 @@ impl MediaStore {
         Ok(Some((info, stream)))
     }
 
+    /// Bytes `start..=end` of a stored file, read straight from the chunks that hold them
+    /// (a few chunks in memory at a time). A missing or short chunk is an error, not silence.
+    pub async fn read_range(
+        &self,
+        bucket: Bucket,
+        info: &FileInfo,
+        start: u64,
+        end: u64,
+    ) -> Result<impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static, StoreError> {
+        let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
+        let chunk_size = u64::from(info.chunk_size.max(1));
+        let (first, last) = (start / chunk_size, end / chunk_size);
+        let filter = doc! {"files_id": oid(&info.id), "n": {"$gte": first as i64, "$lte": last as i64}};
+        let cursor = chunks.find(filter).sort(doc! {"n": 1}).batch_size(4).await?;
+        let file_id = info.id.clone();
+        Ok(futures_util::stream::try_unfold((cursor, first), move |(mut cursor, n)| {
+            let file_id = file_id.clone();
+            async move {
+                if n > last {
+                    return Ok(None);
+                }
+                let corrupt = |what: String| StoreError::Corrupt { file_id, what };
+                let Some(chunk) = cursor.try_next().await? else {
+                    return Err(corrupt(format!("chunk {n} is missing")));
+                };
+                let found = chunk.get_i32("n").map(i64::from).or_else(|_| chunk.get_i64("n")).ok();
+                if found != Some(n as i64) {
+                    return Err(corrupt(format!("chunk {n} is missing (found {found:?})")));
+                }
+                let Some(Bson::Binary(data)) = chunk.get("data") else {
+                    return Err(corrupt(format!("chunk {n} has no data")));
+                };
+                let offset = n * chunk_size;
+                let from = start.saturating_sub(offset) as usize;
+                let to = (end + 1 - offset).min(data.bytes.len() as u64) as usize;
+                if from >= to {
+                    return Err(corrupt(format!("chunk {n} is short")));
+                }
+                Ok(Some((Bytes::copy_from_slice(&data.bytes[from..to]), (cursor, n + 1))))
+            }
+        }))
+    }
+
     /// Copies a stored file to a local path (bounded memory), returning its length.
     pub async fn download_to(&self, bucket: Bucket, id: &FileId, path: &Path) -> Result<Option<u64>, StoreError> {
         let Some((_, stream)) = self.open(bucket, id).await? else {
@@ -206,6 +263,26 @@ impl MediaStore {
         file.flush().await?;
         file.sync_all().await?;
         Ok(Some(copied))
+    }
+
+    /// Up to `limit` files of `bucket` stored before `cutoff`, oldest first (retention).
+    pub async fn stored_before(
+        &self,
+        bucket: Bucket,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: i64,
+    ) -> Result<Vec<FileId>, StoreError> {
+        let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+        let cutoff = mongodb::bson::DateTime::from_millis(cutoff.timestamp_millis());
+        let found: Vec<Document> = files
+            .find(doc! {"uploadDate": {"$lt": cutoff}})
+            .sort(doc! {"uploadDate": 1})
+            .projection(doc! {"_id": 1})
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found.iter().filter_map(|d| d.get_object_id("_id").ok()).map(|id| FileId::from_bytes(id.bytes())).collect())
     }
 
     /// Removes a file and its chunks; a file that is not there is not an error.

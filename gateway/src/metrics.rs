@@ -1,0 +1,104 @@
+//! The gateway's Prometheus metrics: requests by route and status, latency, bytes in and
+//! out, uploads in flight. Routes are labelled by template (`/v1/jobs/{id}`), never by the
+//! raw path, so the series stay few.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: &'static str,
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: LatencyFamily,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub uploads_in_flight: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            uploads_in_flight: Gauge::default(),
+        };
+        registry.register("http_requests", "HTTP requests answered", metrics.requests.clone());
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer (to the first byte of a streamed body)",
+            Unit::Seconds,
+            metrics.latency.clone(),
+        );
+        registry.register_with_unit("upload", "Upload bytes received", Unit::Bytes, metrics.bytes_in.clone());
+        registry.register_with_unit("download", "Download bytes sent", Unit::Bytes, metrics.bytes_out.clone());
+        registry.register("uploads_in_flight", "Uploads being received", metrics.uploads_in_flight.clone());
+        metrics
+    }
+
+    pub fn observe(&self, info: &warp::log::Info<'_>) {
+        let route = route_template(info.path());
+        let method = info.method().to_string();
+        self.requests
+            .get_or_create(&RequestLabels { method: method.clone(), route, status: info.status().as_u16() })
+            .inc();
+        self.latency.get_or_create(&RouteLabels { method, route }).observe(info.elapsed().as_secs_f64());
+    }
+}
+
+pub fn route_template(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "auth", "register"] => "/v1/auth/register",
+        ["v1", "auth", "login"] => "/v1/auth/login",
+        ["v1", "me"] => "/v1/me",
+        ["v1", "uploads"] => "/v1/uploads",
+        ["v1", "jobs"] => "/v1/jobs",
+        ["v1", "jobs", _] => "/v1/jobs/{id}",
+        ["v1", "jobs", _, "events"] => "/v1/jobs/{id}/events",
+        ["v1", "files", _] => "/v1/files/{id}",
+        ["v1", "downloads", _] => "/v1/downloads/{token}",
+        ["v1", "search"] => "/v1/search",
+        ["v1", "openapi.json"] => "/v1/openapi.json",
+        ["healthz"] => "/healthz",
+        ["readyz"] => "/readyz",
+        ["metrics"] => "/metrics",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_their_templates() {
+        assert_eq!(route_template("/v1/jobs/8e0c5f9e-7a9b-4c1e-9d3a-0b1c2d3e4f50"), "/v1/jobs/{id}");
+        assert_eq!(route_template("/v1/jobs/x/events"), "/v1/jobs/{id}/events");
+        assert_eq!(route_template("/v1/downloads/abc.def"), "/v1/downloads/{token}");
+        assert_eq!(route_template("/wp-admin/login.php"), "other");
+    }
+}

@@ -1,0 +1,64 @@
+//! The retention sweep: originals and MP3s older than their configured age are removed from
+//! GridFS; jobs whose MP3 went are `expired`. It works from GridFS's own upload dates, so files
+//! no job points to any more (a deleted job's late MP3) are removed too. Every replica may
+//! sweep: removing a removed file is a no-op.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tunewire_media_store::{Bucket, MediaStore, StoreError};
+
+use crate::jobs;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub originals: Duration,
+    pub outputs: Duration,
+    pub every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Files removed per bucket and sweep; the next sweep takes the rest.
+const BATCH: i64 = 500;
+
+pub async fn sweep(db: &PgPool, store: &MediaStore, policy: &Policy) -> Result<(usize, usize), SweepError> {
+    let now = chrono::Utc::now();
+    let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let originals = store.stored_before(Bucket::Uploads, now - age(policy.originals), BATCH).await?;
+    for id in &originals {
+        store.delete(Bucket::Uploads, id).await?;
+    }
+    let ids: Vec<String> = originals.iter().map(|id| id.to_string()).collect();
+    jobs::sources_removed(db, &ids).await?;
+
+    let outputs = store.stored_before(Bucket::Audio, now - age(policy.outputs), BATCH).await?;
+    let ids: Vec<String> = outputs.iter().map(|id| id.to_string()).collect();
+    // Expired first, so a download in between answers 410 rather than a missing file.
+    jobs::outputs_expired(db, &ids).await?;
+    for id in &outputs {
+        store.delete(Bucket::Audio, id).await?;
+    }
+    Ok((originals.len(), outputs.len()))
+}
+
+pub async fn run(db: PgPool, store: MediaStore, policy: Policy, shutdown: CancellationToken) {
+    loop {
+        match sweep(&db, &store, &policy).await {
+            Ok((0, 0)) => {}
+            Ok((originals, outputs)) => tracing::info!(originals, outputs, "retention removed files"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying next round"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(policy.every) => {}
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Receiving an upload, multipart or raw body: streamed into GridFS and, at the same time, to
+//! a local spool that FFmpeg probes; refused (and removed) when it is not media with sound;
+//! deduplicated by SHA-256 per owner and preset; recorded as a job with its outbox event.
+
+use std::path::Path;
+
+use bytes::{Buf, Bytes};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use mongodb::bson::doc;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::BufWriter;
+use tunewire_events::contract::{Owner, SourceFile, TrackTags};
+use tunewire_events::{JobId, MediaUploaded, Preset};
+use tunewire_media_store::{Bucket, StoreError, StoredFile};
+use tunewire_service_runtime::ApiError;
+use warp::http::StatusCode;
+use warp::multipart::FormData;
+use warp::{Reply, reply::Response};
+
+use crate::caller::Caller;
+use crate::jobs::{self, Created};
+use crate::probe::{self, Verdict};
+use crate::routes::State;
+
+/// What the client says about the file besides its bytes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Details {
+    pub title: Option<String>,
+    pub artist: Option<String>,
+    pub album: Option<String>,
+    pub preset: Option<String>,
+}
+
+const MAX_FIELD_BYTES: usize = 1024;
+
+impl Details {
+    fn tags(&self) -> Result<TrackTags, ApiError> {
+        let clean = |name: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
+            let value = value.as_deref().map(str::trim).filter(|v| !v.is_empty());
+            match value {
+                Some(v) if v.len() > MAX_FIELD_BYTES => Err(ApiError::bad_request(
+                    "field_too_long",
+                    format!("field {name:?} is longer than {MAX_FIELD_BYTES} bytes"),
+                )),
+                Some(v) if v.chars().any(char::is_control) => {
+                    Err(ApiError::bad_request("invalid_field", format!("field {name:?} contains control characters")))
+                }
+                other => Ok(other.map(str::to_string)),
+            }
+        };
+        Ok(TrackTags {
+            title: clean("title", &self.title)?,
+            artist: clean("artist", &self.artist)?,
+            album: clean("album", &self.album)?,
+            genre: None,
+        })
+    }
+
+    fn preset(&self) -> Result<Preset, ApiError> {
+        match self.preset.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            None => Ok(Preset::default()),
+            Some(p) => p.parse().map_err(|e: String| ApiError::bad_request("invalid_preset", e)),
+        }
+    }
+}
+
+/// A file name safe to store and to show: no folders, no control characters, bounded.
+pub fn clean_filename(raw: Option<&str>) -> String {
+    let base = raw.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').to_string();
+    if cleaned.is_empty() { "upload".into() } else { cleaned }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::TooLarge { limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the file is larger than the upload limit of {limit} bytes ({})", human_size(limit)),
+        ),
+        StoreError::Source(reason) => {
+            ApiError::bad_request("upload_interrupted", format!("the upload did not complete: {reason}"))
+        }
+        other => ApiError::unavailable(other.code(), other),
+    }
+}
+
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 { format!("{value:.0} {}", UNITS[unit]) } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// Counts the upload as in flight for as long as it lives.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn new(state: &'a State) -> Self {
+        state.metrics.uploads_in_flight.inc();
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.uploads_in_flight.dec();
+    }
+}
+
+/// A stored, probed original. Removed from GridFS unless a job takes it over.
+struct Received {
+    stored: StoredFile,
+    filename: String,
+}
+
+async fn discard(state: &State, received: &Received) {
+    if let Err(e) = state.store.delete(Bucket::Uploads, &received.stored.id).await {
+        tracing::warn!(file_id = %received.stored.id, error = %e, "could not remove a refused upload");
+    }
+}
+
+async fn receive<S>(state: &State, caller: &Caller, filename: String, body: S) -> Result<Received, ApiError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
+{
+    let spool = tempfile::Builder::new()
+        .prefix("tunewire-upload-")
+        .tempfile_in(&state.config.spool_dir)
+        .map_err(|e| ApiError::internal("spool", e))?;
+    let file = spool.as_file().try_clone().map_err(|e| ApiError::internal("spool", e))?;
+    let mut spool_writer = BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let metrics = state.metrics.clone();
+    let body = body.inspect_ok(move |chunk| {
+        metrics.bytes_in.inc_by(chunk.len() as u64);
+    });
+    let stored = state
+        .store
+        .store(
+            Bucket::Uploads,
+            None,
+            &filename,
+            doc! {"owner_id": caller.id.to_string()},
+            body,
+            state.config.max_upload_bytes,
+            Some(&mut spool_writer),
+        )
+        .await
+        .map_err(store_error)?;
+    drop(spool_writer);
+    let received = Received { stored, filename };
+    let path = spool.path().to_path_buf();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let verdict = probe::probe(&path);
+        drop(spool);
+        verdict
+    })
+    .await;
+    let refusal = match verdict {
+        Ok(Verdict::Audio { .. }) => return Ok(received),
+        Ok(Verdict::NoAudio { format }) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "no_audio_stream",
+            format!("{} is media ({format}) but has no audio stream to convert", received.filename),
+        ),
+        Ok(Verdict::NotMedia) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_media",
+            format!("{} is not an audio or video file FFmpeg can read", received.filename),
+        ),
+        Err(e) => ApiError::internal("probe", e),
+    };
+    discard(state, &received).await;
+    Err(refusal)
+}
+
+/// Records the job (or finds the same one) and answers the client.
+async fn accept(state: &State, caller: &Caller, received: Received, details: &Details) -> Result<Response, ApiError> {
+    let (tags, preset) = match (details.tags(), details.preset()) {
+        (Ok(tags), Ok(preset)) => (tags, preset),
+        (Err(e), _) | (_, Err(e)) => {
+            discard(state, &received).await;
+            return Err(e);
+        }
+    };
+    let event = MediaUploaded {
+        job_id: JobId::new(),
+        owner: Owner { id: caller.id, email: caller.email.clone() },
+        source: SourceFile {
+            file_id: received.stored.id.clone(),
+            filename: received.filename.clone(),
+            size: received.stored.size,
+            sha256: received.stored.sha256.clone(),
+        },
+        preset,
+        overrides: tags,
+    };
+    let created = match jobs::create(&state.db, &event).await {
+        Ok(created) => created,
+        Err(e) => {
+            discard(state, &received).await;
+            return Err(ApiError::unavailable("database_unavailable", e));
+        }
+    };
+    let (job_id, status) = match created {
+        Created::New => {
+            state.outbox_wake.notify_one();
+            tracing::info!(job_id = %event.job_id, owner = %caller.id, size = received.stored.size, "upload accepted");
+            (event.job_id, StatusCode::ACCEPTED)
+        }
+        Created::Existing(existing) => {
+            discard(state, &received).await;
+            tracing::info!(job_id = %existing, owner = %caller.id, "same bytes and preset again: existing job");
+            (existing, StatusCode::OK)
+        }
+    };
+    let body = json!({
+        "job_id": job_id,
+        "status_url": format!("/v1/jobs/{job_id}"),
+        "duplicate": status == StatusCode::OK,
+    });
+    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+}
+
+async fn read_field(part: warp::multipart::Part) -> Result<String, ApiError> {
+    let name = part.name().to_string();
+    let mut bytes = Vec::new();
+    let mut stream = part.stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
+        bytes.extend_from_slice(chunk.chunk());
+        if bytes.len() > MAX_FIELD_BYTES {
+            return Err(ApiError::bad_request(
+                "field_too_long",
+                format!("field {name:?} is longer than {MAX_FIELD_BYTES} bytes"),
+            ));
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::bad_request("invalid_field", format!("field {name:?} is not UTF-8 text")))
+}
+
+async fn parse_form(
+    mut form: FormData,
+    caller: &Caller,
+    state: &State,
+    received: &mut Option<Received>,
+    details: &mut Details,
+) -> Result<(), ApiError> {
+    while let Some(part) = form.next().await {
+        let part = part.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
+        match part.name() {
+            "file" => {
+                if received.is_some() {
+                    return Err(ApiError::bad_request("too_many_files", "send one `file` part per upload"));
+                }
+                let filename = clean_filename(part.filename());
+                let body =
+                    part.stream().map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string());
+                *received = Some(receive(state, caller, filename, Box::pin(body)).await?);
+            }
+            "title" => details.title = Some(read_field(part).await?),
+            "artist" => details.artist = Some(read_field(part).await?),
+            "album" => details.album = Some(read_field(part).await?),
+            "preset" => details.preset = Some(read_field(part).await?),
+            other => {
+                let other = other.to_string();
+                return Err(ApiError::bad_request("unknown_field", format!("unexpected form field {other:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn multipart(caller: Caller, form: FormData, state: State) -> Result<Response, ApiError> {
+    let _in_flight = InFlight::new(&state);
+    let mut received = None;
+    let mut details = Details::default();
+    let parsed = parse_form(form, &caller, &state, &mut received, &mut details).await;
+    match (parsed, received) {
+        (Ok(()), Some(received)) => accept(&state, &caller, received, &details).await,
+        (Ok(()), None) => Err(ApiError::bad_request("missing_file", "the form has no `file` part")),
+        (Err(e), received) => {
+            if let Some(received) = received {
+                discard(&state, &received).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The file name of a raw-body upload: `X-Filename` (UTF-8, may be percent-encoded) or the
+/// `filename` of a `Content-Disposition` header.
+pub fn raw_filename(x_filename: Option<&[u8]>, disposition: Option<&str>) -> Option<String> {
+    if let Some(raw) = x_filename {
+        let decoded = percent_encoding::percent_decode(raw).decode_utf8().ok()?;
+        return Some(decoded.into_owned());
+    }
+    let disposition = disposition?;
+    disposition.split(';').map(str::trim).find_map(|param| {
+        let value = param.strip_prefix("filename=")?;
+        Some(value.trim_matches('"').to_string())
+    })
+}
+
+pub struct RawUpload {
+    pub filename: Option<String>,
+    pub content_length: Option<u64>,
+}
+
+pub async fn raw<S>(
+    caller: Caller,
+    raw: RawUpload,
+    details: Details,
+    body: S,
+    state: State,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
+{
+    let _in_flight = InFlight::new(&state);
+    let Some(filename) = raw.filename else {
+        return Err(ApiError::bad_request(
+            "missing_filename",
+            "a raw upload needs its file name in an X-Filename or Content-Disposition header",
+        ));
+    };
+    let limit = state.config.max_upload_bytes;
+    if raw.content_length.is_some_and(|length| length > limit) {
+        return Err(store_error(StoreError::TooLarge { limit }));
+    }
+    // Refuse bad details before reading a byte of the body.
+    details.tags()?;
+    details.preset()?;
+    let received = receive(&state, &caller, clean_filename(Some(&filename)), body).await?;
+    accept(&state, &caller, received, &details).await
+}
+
+/// Where uploads are spooled for probing; checked at start so a bad setting fails early.
+pub fn check_spool_dir(dir: &Path) -> std::io::Result<()> {
+    tempfile::Builder::new().prefix("tunewire-upload-").tempfile_in(dir).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_lose_folders_and_control_characters() {
+        assert_eq!(clean_filename(Some("../../etc/passwd")), "passwd");
+        assert_eq!(clean_filename(Some("C:\\music\\song.mp4")), "song.mp4");
+        assert_eq!(clean_filename(Some("a\u{0}b\nc.mkv")), "abc.mkv");
+        assert_eq!(clean_filename(None), "upload");
+        assert_eq!(clean_filename(Some("..")), "upload");
+    }
+
+    #[test]
+    fn raw_filenames_come_from_either_header() {
+        assert_eq!(raw_filename(Some(b"Caf%C3%A9.mp4"), None).as_deref(), Some("Café.mp4"));
+        assert_eq!(raw_filename(Some("Café.mp4".as_bytes()), None).as_deref(), Some("Café.mp4"));
+        assert_eq!(raw_filename(None, Some("attachment; filename=\"a b.wav\"")).as_deref(), Some("a b.wav"));
+        assert_eq!(raw_filename(None, Some("inline")), None);
+        assert_eq!(raw_filename(None, None), None);
+    }
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_size(2 << 30), "2 GiB");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(100), "100 B");
+    }
+}
