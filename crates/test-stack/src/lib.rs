@@ -10,6 +10,7 @@ use serde_json::Value;
 
 pub mod maildev;
 pub mod media;
+pub mod proxy;
 
 fn env_or(key: &str, default: &str) -> String {
     std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
@@ -123,6 +124,23 @@ impl Sandbox {
             .await?
             .error_for_status()?;
         Ok(resp.json().await?)
+    }
+}
+
+impl Sandbox {
+    /// Takes (and acknowledges) up to `max` messages waiting in `queue` of this sandbox,
+    /// decoded as JSON: the test stands where the queue's consumer would.
+    pub async fn take(&self, queue: &str, max: usize) -> anyhow::Result<Vec<Value>> {
+        use lapin::options::BasicGetOptions;
+        let conn = lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(msg) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await? else { break };
+            taken.push(serde_json::from_slice(&msg.delivery.data)?);
+        }
+        let _ = conn.close(200, "done".into()).await;
+        Ok(taken)
     }
 }
 
