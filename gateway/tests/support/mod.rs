@@ -23,11 +23,12 @@ pub struct Options {
     /// `host:port` of RabbitMQ as the gateway sees it (a proxy a test can cut).
     pub amqp_via: Option<String>,
     pub tweak: Box<dyn FnOnce(&mut tunewire_gateway::Config) + Send>,
+    pub auth_tweak: Box<dyn FnOnce(&mut tunewire_auth::Config) + Send>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { converter: false, amqp_via: None, tweak: Box::new(|_| {}) }
+        Self { converter: false, amqp_via: None, tweak: Box::new(|_| {}), auth_tweak: Box::new(|_| {}) }
     }
 }
 
@@ -72,6 +73,7 @@ impl Gateway {
         let mut auth_config = tunewire_auth::Config::local(sandbox.database_url.clone());
         auth_config.signing_key_pem = Some(signing_pem.clone());
         auth_config.admin = Some((ADMIN.0.parse()?, ADMIN.1.into()));
+        (options.auth_tweak)(&mut auth_config);
         let auth = tunewire_auth::start(auth_config, shutdown.clone()).await?;
 
         let amqp_url = match &options.amqp_via {

@@ -1,0 +1,196 @@
+//! Jobs against the real stack (with a real converter): pages, filters, live events,
+//! deletion, and retention.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::Value;
+use support::{Gateway, Options};
+use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
+use tunewire_events::{FileId, MediaConverted, Preset};
+use tunewire_media_store::Bucket;
+use tunewire_test_stack::eventually;
+
+#[tokio::test]
+async fn jobs_are_paged_by_cursor_and_filtered_by_state() -> anyhow::Result<()> {
+    let g = Gateway::start_with(Options { converter: true, ..Default::default() }).await?;
+    let (user, other) = (g.user().await?, g.user().await?);
+    let mut ids = Vec::new();
+    for seed in 0..5 {
+        ids.push(g.accepted(&user.token, &g.tone(&format!("t{seed}.wav"), 1, seed)?, &[]).await?);
+    }
+    g.accepted(&other.token, &g.tone("theirs.wav", 1, 9)?, &[]).await?;
+    for id in &ids {
+        g.wait_for_state(&user.token, id, "converted").await?;
+    }
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut url = g.at("/v1/jobs?limit=2");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = g.http.get(url).bearer_auth(&user.token).send().await?.error_for_status()?.json().await?;
+        pages += 1;
+        let jobs = page["jobs"].as_array().context("jobs")?;
+        assert!(jobs.len() <= 2);
+        seen.extend(jobs.iter().filter_map(|j| j["id"].as_str().map(str::to_string)));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first, "every job once, newest first, none of another user's");
+
+    let converted: Value =
+        g.http.get(g.at("/v1/jobs?state=converted")).bearer_auth(&user.token).send().await?.json().await?;
+    assert_eq!(converted["jobs"].as_array().map(Vec::len), Some(5));
+    let failed: Value = g.http.get(g.at("/v1/jobs?state=failed")).bearer_auth(&user.token).send().await?.json().await?;
+    assert_eq!(failed["jobs"].as_array().map(Vec::len), Some(0));
+    let all: Value = g.http.get(g.at("/v1/jobs?limit=100")).bearer_auth(&g.admin().await?).send().await?.json().await?;
+    assert_eq!(all["jobs"].as_array().map(Vec::len), Some(6), "an admin sees everyone's jobs");
+
+    for (query, code) in [
+        ("state=done", "invalid_state"),
+        ("cursor=bm9wZQ", "invalid_cursor"),
+        ("limit=0", "invalid_limit"),
+        ("limit=101", "invalid_limit"),
+        ("sort=asc", "unknown_parameter"),
+    ] {
+        let r = g.http.get(g.at(&format!("/v1/jobs?{query}"))).bearer_auth(&user.token).send().await?;
+        assert_eq!(r.status(), 400, "{query}");
+        assert_eq!(r.json::<Value>().await?["error"], code, "{query}");
+    }
+
+    let job = g.job(&user.token, &ids[0]).await?;
+    for field in ["id", "state", "progress", "preset", "source", "output", "tags", "error", "created_at", "updated_at"]
+    {
+        assert!(job.get(field).is_some(), "{field} missing from {job}");
+    }
+    assert_eq!(job["progress"], 1.0);
+    assert!(job["output"]["file_id"].is_string() && job["output"]["duration_s"].as_f64().is_some_and(|d| d > 0.9));
+    g.stop().await
+}
+
+/// The `data:` of each `event: job` in an SSE body, until the stream ends.
+async fn job_events(response: reqwest::Response) -> anyhow::Result<Vec<Value>> {
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = tokio::time::timeout(support::DEADLINE, body.next()).await? {
+        text.push_str(std::str::from_utf8(&chunk?)?);
+    }
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = None;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = Some(n.trim().to_string());
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.trim());
+            }
+        }
+        if name.as_deref() == Some("job") {
+            events.push(serde_json::from_str(&data)?);
+        }
+    }
+    Ok(events)
+}
+
+#[tokio::test]
+async fn job_events_stream_state_and_progress_until_the_job_ends() -> anyhow::Result<()> {
+    let g = Gateway::start_with(Options { converter: true, ..Default::default() }).await?;
+    let user = g.user().await?;
+    let id = g.accepted(&user.token, &g.tone("long.wav", 120, 1)?, &[]).await?;
+    let r = g.http.get(g.at(&format!("/v1/jobs/{id}/events"))).bearer_auth(&user.token).send().await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
+    let events = job_events(r).await?;
+    let states: Vec<&str> = events.iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(states.last(), Some(&"converted"), "{states:?}");
+    let progress: Vec<f64> = events.iter().filter_map(|e| e["progress"].as_f64()).collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {progress:?}");
+    assert!(events.len() >= 2, "at least the first state and the end: {states:?}");
+
+    let stranger = g.user().await?;
+    let r = g.http.get(g.at(&format!("/v1/jobs/{id}/events"))).bearer_auth(&stranger.token).send().await?;
+    assert_eq!(r.status(), 404);
+    g.stop().await
+}
+
+#[tokio::test]
+async fn deleting_a_job_removes_its_original_and_its_mp3() -> anyhow::Result<()> {
+    let g = Gateway::start_with(Options { converter: true, ..Default::default() }).await?;
+    let (user, stranger) = (g.user().await?, g.user().await?);
+    let id = g.accepted(&user.token, &g.tone("t.wav", 2, 1)?, &[]).await?;
+    g.wait_for_state(&user.token, &id, "converted").await?;
+    assert_eq!((g.gridfs_counts("uploads").await?.0, g.gridfs_counts("audio").await?.0), (1, 1));
+
+    let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&stranger.token).send().await?;
+    assert_eq!(r.status(), 404, "another user's job is not theirs to delete");
+    let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
+    assert_eq!(r.status(), 204);
+    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0));
+    assert_eq!(g.gridfs_counts("audio").await?, (0, 0));
+    let r = g.http.get(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
+    assert_eq!(r.status(), 404);
+    let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
+    assert_eq!(r.status(), 404);
+    g.stop().await
+}
+
+#[tokio::test]
+async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> anyhow::Result<()> {
+    let g = Gateway::start_with(Options {
+        tweak: Box::new(|c| {
+            c.retention.originals = Duration::from_secs(1);
+            c.retention.outputs = Duration::from_secs(2);
+            c.retention.every = Duration::from_millis(200);
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let user = g.user().await?;
+    let id = g.accepted(&user.token, &g.tone("t.wav", 1, 1)?, &[]).await?;
+    // Stand in for the converter: an MP3 in the audio bucket and its `media.converted`.
+    let job_id = id.parse()?;
+    let mp3 = g.scratch.join("out.mp3");
+    tokio::fs::write(&mp3, vec![0u8; 1000]).await?;
+    let file_id = FileId::from_bytes([7; 12]);
+    let stored = g.store.store_path(Bucket::Audio, file_id.clone(), "t.mp3", Default::default(), &mp3).await?;
+    let event = MediaConverted {
+        job_id,
+        owner: Owner { id: user.id.parse()?, email: user.email.parse()? },
+        source_filename: "t.wav".into(),
+        preset: Preset::default(),
+        output: AudioOutput {
+            file_id,
+            size: stored.size,
+            duration_s: 1.0,
+            bitrate: 192_000,
+            sample_rate: 44_100,
+            channels: 1,
+        },
+        tags: TrackTags::default(),
+    };
+    g.bus.publisher().await?.publish(&event).await?;
+    let job = g.wait_for_state(&user.token, &id, "expired").await?;
+    eventually("originals and MP3s removed", support::DEADLINE, || async {
+        let (uploads, audio) = (g.gridfs_counts("uploads").await?, g.gridfs_counts("audio").await?);
+        Ok((uploads == (0, 0) && audio == (0, 0)).then_some(()))
+    })
+    .await?;
+    let file = job["output"]["file_id"].as_str().context("file id")?;
+    let r = g.http.get(g.at(&format!("/v1/files/{file}"))).bearer_auth(&user.token).send().await?;
+    assert_eq!(r.status(), 410);
+    assert_eq!(r.json::<Value>().await?["error"], "expired");
+    g.stop().await
+}
