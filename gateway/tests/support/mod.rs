@@ -20,6 +20,8 @@ pub const ADMIN: (&str, &str) = ("admin@tunewire.test", "admin password");
 
 pub struct Options {
     pub converter: bool,
+    /// Run catalog-indexer too, and front it (for `/v1/search`).
+    pub catalog: bool,
     /// `host:port` of RabbitMQ as the gateway sees it (a proxy a test can cut).
     pub amqp_via: Option<String>,
     pub tweak: Box<dyn FnOnce(&mut tunewire_gateway::Config) + Send>,
@@ -28,7 +30,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { converter: false, amqp_via: None, tweak: Box::new(|_| {}), auth_tweak: Box::new(|_| {}) }
+        Self { converter: false, catalog: false, amqp_via: None, tweak: Box::new(|_| {}), auth_tweak: Box::new(|_| {}) }
     }
 }
 
@@ -92,6 +94,21 @@ impl Gateway {
         config.auth_url = format!("http://{}", auth.addr);
         config.link_secret = format!("links-{}", sandbox.name);
         config.spool_dir = scratch.clone();
+        if options.catalog {
+            let catalog = tunewire_catalog_indexer::start(
+                tunewire_catalog_indexer::Config {
+                    bind: "127.0.0.1:0".parse()?,
+                    database_url: sandbox.database_url.clone(),
+                    amqp_url: sandbox.amqp_url.clone(),
+                    index_dir: scratch.join("index"),
+                    lastfm_api_key: None,
+                    lastfm_url: "http://127.0.0.1:9/2.0/".into(),
+                },
+                shutdown.clone(),
+            )
+            .await?;
+            config.catalog_url = format!("http://{}", catalog.addr);
+        }
         (options.tweak)(&mut config);
         let link_secret = config.link_secret.clone();
         let gateway = tunewire_gateway::start(config.clone(), shutdown.clone()).await?;
