@@ -16,6 +16,7 @@ use tunewire_events::JobId;
 use tunewire_media_store::{Bucket, MediaStore};
 use tunewire_service_runtime::ApiError;
 use tunewire_signed_links::LinkSigner;
+use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode, header};
 use warp::{Filter, Rejection, Reply};
 
@@ -93,10 +94,12 @@ async fn answer(result: Result<Response, ApiError>) -> Result<Response, Rejectio
     Ok(result.unwrap_or_else(Reply::into_response))
 }
 
-pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+/// Each route is boxed: the whole tree as one type overflows the compiler's recursion limit.
+pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let openapi = warp::path!("v1" / "openapi.json")
         .and(warp::get())
-        .map(|| warp::reply::with_header(OPENAPI, header::CONTENT_TYPE, "application/json").into_response());
+        .map(|| warp::reply::with_header(OPENAPI, header::CONTENT_TYPE, "application/json").into_response())
+        .boxed();
     let auth_proxy = warp::path!("v1" / "auth" / String)
         .and(warp::post())
         .and(warp::body::content_length_limit(16 * 1024))
@@ -106,50 +109,61 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Reject
         .and(with(state.clone()))
         .and_then(|action: String, body: Bytes, remote, forwarded, state: State| async move {
             answer(auth_proxy(action, body, remote, forwarded, state).await).await
-        });
-    let me = warp::path!("v1" / "me").and(warp::get()).and(caller(state.clone())).map(|caller: Caller| {
-        let role = if caller.admin { "admin" } else { "user" };
-        warp::reply::json(&json!({"id": caller.id, "email": caller.email, "role": role})).into_response()
-    });
+        })
+        .boxed();
+    let me = warp::path!("v1" / "me")
+        .and(warp::get())
+        .and(caller(state.clone()))
+        .map(|caller: Caller| {
+            let role = if caller.admin { "admin" } else { "user" };
+            warp::reply::json(&json!({"id": caller.id, "email": caller.email, "role": role})).into_response()
+        })
+        .boxed();
     let upload_form = warp::path!("v1" / "uploads")
         .and(warp::post().or(warp::put()).unify())
-        .and(caller(state.clone()))
         .and(multipart_body())
+        .and(caller(state.clone()))
         .and(warp::multipart::form().max_length(None))
         .and(with(state.clone()))
-        .and_then(|caller, form, state| async move { answer(upload::multipart(caller, form, state).await).await });
+        .and_then(|caller, form, state| async move { answer(upload::multipart(caller, form, state).await).await })
+        .boxed();
     let upload_raw = warp::path!("v1" / "uploads")
         .and(warp::post().or(warp::put()).unify())
-        .and(caller(state.clone()))
         .and(not_multipart_body())
+        .and(caller(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(with(state.clone()))
         .and_then(|caller, query, headers, body, state| async move {
             answer(raw_upload(caller, query, headers, body, state).await).await
-        });
+        })
+        .boxed();
     let list = warp::path!("v1" / "jobs")
         .and(warp::get())
         .and(caller(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and(with(state.clone()))
-        .and_then(|caller, query, state| async move { answer(list_jobs(caller, query, state).await).await });
+        .and_then(|caller, query, state| async move { answer(list_jobs(caller, query, state).await).await })
+        .boxed();
     let job = warp::path!("v1" / "jobs" / String)
         .and(warp::get())
         .and(caller(state.clone()))
         .and(with(state.clone()))
-        .and_then(|id: String, caller, state| async move { answer(get_job(id, caller, state).await).await });
+        .and_then(|id: String, caller, state| async move { answer(get_job(id, caller, state).await).await })
+        .boxed();
     let delete = warp::path!("v1" / "jobs" / String)
         .and(warp::delete())
         .and(caller(state.clone()))
         .and(with(state.clone()))
-        .and_then(|id: String, caller, state| async move { answer(delete_job(id, caller, state).await).await });
+        .and_then(|id: String, caller, state| async move { answer(delete_job(id, caller, state).await).await })
+        .boxed();
     let events = warp::path!("v1" / "jobs" / String / "events")
         .and(warp::get())
         .and(caller(state.clone()))
         .and(with(state.clone()))
-        .and_then(|id: String, caller, state| async move { answer(job_events(id, caller, state).await).await });
+        .and_then(|id: String, caller, state| async move { answer(job_events(id, caller, state).await).await })
+        .boxed();
     let file = warp::path!("v1" / "files" / String)
         .and(get_or_head())
         .and(caller(state.clone()))
@@ -158,20 +172,23 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Reject
         .and_then(|id: String, head, caller: Caller, headers, state: State| async move {
             let request = download::Request { head, headers };
             answer(download::serve(&state, &id, caller.id, caller.admin, request).await).await
-        });
+        })
+        .boxed();
     let signed = warp::path!("v1" / "downloads" / String)
         .and(get_or_head())
         .and(warp::header::headers_cloned())
         .and(with(state.clone()))
         .and_then(|token: String, head, headers, state: State| async move {
             answer(signed_download(token, download::Request { head, headers }, state).await).await
-        });
+        })
+        .boxed();
     let search = warp::path!("v1" / "search")
         .and(warp::get())
         .and(caller(state.clone()))
         .and(warp::query::<HashMap<String, String>>())
         .and(with(state))
-        .and_then(|caller, query, state| async move { answer(search(caller, query, state).await).await });
+        .and_then(|caller, query, state| async move { answer(search(caller, query, state).await).await })
+        .boxed();
     openapi
         .or(auth_proxy)
         .unify()
@@ -195,6 +212,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (Response,), Error = Reject
         .unify()
         .or(search)
         .unify()
+        .boxed()
 }
 
 async fn raw_upload<B, S>(
