@@ -95,6 +95,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         outbox_wake: outbox_wake.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        probes: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        )),
     };
     let health =
         HealthRoutes::new(Arc::new(Dependencies { db: db.clone(), bus: bus.clone(), store: store.clone() }), registry);

@@ -37,6 +37,8 @@ pub struct State {
     pub outbox_wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    /// Probes running at once.
+    pub probes: Arc<tokio::sync::Semaphore>,
 }
 
 type Response = warp::reply::Response;

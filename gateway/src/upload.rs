@@ -9,7 +9,6 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use mongodb::bson::doc;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::BufWriter;
 use tunewire_events::contract::{Owner, SourceFile, TrackTags};
 use tunewire_events::{JobId, MediaUploaded, Preset};
 use tunewire_media_store::{Bucket, StoreError, StoredFile};
@@ -136,7 +135,8 @@ where
         .tempfile_in(&state.config.spool_dir)
         .map_err(|e| ApiError::internal("spool", e))?;
     let file = spool.as_file().try_clone().map_err(|e| ApiError::internal("spool", e))?;
-    let mut spool_writer = BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    // The store writes whole batches of about 1 MiB; no extra buffer is needed here.
+    let mut spool_writer = tokio::fs::File::from_std(file);
     let metrics = state.metrics.clone();
     let body = body.inspect_ok(move |chunk| {
         metrics.bytes_in.inc_by(chunk.len() as u64);
@@ -157,6 +157,9 @@ where
     drop(spool_writer);
     let received = Received { stored, filename };
     let path = spool.path().to_path_buf();
+    // FFmpeg buffers up to its probe size (5 MB) per probe: a few at a time keeps a burst of
+    // uploads ending together from multiplying that.
+    let _permit = state.probes.acquire().await.map_err(|e| ApiError::internal("probe", e))?;
     let verdict = tokio::task::spawn_blocking(move || {
         let verdict = probe::probe(&path);
         drop(spool);

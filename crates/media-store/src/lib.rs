@@ -16,6 +16,12 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tunewire_events::FileId;
 
+/// One GridFS chunk (the driver's 255 KiB): each write to MongoDB inserts whole chunks.
+/// Larger batches send fewer, bigger inserts but cost memory per concurrent upload.
+const WRITE_BATCH: usize = 255 * 1024;
+/// Batches received ahead of the one being written.
+const WRITE_AHEAD: usize = 2;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bucket {
     Uploads,
@@ -78,6 +84,9 @@ pub struct FileInfo {
 #[derive(Clone)]
 pub struct MediaStore {
     db: Database,
+    // Kept, not rebuilt per call: each bucket checks its indexes once per instance.
+    uploads: GridFsBucket,
+    audio: GridFsBucket,
 }
 
 fn oid(id: &FileId) -> Bson {
@@ -88,7 +97,15 @@ impl MediaStore {
     /// Connects and makes sure the chunk indexes are unique (the driver's own are not).
     pub async fn connect(uri: &str, database: &str) -> Result<Self, StoreError> {
         let client = Client::with_uri_str(uri).await?;
-        let store = Self { db: client.database(database) };
+        let db = client.database(database);
+        let bucket = |bucket: Bucket| {
+            let options = GridFsBucketOptions::builder()
+                .bucket_name(bucket.name().to_string())
+                .write_concern(WriteConcern::builder().journal(true).build())
+                .build();
+            db.gridfs_bucket(options)
+        };
+        let store = Self { uploads: bucket(Bucket::Uploads), audio: bucket(Bucket::Audio), db };
         store.ensure_indexes().await?;
         Ok(store)
     }
@@ -107,11 +124,10 @@ impl MediaStore {
     }
 
     fn bucket(&self, bucket: Bucket) -> GridFsBucket {
-        let options = GridFsBucketOptions::builder()
-            .bucket_name(bucket.name().to_string())
-            .write_concern(WriteConcern::builder().journal(true).build())
-            .build();
-        self.db.gridfs_bucket(options)
+        match bucket {
+            Bucket::Uploads => self.uploads.clone(),
+            Bucket::Audio => self.audio.clone(),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -141,26 +157,55 @@ impl MediaStore {
         let mut upload = self.bucket(bucket).open_upload_stream(filename).id(oid(&id)).metadata(metadata).await?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        let outcome: Result<(), StoreError> = async {
-            while let Some(chunk) = source.next().await {
-                let chunk = chunk.map_err(|e| StoreError::Source(e.to_string()))?;
-                size += chunk.len() as u64;
-                if size > max_bytes {
-                    return Err(StoreError::TooLarge { limit: max_bytes });
+        // Receiving (hash, spool) and writing to MongoDB overlap: batches of whole chunks go
+        // to the writer over a small channel, so the server always has the next insert ready
+        // and the source keeps flowing. At most WRITE_AHEAD + 2 batches live per upload.
+        let (batches, to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITE_AHEAD);
+        let receive = async {
+            // Owned here: when receiving ends, the writer sees the channel close.
+            let batches = batches;
+            let mut batch = Vec::with_capacity(WRITE_BATCH);
+            loop {
+                let next = source.next().await.transpose().map_err(|e| StoreError::Source(e.to_string()))?;
+                if let Some(chunk) = &next {
+                    size += chunk.len() as u64;
+                    if size > max_bytes {
+                        return Err(StoreError::TooLarge { limit: max_bytes });
+                    }
+                    batch.extend_from_slice(chunk);
                 }
-                hasher.update(&chunk);
-                upload.write_all(&chunk).await?;
-                if let Some(tee) = tee.as_mut() {
-                    tee.write_all(&chunk).await?;
+                if batch.len() >= WRITE_BATCH || (next.is_none() && !batch.is_empty()) {
+                    let full = Bytes::from(std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH)));
+                    hasher.update(&full);
+                    if let Some(tee) = tee.as_mut() {
+                        tee.write_all(&full).await?;
+                    }
+                    if batches.send(full).await.is_err() {
+                        // The writer failed; its error is the one to report.
+                        return Ok(());
+                    }
+                }
+                if next.is_none() {
+                    if let Some(tee) = tee.as_mut() {
+                        tee.flush().await?;
+                    }
+                    return Ok(());
                 }
             }
-            if let Some(tee) = tee.as_mut() {
-                tee.flush().await?;
+        };
+        let write = async {
+            // Owned here: when writing fails, the receiver's next send fails.
+            let mut to_write = to_write;
+            while let Some(batch) = to_write.recv().await {
+                upload.write_all(&batch).await?;
             }
-            upload.close().await?;
-            Ok(())
-        }
-        .await;
+            Ok::<(), StoreError>(())
+        };
+        let (received, written) = futures_util::future::join(receive, write).await;
+        let outcome = match (received, written) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => upload.close().await.map_err(StoreError::from),
+        };
         if let Err(e) = outcome {
             if let Err(abort) = upload.abort().await {
                 tracing::warn!(file_id = %id, error = %abort, "could not remove a partial upload");
