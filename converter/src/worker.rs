@@ -49,10 +49,10 @@ impl WorkFiles {
 impl Drop for WorkFiles {
     fn drop(&mut self) {
         for path in [&self.input, &self.output] {
-            if let Err(e) = std::fs::remove_file(path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!(path = %path.display(), error = %e, "could not remove a work file");
-                }
+            if let Err(e) = std::fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(path = %path.display(), error = %e, "could not remove a work file");
             }
         }
     }
@@ -121,10 +121,10 @@ async fn fail(publisher: &Publisher, event: &MediaUploaded, reason: String) -> R
 async fn forward_progress(job_id: JobId, mut progress: watch::Receiver<f32>, publisher: Publisher) {
     while progress.changed().await.is_ok() {
         let value = *progress.borrow_and_update();
-        if value < 1.0 {
-            if let Err(e) = publisher.publish(&MediaProgress { job_id, progress: value }).await {
-                warn!(%job_id, error = %e, "could not publish progress");
-            }
+        if value < 1.0
+            && let Err(e) = publisher.publish(&MediaProgress { job_id, progress: value }).await
+        {
+            warn!(%job_id, error = %e, "could not publish progress");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -57,7 +57,9 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() -> 
     let g = Gateway::start_with(Options { converter: true, catalog: true, ..Default::default() }).await?;
     let user = g.user().await?;
     // Something real to find, so positive cases meet a converted job too.
-    g.accepted(&user.token, &g.tone("seed.wav", 1, 1)?, &[]).await?;
+    let seed = g.accepted(&user.token, &g.tone("seed.wav", 1, 1)?, &[]).await?;
+    // Converted first: its event stream then ends at once instead of outliving a request.
+    g.wait_for_state(&user.token, &seed, "converted").await?;
 
     let st = schemathesis();
     let binary = st.display().to_string();

@@ -57,7 +57,7 @@ async fn downloads_honour_range_etag_head_and_name_the_file_after_the_original()
     // Ranges inside one chunk, across chunk boundaries, open-ended and suffix.
     let chunk = 255 * 1024;
     for (range, start, end) in [
-        (format!("bytes=0-99"), 0, 99),
+        ("bytes=0-99".to_string(), 0, 99),
         (format!("bytes={}-{}", chunk - 10, chunk + 10), chunk - 10, chunk + 10),
         (format!("bytes={}-{}", 100, 2 * chunk + 5), 100, 2 * chunk + 5),
         (format!("bytes={}-", len - 1000), len - 1000, len - 1),

@@ -127,10 +127,11 @@ impl Bus {
     /// The shared publishing session, reconnected if it was lost.
     pub async fn publisher(&self) -> Result<Publisher, BusError> {
         let mut session = self.session.lock().await;
-        if let Some(s) = session.as_ref() {
-            if s.connection.status().connected() && s.publisher.is_open() {
-                return Ok(s.publisher.clone());
-            }
+        if let Some(s) = session.as_ref()
+            && s.connection.status().connected()
+            && s.publisher.is_open()
+        {
+            return Ok(s.publisher.clone());
         }
         *session = None;
         let connection = tokio::time::timeout(Duration::from_secs(10), self.connect())
