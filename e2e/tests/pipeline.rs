@@ -89,24 +89,15 @@ impl Pipeline {
             shutdown.clone(),
         )
         .await?;
-        tunewire_notifier::start(
-            tunewire_notifier::Config {
-                health_bind: localhost(),
-                database_url: sandbox.database_url.clone(),
-                amqp_url: sandbox.amqp_url.clone(),
-                smtp_host: stack.smtp_host.clone(),
-                smtp_port: stack.smtp_port,
-                smtp_tls: tunewire_notifier::SmtpTls::None,
-                smtp_username: None,
-                smtp_password: None,
-                mail_from: "Tunewire <noreply@tunewire.test>".into(),
-                public_url: gateway_url.clone(),
-                link_secret,
-                link_ttl_h: 24,
-            },
-            shutdown.clone(),
-        )
-        .await?;
+        let mut notifier_config = tunewire_notifier::Config::local(
+            sandbox.database_url.clone(),
+            sandbox.amqp_url.clone(),
+            stack.smtp_host.clone(),
+            stack.smtp_port,
+            link_secret,
+        );
+        notifier_config.public_url = gateway_url.clone();
+        tunewire_notifier::start(notifier_config, shutdown.clone()).await?;
         Ok(Self { sandbox, gateway: gateway_url, http: reqwest::Client::new(), shutdown, scratch })
     }
 
@@ -303,8 +294,7 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
 
 /// Acknowledgements counted by the management API for one queue (0 before any).
 async fn acked(sandbox: &Sandbox, queue: &str) -> anyhow::Result<u64> {
-    let queues = sandbox.queues().await?;
-    Ok(queues.iter().find(|q| q["name"] == queue).and_then(|q| q["message_stats"]["ack"].as_u64()).unwrap_or(0))
+    sandbox.queue_stat(queue, "ack").await
 }
 
 #[tokio::test]

@@ -32,6 +32,10 @@ pub struct Config {
     pub smtp_tls: SmtpTls,
     pub smtp_username: Option<String>,
     pub smtp_password: Option<String>,
+    /// Per SMTP command; a stuck server fails the attempt instead of holding a consumer.
+    pub smtp_timeout_s: u64,
+    /// Open SMTP connections kept for reuse.
+    pub smtp_pool_size: u32,
     pub mail_from: String,
     /// The gateway's public address, for links in emails.
     pub public_url: String,
@@ -51,10 +55,38 @@ impl Config {
             smtp_tls: var("SMTP_TLS", SmtpTls::None)?,
             smtp_username: secret("SMTP_USERNAME")?,
             smtp_password: secret("SMTP_PASSWORD")?,
+            smtp_timeout_s: var("SMTP_TIMEOUT_S", 15)?,
+            smtp_pool_size: var("SMTP_POOL_SIZE", 4)?,
             mail_from: var("MAIL_FROM", "Tunewire <noreply@tunewire.local>".to_string())?,
             public_url: var("PUBLIC_URL", "http://127.0.0.1:8080".to_string())?,
             link_secret: required_secret("LINK_SECRET")?,
             link_ttl_h: var("LINK_TTL_H", 24)?,
         })
+    }
+
+    /// Defaults for the local stack with the given dependencies; tests start from it.
+    pub fn local(
+        database_url: String,
+        amqp_url: String,
+        smtp_host: String,
+        smtp_port: u16,
+        link_secret: String,
+    ) -> Self {
+        Self {
+            health_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            amqp_url,
+            smtp_host,
+            smtp_port,
+            smtp_tls: SmtpTls::None,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_timeout_s: 15,
+            smtp_pool_size: 4,
+            mail_from: "Tunewire <noreply@tunewire.test>".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            link_secret,
+            link_ttl_h: 24,
+        }
     }
 }

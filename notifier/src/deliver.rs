@@ -1,6 +1,14 @@
 //! Exactly one email per outcome, as nearly as SMTP allows. The ledger is checked before
-//! sending and written after the server accepted; the one window left is a crash between
-//! those two, which sends that email once more on redelivery.
+//! sending and written the moment the server accepted, with nothing in between. The one
+//! window left is a crash (or a lost database) after the SMTP server said 250 and before the
+//! ledger row is committed: the redelivered event then sends that email once more. Each
+//! email carries a `Message-ID` derived from the job and outcome, so that rare second copy
+//! has the same id as the first, and mail systems that deduplicate by id show one.
+//!
+//! Transient SMTP trouble (no connection, 4xx, or the server refusing our credentials,
+//! which an operator fixes) is retried with backoff and ends in the dead-letter queue after
+//! the delivery limit; a permanent refusal of this message (5xx, an address that cannot be
+//! mailed) is recorded as `failed` and not retried.
 
 use std::sync::Arc;
 
@@ -13,49 +21,126 @@ use tunewire_events::{HandleError, HandleResultExt, Incoming, JobId, Outcome};
 use tunewire_signed_links::{LinkClaims, LinkSigner};
 
 use crate::config::Config;
-use crate::email;
+use crate::email::Templates;
 
 pub struct Notifier {
     pub db: PgPool,
     pub mailer: AsyncSmtpTransport<Tokio1Executor>,
     pub from: Mailbox,
     pub links: LinkSigner,
+    pub templates: Templates,
     pub config: Arc<Config>,
 }
 
-impl Notifier {
-    async fn already_handled(&self, job: JobId, kind: &str) -> Result<bool, HandleError> {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM notifier.deliveries WHERE job_id = $1 AND kind = $2")
-                .bind(job.as_uuid())
-                .bind(kind)
-                .fetch_optional(&self.db)
-                .await
-                .or_retry("reading the delivery ledger")?;
-        Ok(found.is_some())
-    }
+/// SMTP replies that mean "this message can never be delivered", as opposed to trouble an
+/// operator or time will fix. Authentication failures (530, 534, 535, 538) are 5xx too, but
+/// they are our configuration, not the message: those are retried.
+pub fn refused_for_good(error: &lettre::transport::smtp::Error) -> bool {
+    let auth = error.status().is_some_and(|code| {
+        let text = code.to_string();
+        ["530", "534", "535", "538"].contains(&text.as_str())
+    });
+    error.is_permanent() && !auth
+}
 
-    async fn record(
-        &self,
-        job: JobId,
-        kind: &str,
-        to: &str,
-        status: &str,
-        detail: Option<String>,
-    ) -> Result<(), HandleError> {
-        sqlx::query(
-            "INSERT INTO notifier.deliveries (job_id, kind, recipient, status, detail) VALUES ($1, $2, $3, $4, $5)
+/// How one attempt ended.
+enum Sent {
+    /// Sent (or failed for good) and in the ledger.
+    Recorded,
+    /// Nothing left: the claim is released so a retry can try again.
+    Not(HandleError),
+    /// The SMTP server accepted it, but the ledger could not say so.
+    Unrecorded(HandleError),
+}
+
+/// Where a delivery stands when this copy of the event arrives.
+enum Claim {
+    /// Ours to send.
+    Won,
+    /// Sent or failed for good already: nothing to do.
+    Done,
+    /// Another copy is sending right now; look again later.
+    Busy,
+}
+
+/// A claim older than this is from a consumer that died mid-send: it may be taken over.
+/// Longer than one SMTP conversation can last (every command has its own timeout).
+const CLAIM_LEASE_S: f64 = 120.0;
+
+impl Notifier {
+    async fn claim(&self, job: JobId, kind: &str, to: &str) -> Result<Claim, HandleError> {
+        let won = sqlx::query(
+            "INSERT INTO notifier.deliveries (job_id, kind, recipient, status) VALUES ($1, $2, $3, 'sending')
              ON CONFLICT (job_id, kind) DO NOTHING",
         )
         .bind(job.as_uuid())
         .bind(kind)
         .bind(to)
-        .bind(status)
-        .bind(detail)
         .execute(&self.db)
         .await
-        .or_retry("writing the delivery ledger")
-        .map(|_| ())
+        .or_retry("claiming the delivery")?
+        .rows_affected()
+            == 1;
+        if won {
+            return Ok(Claim::Won);
+        }
+        let taken_over = sqlx::query(
+            "UPDATE notifier.deliveries SET claimed_at = now()
+             WHERE job_id = $1 AND kind = $2 AND status = 'sending'
+               AND claimed_at < now() - make_interval(secs => $3)",
+        )
+        .bind(job.as_uuid())
+        .bind(kind)
+        .bind(CLAIM_LEASE_S)
+        .execute(&self.db)
+        .await
+        .or_retry("taking over an abandoned delivery")?
+        .rows_affected()
+            == 1;
+        if taken_over {
+            warn!(job_id = %job, kind, "a previous attempt died mid-send; sending again");
+            return Ok(Claim::Won);
+        }
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM notifier.deliveries WHERE job_id = $1 AND kind = $2")
+                .bind(job.as_uuid())
+                .bind(kind)
+                .fetch_optional(&self.db)
+                .await
+                .or_retry("reading the delivery ledger")?;
+        Ok(match status.as_deref() {
+            Some("sending") => Claim::Busy,
+            Some(_) => Claim::Done,
+            // Released between our insert and our read: try again shortly.
+            None => Claim::Busy,
+        })
+    }
+
+    async fn settle(&self, job: JobId, kind: &str, status: &str, detail: Option<String>) -> Result<(), HandleError> {
+        sqlx::query("UPDATE notifier.deliveries SET status = $3, detail = $4 WHERE job_id = $1 AND kind = $2")
+            .bind(job.as_uuid())
+            .bind(kind)
+            .bind(status)
+            .bind(detail)
+            .execute(&self.db)
+            .await
+            .or_retry("writing the delivery ledger")
+            .map(drop)
+    }
+
+    /// Gives the claim back after a transient failure, so the retry (this copy or another)
+    /// can claim it again.
+    async fn release(&self, job: JobId, kind: &str) {
+        let released =
+            sqlx::query("DELETE FROM notifier.deliveries WHERE job_id = $1 AND kind = $2 AND status = 'sending'")
+                .bind(job.as_uuid())
+                .bind(kind)
+                .execute(&self.db)
+                .await;
+        if let Err(e) = released {
+            // The lease expires on its own; the retry then takes over.
+            warn!(job_id = %job, kind, error = %e, "could not release a delivery claim");
+        }
     }
 
     pub async fn handle(self: Arc<Self>, msg: Incoming<Outcome>) -> Result<(), HandleError> {
@@ -63,11 +148,33 @@ impl Notifier {
             Outcome::Converted(c) => (c.job_id, "converted", &c.owner),
             Outcome::Failed(f) => (f.job_id, "failed", &f.owner),
         };
-        if self.already_handled(job, kind).await? {
-            info!(job_id = %job, kind, "email already sent; skipping the redelivery");
-            return Ok(());
+        match self.claim(job, kind, owner.email.as_str()).await? {
+            Claim::Won => {}
+            Claim::Done => {
+                info!(job_id = %job, kind, "email already handled; skipping the redelivery");
+                return Ok(());
+            }
+            Claim::Busy => return Err(HandleError::Retry("another copy of this event is being emailed".into())),
         }
-        let content = match &msg.event {
+        match self.send(&msg.event, job, kind, owner).await {
+            Sent::Recorded => Ok(()),
+            Sent::Not(e) => {
+                self.release(job, kind).await;
+                Err(e)
+            }
+            // The claim stays: releasing it would invite a second copy of an email that left.
+            Sent::Unrecorded(e) => Err(e),
+        }
+    }
+
+    async fn send(
+        &self,
+        event: &Outcome,
+        job: JobId,
+        kind: &'static str,
+        owner: &tunewire_events::contract::Owner,
+    ) -> Sent {
+        let content = match event {
             Outcome::Converted(c) => {
                 let expires = Utc::now() + chrono::Duration::hours(self.config.link_ttl_h);
                 let token = self.links.sign(&LinkClaims {
@@ -76,33 +183,55 @@ impl Notifier {
                     exp: expires.timestamp(),
                 });
                 let link = format!("{}/v1/downloads/{token}", self.config.public_url.trim_end_matches('/'));
-                email::converted(c, &link, expires)
+                self.templates.converted(c, &link, expires)
             }
-            Outcome::Failed(f) => email::failed(f),
+            Outcome::Failed(f) => self.templates.failed(f),
+        }
+        .or_abort("rendering the email");
+        let content = match content {
+            Ok(content) => content,
+            Err(e) => return Sent::Not(e),
         };
         let to: Mailbox = match owner.email.as_str().parse() {
             Ok(to) => to,
             Err(e) => {
                 warn!(job_id = %job, error = %e, "the recipient address is unusable; not sending");
-                return self.record(job, kind, owner.email.as_str(), "rejected", Some(e.to_string())).await;
+                return self
+                    .settle(job, kind, "failed", Some(e.to_string()))
+                    .await
+                    .map_or_else(Sent::Not, |()| Sent::Recorded);
             }
         };
         let message = Message::builder()
+            .message_id(Some(format!("<{job}.{kind}@tunewire>")))
             .from(self.from.clone())
             .to(to)
             .subject(content.subject)
             .multipart(MultiPart::alternative_plain_html(content.text, content.html))
-            .or_abort("building the email")?;
+            .or_abort("building the email");
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => return Sent::Not(e),
+        };
         match self.mailer.send(message).await {
             Ok(_) => {
                 info!(job_id = %job, kind, "email sent");
-                self.record(job, kind, owner.email.as_str(), "sent", None).await
+                // The window that matters: try hard to record what just happened.
+                let mut recorded = self.settle(job, kind, "sent", None).await;
+                for _ in 0..3 {
+                    if recorded.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    recorded = self.settle(job, kind, "sent", None).await;
+                }
+                recorded.map_or_else(Sent::Unrecorded, |()| Sent::Recorded)
             }
-            Err(e) if e.is_permanent() => {
+            Err(e) if refused_for_good(&e) => {
                 warn!(job_id = %job, kind, error = %e, "the SMTP server refused the email for good");
-                self.record(job, kind, owner.email.as_str(), "rejected", Some(e.to_string())).await
+                self.settle(job, kind, "failed", Some(e.to_string())).await.map_or_else(Sent::Not, |()| Sent::Recorded)
             }
-            Err(e) => Err(HandleError::Retry(format!("sending the email: {e}"))),
+            Err(e) => Sent::Not(HandleError::Retry(format!("sending the email: {e}"))),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod deliver;
 pub mod email;
+pub mod smtp_check;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +31,9 @@ pub fn mailer(config: &Config) -> Result<AsyncSmtpTransport<Tokio1Executor>, let
         SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&config.smtp_host)?,
         SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&config.smtp_host)?,
     };
-    let mut builder = builder.port(config.smtp_port).timeout(Some(Duration::from_secs(15)));
+    let pool = lettre::transport::smtp::PoolConfig::new().max_size(config.smtp_pool_size.max(1));
+    let mut builder =
+        builder.port(config.smtp_port).timeout(Some(Duration::from_secs(config.smtp_timeout_s))).pool_config(pool);
     if let (Some(user), Some(pass)) = (&config.smtp_username, &config.smtp_password) {
         builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
     }
@@ -90,6 +93,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         mailer: mailer.clone(),
         from: config.mail_from.parse()?,
         links: LinkSigner::new(config.link_secret.clone().into_bytes(), None),
+        templates: email::Templates::load()?,
         config: Arc::new(config.clone()),
     });
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;

@@ -128,6 +128,13 @@ impl Sandbox {
 }
 
 impl Sandbox {
+    /// A counter of the management API's `message_stats` for one queue (`ack`, `redeliver`,
+    /// ...), 0 before any. The API refreshes its figures every few seconds: poll it.
+    pub async fn queue_stat(&self, queue: &str, stat: &str) -> anyhow::Result<u64> {
+        let queues = self.queues().await?;
+        Ok(queues.iter().find(|q| q["name"] == queue).and_then(|q| q["message_stats"][stat].as_u64()).unwrap_or(0))
+    }
+
     /// Takes (and acknowledges) up to `max` messages waiting in `queue` of this sandbox,
     /// decoded as JSON: the test stands where the queue's consumer would.
     pub async fn take(&self, queue: &str, max: usize) -> anyhow::Result<Vec<Value>> {
