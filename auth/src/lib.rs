@@ -31,6 +31,10 @@ pub async fn create_admin(config: &Config, email: &tunewire_events::Email) -> an
     Ok(())
 }
 
+/// Seconds in-flight work gets after SIGTERM (requests are short); the Kubernetes
+/// manifests set `terminationGracePeriodSeconds` a little above it.
+pub const SHUTDOWN_DEADLINE_S: u64 = 10;
+
 pub struct Running {
     pub addr: SocketAddr,
     pub task: JoinHandle<()>,

@@ -23,7 +23,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     telemetry::init("auth");
-    let running = tunewire_auth::start(config, shutdown::on_signal()).await?;
-    running.task.await?;
+    let stop = shutdown::on_signal();
+    let running = tunewire_auth::start(config, stop.clone()).await?;
+    shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_auth::SHUTDOWN_DEADLINE_S)).await;
     Ok(ExitCode::SUCCESS)
 }

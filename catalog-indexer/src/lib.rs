@@ -77,6 +77,10 @@ async fn search(
     })
 }
 
+/// Seconds in-flight work gets after SIGTERM (one Last.fm lookup and one index commit); the Kubernetes
+/// manifests set `terminationGracePeriodSeconds` a little above it.
+pub const SHUTDOWN_DEADLINE_S: u64 = 20;
+
 pub struct Running {
     pub addr: SocketAddr,
     pub task: JoinHandle<()>,

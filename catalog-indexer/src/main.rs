@@ -7,7 +7,9 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(health::healthcheck(config.bind.port()).await);
     }
     telemetry::init("catalog-indexer");
-    let running = tunewire_catalog_indexer::start(config, shutdown::on_signal()).await?;
-    running.task.await?;
+    let stop = shutdown::on_signal();
+    let running = tunewire_catalog_indexer::start(config, stop.clone()).await?;
+    shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_catalog_indexer::SHUTDOWN_DEADLINE_S))
+        .await;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::var;
+use tunewire_service_runtime::config::{secret, var};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,8 +24,8 @@ impl Config {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
         Ok(Self {
             health_bind: var("CONVERTER_HEALTH_BIND", SocketAddr::from(([0, 0, 0, 0], 9101)))?,
-            amqp_url: var("AMQP_URL", "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".to_string())?,
-            mongodb_uri: var("MONGODB_URI", "mongodb://127.0.0.1:27017".to_string())?,
+            amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".into()),
+            mongodb_uri: secret("MONGODB_URI")?.unwrap_or_else(|| "mongodb://127.0.0.1:27017".into()),
             mongodb_database: var("MONGODB_DATABASE", "tunewire".to_string())?,
             concurrency: var("CONVERTER_CONCURRENCY", cores)?.max(1),
             work_dir: var("CONVERTER_WORK_DIR", std::env::temp_dir().join("tunewire-converter"))?,

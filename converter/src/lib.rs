@@ -36,6 +36,10 @@ impl Readiness for Dependencies {
     }
 }
 
+/// Seconds in-flight work gets after SIGTERM (a conversion in flight gets this long; after it, its message is redelivered); the Kubernetes
+/// manifests set `terminationGracePeriodSeconds` a little above it.
+pub const SHUTDOWN_DEADLINE_S: u64 = 60;
+
 pub struct Running {
     pub health_addr: SocketAddr,
     pub task: JoinHandle<()>,

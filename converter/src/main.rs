@@ -7,7 +7,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         return Ok(health::healthcheck(config.health_bind.port()).await);
     }
     telemetry::init("converter");
-    let running = tunewire_converter::start(config, shutdown::on_signal()).await?;
-    running.task.await?;
+    let stop = shutdown::on_signal();
+    let running = tunewire_converter::start(config, stop.clone()).await?;
+    shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_converter::SHUTDOWN_DEADLINE_S)).await;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -62,6 +62,10 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(db).await
 }
 
+/// Seconds in-flight work gets after SIGTERM (uploads in flight get this long to finish); the Kubernetes
+/// manifests set `terminationGracePeriodSeconds` a little above it.
+pub const SHUTDOWN_DEADLINE_S: u64 = 25;
+
 pub struct Running {
     pub addr: SocketAddr,
     pub task: JoinHandle<()>,

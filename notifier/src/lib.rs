@@ -78,6 +78,10 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrator.run(db).await
 }
 
+/// Seconds in-flight work gets after SIGTERM (one SMTP conversation (each command has its own timeout)); the Kubernetes
+/// manifests set `terminationGracePeriodSeconds` a little above it.
+pub const SHUTDOWN_DEADLINE_S: u64 = 20;
+
 pub struct Running {
     pub health_addr: SocketAddr,
     pub task: JoinHandle<()>,

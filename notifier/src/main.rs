@@ -29,7 +29,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     telemetry::init("notifier");
-    let running = tunewire_notifier::start(config, shutdown::on_signal()).await?;
-    running.task.await?;
+    let stop = shutdown::on_signal();
+    let running = tunewire_notifier::start(config, stop.clone()).await?;
+    shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_notifier::SHUTDOWN_DEADLINE_S)).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -31,3 +31,17 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Waits for the service's task to finish; once shutdown is requested, waits at most
+/// `deadline` more (in-flight work gets that long; unacknowledged messages are redelivered
+/// elsewhere). Kubernetes' `terminationGracePeriodSeconds` is set a little above it.
+pub async fn drain(task: tokio::task::JoinHandle<()>, token: CancellationToken, deadline: std::time::Duration) {
+    let mut task = task;
+    tokio::select! {
+        _ = &mut task => return,
+        _ = token.cancelled() => {}
+    }
+    if tokio::time::timeout(deadline, task).await.is_err() {
+        tracing::warn!(deadline_s = deadline.as_secs(), "shutdown deadline passed; exiting with work in flight");
+    }
+}
