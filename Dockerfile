@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1.7
 # One file, one target per service:
 #   docker build --target gateway -t tunewire/gateway:0.1.0 .
-# Dependencies build once into a cached layer (cargo fetch + a cache mount for target/), and
-# every service image is debian:bookworm-slim with only the runtime libraries its binary
-# links (ldd decided the lists below), running as an unprivileged user.
+# BuildKit cache mounts keep the crate registry and target/ between builds, so dependencies
+# compile once and the five targets share one workspace build. Every service image is
+# debian:bookworm-slim with only the runtime libraries its binary links (ldd decided the
+# lists below), running as an unprivileged user.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
@@ -15,8 +16,6 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
         libavfilter-dev libavdevice-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Manifests first: the dependency download is cached until Cargo.lock changes.
-COPY Cargo.toml Cargo.lock ./
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
