@@ -53,6 +53,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store: store.clone(),
         work_dir: config.work_dir.clone(),
         max_duration_s: config.max_duration_s,
+        time_limit: std::time::Duration::from_secs(config.time_limit_s),
     });
 
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;

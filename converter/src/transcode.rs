@@ -7,7 +7,7 @@ use std::path::Path;
 use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, codec, filter, format, frame, media};
 use ffmpeg_next as ffmpeg;
 use tunewire_events::Preset;
-use tunewire_events::contract::TrackTags;
+use tunewire_events::contract::{SourceFacts, TrackTags};
 
 pub const OUTPUT_RATE: u32 = 44_100;
 /// FFmpeg's `FF_QP2LAMBDA`: quality values are given to encoders in lambda units.
@@ -33,6 +33,8 @@ pub struct Request<'a> {
     /// Used as the title when neither the uploader nor the source gives one.
     pub fallback_title: &'a str,
     pub max_duration_s: f64,
+    /// Wall-clock budget for this conversion; past it the job fails with the reason.
+    pub time_limit: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +44,12 @@ pub struct Report {
     pub sample_rate: u32,
     pub channels: u16,
     pub tags: TrackTags,
+    pub source: SourceFacts,
 }
+
+/// Decoded audio this much shorter than the container claims means the demuxer skipped
+/// damage silently: worth a warning.
+const SHORT_AUDIO_TOLERANCE: f64 = 0.02;
 
 fn internal(doing: &'static str) -> impl Fn(ffmpeg::Error) -> TranscodeError {
     move |e| TranscodeError::Internal(format!("{doing}: {e}"))
@@ -74,13 +81,20 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
     let mut ictx = format::input(&req.input)
         .map_err(|e| TranscodeError::BadMedia(format!("the file is not audio or video that can be read ({e})")))?;
 
-    let (stream_index, parameters, stream_time_base, stream_meta) = {
+    let started = std::time::Instant::now();
+    let (stream_index, parameters, stream_time_base, stream_meta, codec_name) = {
         let stream = ictx
             .streams()
             .best(media::Type::Audio)
             .ok_or_else(|| TranscodeError::BadMedia("no audio track was found in the file".into()))?;
-        (stream.index(), stream.parameters(), stream.time_base(), stream.metadata().to_owned())
+        let codec_name = stream.parameters().id().name().to_string();
+        (stream.index(), stream.parameters(), stream.time_base(), stream.metadata().to_owned(), codec_name)
     };
+    // Cover art: a picture stream marked "attached" (MP4 covr, FLAC and MP3 pictures).
+    let cover = ictx
+        .streams()
+        .find(|s| s.disposition().contains(format::stream::Disposition::ATTACHED_PIC))
+        .map(|s| (s.index(), s.parameters()));
     let claimed_s =
         if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE) } else { 0.0 };
     if claimed_s > req.max_duration_s {
@@ -118,7 +132,21 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         album: pick(&req.overrides.album, "album"),
         genre: pick(&req.overrides.genre, "genre"),
     };
-    let date = tag(&container_meta, "date");
+    // Passed through to the MP3 as they are (ID3v2.4 TPE2, TRCK, TDRC).
+    let passthrough: Vec<(&str, String)> = [("album_artist", "album_artist"), ("track", "track"), ("date", "date")]
+        .into_iter()
+        .filter_map(|(out, key)| pick(&None, key).map(|v| (out, v)))
+        .collect();
+    let mut source = SourceFacts {
+        container: ictx.format().name().to_string(),
+        codec: codec_name,
+        duration_s: claimed_s,
+        sample_rate: in_rate,
+        channels: in_channels,
+        bitrate: u64::try_from(ictx.bit_rate()).unwrap_or(0),
+        has_cover: cover.is_some(),
+        warnings: Vec::new(),
+    };
 
     let codec = ffmpeg::encoder::find_by_name("libmp3lame")
         .ok_or_else(|| TranscodeError::Internal("FFmpeg was built without libmp3lame".into()))?;
@@ -151,19 +179,38 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         ostream.set_parameters(&encoder);
         ostream.set_time_base((1, OUTPUT_RATE as i32));
     }
+    // The cover goes in as a second, attached-picture stream: the mp3 muxer writes it as an
+    // APIC frame (and holds the audio back until the picture packet has come).
+    let cover_in = match &cover {
+        Some((index, parameters)) => {
+            let mut ostream =
+                octx.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(internal("adding the cover stream"))?;
+            ostream.set_parameters(parameters.clone());
+            // Plain fields ffmpeg-next does not wrap: the muxer picks its own tag, and the
+            // stream must say it is a picture, not video.
+            unsafe {
+                let st = ostream.as_mut_ptr();
+                (*(*st).codecpar).codec_tag = 0;
+                (*st).disposition = ffmpeg::ffi::AV_DISPOSITION_ATTACHED_PIC as i32;
+            }
+            Some(*index)
+        }
+        None => None,
+    };
     let mut out_meta = Dictionary::new();
-    for (key, value) in [
-        ("title", &tags.title),
-        ("artist", &tags.artist),
-        ("album", &tags.album),
-        ("genre", &tags.genre),
-        ("date", &date),
-    ] {
+    for (key, value) in
+        [("title", &tags.title), ("artist", &tags.artist), ("album", &tags.album), ("genre", &tags.genre)]
+    {
         if let Some(v) = value {
             out_meta.set(key, v);
         }
     }
-    out_meta.set("encoder", "Tunewire");
+    for (key, value) in &passthrough {
+        out_meta.set(key, value);
+    }
+    // libavformat overwrites `encoder` (TSSE) with its own name in write_header; TENC
+    // ("encoded by") carries ours.
+    out_meta.set("encoded_by", "Tunewire");
     octx.set_metadata(out_meta);
     octx.write_header().map_err(internal("writing the MP3 header"))?;
     let out_time_base = octx.stream(0).map(|s| s.time_base()).unwrap_or(Rational(1, OUTPUT_RATE as i32));
@@ -212,6 +259,21 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
                 continue;
             }
         }
+        if started.elapsed() > req.time_limit {
+            return Err(TranscodeError::BadMedia(format!(
+                "converting took longer than the {} s limit",
+                req.time_limit.as_secs()
+            )));
+        }
+        if Some(packet.stream()) == cover_in {
+            packet.set_stream(1);
+            packet.set_position(-1);
+            // A broken picture is not worth failing the track for.
+            if let Err(e) = packet.write(&mut octx) {
+                tracing::warn!(error = %e, "the cover could not be copied");
+            }
+            continue;
+        }
         if packet.stream() != stream_index {
             continue;
         }
@@ -238,6 +300,13 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
     }
     octx.write_trailer().map_err(internal("finishing the MP3 file"))?;
     progress(1.0);
+    let decoded_s = pipeline.in_samples as f64 / f64::from(in_rate);
+    if claimed_s > 0.0 && decoded_s < claimed_s * (1.0 - SHORT_AUDIO_TOLERANCE) {
+        source.warnings.push(format!(
+            "the audio decoded to {decoded_s:.1} s, {:.0}% shorter than the {claimed_s:.1} s the file claims: parts of it may be damaged",
+            (1.0 - decoded_s / claimed_s) * 100.0
+        ));
+    }
 
     Ok(Report {
         duration_s: pipeline.out_samples as f64 / f64::from(OUTPUT_RATE),
@@ -245,6 +314,7 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         sample_rate: OUTPUT_RATE,
         channels: out_layout.channels() as u16,
         tags,
+        source,
     })
 }
 

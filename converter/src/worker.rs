@@ -32,6 +32,7 @@ pub struct Worker {
     pub store: MediaStore,
     pub work_dir: PathBuf,
     pub max_duration_s: f64,
+    pub time_limit: std::time::Duration,
 }
 
 /// A job's files in the work folder, removed however the handler ends (panics included).
@@ -103,6 +104,8 @@ fn converted_from_stored(event: &MediaUploaded, info: &FileInfo) -> Option<Media
             channels: u16::try_from(int("channels")?).ok()?,
         },
         tags: TrackTags { title: text("title"), artist: text("artist"), album: text("album"), genre: text("genre") },
+        // Only the conversion itself learns these; a republished event goes without.
+        source_facts: Default::default(),
     })
 }
 
@@ -165,6 +168,7 @@ impl Worker {
         let forwarder = tokio::spawn(forward_progress(job_id, progress_rx, msg.publisher.clone()));
         let (input, output) = (files.input.clone(), files.output.clone());
         let (preset, overrides, max_duration_s) = (event.preset, event.overrides.clone(), self.max_duration_s);
+        let time_limit = self.time_limit;
         let fallback_title = stem(&event.source.filename).to_string();
         let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -175,6 +179,7 @@ impl Worker {
                 overrides: &overrides,
                 fallback_title: &fallback_title,
                 max_duration_s,
+                time_limit,
             };
             transcode::transcode(&request, &mut |p| {
                 progress_tx.send_replace(p);
@@ -218,6 +223,7 @@ impl Worker {
             preset: event.preset,
             output,
             tags: report.tags,
+            source_facts: report.source,
         };
         msg.publisher.publish(&converted).await.or_retry("publishing media.converted")
     }

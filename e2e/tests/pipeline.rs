@@ -78,13 +78,14 @@ impl Pipeline {
         let gateway_url = format!("http://{}", gateway.addr);
         tunewire_converter::start(
             tunewire_converter::Config {
-                health_bind: localhost(),
-                amqp_url: sandbox.amqp_url.clone(),
-                mongodb_uri: stack.mongo_uri.clone(),
-                mongodb_database: sandbox.mongo_database.clone(),
                 concurrency: 2,
-                work_dir: scratch.join("work"),
                 max_duration_s: MAX_DURATION_S,
+                ..tunewire_converter::Config::local(
+                    sandbox.amqp_url.clone(),
+                    stack.mongo_uri.clone(),
+                    sandbox.mongo_database.clone(),
+                    scratch.join("work"),
+                )
             },
             shutdown.clone(),
         )

@@ -298,13 +298,14 @@ async fn run(
     let work_dir = std::env::temp_dir().join(format!("tw-bench-{}", sandbox.name));
     tunewire_converter::start(
         tunewire_converter::Config {
-            health_bind: "127.0.0.1:0".parse()?,
-            amqp_url: sandbox.amqp_url.clone(),
-            mongodb_uri: mongo.uri.clone(),
-            mongodb_database: sandbox.mongo_database.clone(),
             concurrency: 2,
-            work_dir: work_dir.clone(),
             max_duration_s: 3600.0,
+            ..tunewire_converter::Config::local(
+                sandbox.amqp_url.clone(),
+                mongo.uri.clone(),
+                sandbox.mongo_database.clone(),
+                work_dir.clone(),
+            )
         },
         shutdown.clone(),
     )

@@ -180,6 +180,7 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
             channels: 1,
         },
         tags: TrackTags::default(),
+        source_facts: Default::default(),
     };
     g.bus.publisher().await?.publish(&event).await?;
     let job = g.wait_for_state(&user.token, &id, "expired").await?;

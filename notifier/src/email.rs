@@ -141,6 +141,7 @@ mod tests {
                 channels: 2,
             },
             tags: TrackTags { title: Some("Tom & Jerry".into()), artist: None, album: None, genre: None },
+            source_facts: Default::default(),
         };
         let expires = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let email = Templates::load()?.converted(&event, "https://x.test/v1/downloads/a.b", expires)?;

@@ -97,6 +97,7 @@ fn converted(to: &str, title: &str) -> anyhow::Result<MediaConverted> {
             channels: 2,
         },
         tags: TrackTags { title: Some(title.into()), artist: Some("Kavinsky & Co".into()), album: None, genre: None },
+        source_facts: Default::default(),
     })
 }
 

@@ -114,6 +114,22 @@ pub struct AudioOutput {
     pub channels: u16,
 }
 
+/// What the converter learnt about the original while converting it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SourceFacts {
+    pub container: String,
+    pub codec: String,
+    /// What the container claims.
+    pub duration_s: f64,
+    pub sample_rate: u32,
+    pub channels: u16,
+    /// Bits per second; 0 when unknown.
+    pub bitrate: u64,
+    pub has_cover: bool,
+    /// Things the uploader may want to know, e.g. audio shorter than the file claims.
+    pub warnings: Vec<String>,
+}
+
 /// `media.converted`: the MP3 is durable in GridFS bucket `audio`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MediaConverted {
@@ -123,6 +139,9 @@ pub struct MediaConverted {
     pub preset: Preset,
     pub output: AudioOutput,
     pub tags: TrackTags,
+    /// Absent from events of converters before it existed.
+    #[serde(default)]
+    pub source_facts: SourceFacts,
 }
 
 /// `media.failed`: the job will never convert; `reason` is written for the uploader.

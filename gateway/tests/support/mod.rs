@@ -115,13 +115,14 @@ impl Gateway {
         if options.converter {
             tunewire_converter::start(
                 tunewire_converter::Config {
-                    health_bind: "127.0.0.1:0".parse()?,
-                    amqp_url: sandbox.amqp_url.clone(),
-                    mongodb_uri: sandbox.stack.mongo_uri.clone(),
-                    mongodb_database: sandbox.mongo_database.clone(),
                     concurrency: 2,
-                    work_dir: scratch.join("work"),
                     max_duration_s: 3600.0,
+                    ..tunewire_converter::Config::local(
+                        sandbox.amqp_url.clone(),
+                        sandbox.stack.mongo_uri.clone(),
+                        sandbox.mongo_database.clone(),
+                        scratch.join("work"),
+                    )
                 },
                 shutdown.clone(),
             )
