@@ -12,6 +12,8 @@ use tunewire_events::contract::{SourceFacts, TrackTags};
 pub const OUTPUT_RATE: u32 = 44_100;
 /// FFmpeg's `FF_QP2LAMBDA`: quality values are given to encoders in lambda units.
 const QP2LAMBDA: i32 = 118;
+/// Integrated loudness target of normalisation (the streaming services' common level).
+pub const TARGET_LUFS: f64 = -14.0;
 /// Read errors tolerated before a file is declared damaged.
 const MAX_READ_ERRORS: u32 = 64;
 
@@ -33,6 +35,8 @@ pub struct Request<'a> {
     /// Used as the title when neither the uploader nor the source gives one.
     pub fallback_title: &'a str,
     pub max_duration_s: f64,
+    /// EBU R128 loudness normalisation to -14 LUFS integrated.
+    pub normalize_loudness: bool,
     /// Wall-clock budget for this conversion; past it the job fails with the reason.
     pub time_limit: std::time::Duration,
 }
@@ -226,8 +230,12 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         filter::find("abuffersink").ok_or_else(|| TranscodeError::Internal("no abuffersink filter".into()))?;
     graph.add(&abuffer, "in", &args).map_err(internal("configuring the filter input"))?;
     graph.add(&abuffersink, "out", "").map_err(internal("configuring the filter output"))?;
+    // loudnorm (one pass, dynamic mode) works at 192 kHz internally; the resampler after it
+    // brings the rate back down.
+    let loudness =
+        if req.normalize_loudness { format!("loudnorm=I={TARGET_LUFS}:TP=-1.5:LRA=11,") } else { String::new() };
     let spec = format!(
-        "aresample={OUTPUT_RATE},aformat=sample_fmts=fltp:sample_rates={OUTPUT_RATE}:channel_layouts={out_layout_name}"
+        "{loudness}aresample={OUTPUT_RATE},aformat=sample_fmts=fltp:sample_rates={OUTPUT_RATE}:channel_layouts={out_layout_name}"
     );
     graph
         .output("in", 0)

@@ -169,6 +169,7 @@ impl Worker {
         let (input, output) = (files.input.clone(), files.output.clone());
         let (preset, overrides, max_duration_s) = (event.preset, event.overrides.clone(), self.max_duration_s);
         let time_limit = self.time_limit;
+        let normalize_loudness = event.normalize_loudness;
         let fallback_title = stem(&event.source.filename).to_string();
         let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -179,6 +180,7 @@ impl Worker {
                 overrides: &overrides,
                 fallback_title: &fallback_title,
                 max_duration_s,
+                normalize_loudness,
                 time_limit,
             };
             transcode::transcode(&request, &mut |p| {

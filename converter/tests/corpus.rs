@@ -32,6 +32,15 @@ impl Drop for Scratch {
 }
 
 fn convert(input: &Path, output: &Path, preset: Preset) -> Result<Report, TranscodeError> {
+    convert_with(input, output, preset, false)
+}
+
+fn convert_with(
+    input: &Path,
+    output: &Path,
+    preset: Preset,
+    normalize_loudness: bool,
+) -> Result<Report, TranscodeError> {
     let overrides = TrackTags::default();
     let request = Request {
         input,
@@ -40,6 +49,7 @@ fn convert(input: &Path, output: &Path, preset: Preset) -> Result<Report, Transc
         overrides: &overrides,
         fallback_title: "fallback",
         max_duration_s: 4.0 * 3600.0,
+        normalize_loudness,
         time_limit: Duration::from_secs(600),
     };
     transcode(&request, &mut |_| {})
@@ -238,5 +248,32 @@ fn bad_inputs_fail_with_a_readable_reason() -> anyhow::Result<()> {
             other => bail!("{name}: expected a failure with a reason, got {other:?}"),
         }
     }
+    Ok(())
+}
+
+/// Integrated loudness of a file, measured by the ffmpeg CLI's EBU R128 meter.
+fn integrated_lufs(path: &Path) -> anyhow::Result<f64> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostats", "-hide_banner", "-i"])
+        .arg(path)
+        .args(["-af", "ebur128", "-f", "null", "-"])
+        .output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line = log.lines().rev().find(|l| l.trim_start().starts_with("I:")).context("no integrated loudness")?;
+    Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+}
+
+#[test]
+fn loudness_normalisation_brings_a_quiet_track_to_minus_14_lufs() -> anyhow::Result<()> {
+    let dir = Scratch::new("loudness")?;
+    let quiet = dir.path("quiet.wav");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:duration=15", "-af", "volume=-30dB", "-ac", "2", &quiet])?;
+    let (plain, normalised) = (dir.0.join("plain.mp3"), dir.0.join("normalised.mp3"));
+    convert_with(Path::new(&quiet), &plain, Preset::Cbr192, false)?;
+    let report = convert_with(Path::new(&quiet), &normalised, Preset::Cbr192, true)?;
+    let (before, after) = (integrated_lufs(&plain)?, integrated_lufs(&normalised)?);
+    assert!(before < -30.0, "the source is quiet: {before} LUFS");
+    assert!((after - tunewire_converter::transcode::TARGET_LUFS).abs() < 1.5, "normalised to {after} LUFS");
+    assert!((report.duration_s - 15.0).abs() < 0.15, "{}", report.duration_s);
     Ok(())
 }

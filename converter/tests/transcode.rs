@@ -49,6 +49,7 @@ fn run(input: &Path, output: &Path, overrides: &TrackTags) -> Result<Report, Tra
         overrides,
         fallback_title: "fallback",
         max_duration_s: 4.0 * 3600.0,
+        normalize_loudness: false,
         time_limit: std::time::Duration::from_secs(600),
     };
     transcode(&request, &mut |_| {})

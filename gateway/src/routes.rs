@@ -249,6 +249,7 @@ fn details_from_query(query: HashMap<String, String>) -> Result<Details, ApiErro
             "artist" => details.artist = Some(value),
             "album" => details.album = Some(value),
             "preset" => details.preset = Some(value),
+            "loudnorm" => details.loudnorm = Some(value),
             other => {
                 return Err(ApiError::bad_request("unknown_field", format!("unexpected query parameter {other:?}")));
             }

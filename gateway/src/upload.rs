@@ -30,6 +30,7 @@ pub struct Details {
     pub artist: Option<String>,
     pub album: Option<String>,
     pub preset: Option<String>,
+    pub loudnorm: Option<String>,
 }
 
 const MAX_FIELD_BYTES: usize = 1024;
@@ -55,6 +56,16 @@ impl Details {
             album: clean("album", &self.album)?,
             genre: None,
         })
+    }
+
+    fn loudnorm(&self) -> Result<bool, ApiError> {
+        match self.loudnorm.as_deref().map(str::trim).map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
+            Some("true") | Some("1") | Some("yes") => Ok(true),
+            Some(other) => {
+                Err(ApiError::bad_request("invalid_loudnorm", format!("loudnorm must be true or false, not {other:?}")))
+            }
+        }
     }
 
     fn preset(&self) -> Result<Preset, ApiError> {
@@ -186,9 +197,9 @@ where
 
 /// Records the job (or finds the same one) and answers the client.
 async fn accept(state: &State, caller: &Caller, received: Received, details: &Details) -> Result<Response, ApiError> {
-    let (tags, preset) = match (details.tags(), details.preset()) {
-        (Ok(tags), Ok(preset)) => (tags, preset),
-        (Err(e), _) | (_, Err(e)) => {
+    let (tags, preset, normalize_loudness) = match (details.tags(), details.preset(), details.loudnorm()) {
+        (Ok(tags), Ok(preset), Ok(loudnorm)) => (tags, preset, loudnorm),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             discard(state, &received).await;
             return Err(e);
         }
@@ -204,6 +215,7 @@ async fn accept(state: &State, caller: &Caller, received: Received, details: &De
         },
         preset,
         overrides: tags,
+        normalize_loudness,
     };
     let created = match jobs::create(&state.db, &event).await {
         Ok(created) => created,
@@ -273,6 +285,7 @@ async fn parse_form(
             "artist" => details.artist = Some(read_field(part).await?),
             "album" => details.album = Some(read_field(part).await?),
             "preset" => details.preset = Some(read_field(part).await?),
+            "loudnorm" => details.loudnorm = Some(read_field(part).await?),
             other => {
                 let other = other.to_string();
                 return Err(ApiError::bad_request("unknown_field", format!("unexpected form field {other:?}")));
@@ -342,6 +355,7 @@ where
     // Refuse bad details before reading a byte of the body.
     details.tags()?;
     details.preset()?;
+    details.loudnorm()?;
     let received = receive(&state, &caller, clean_filename(Some(&filename)), body).await?;
     accept(&state, &caller, received, &details).await
 }

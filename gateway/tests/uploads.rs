@@ -93,6 +93,7 @@ async fn bad_details_are_refused_and_leave_nothing_behind() -> anyhow::Result<()
     let long = "x".repeat(2000);
     for (fields, code) in [
         (vec![("preset", "cbr999")], "invalid_preset"),
+        (vec![("loudnorm", "loud")], "invalid_loudnorm"),
         (vec![("colour", "blue")], "unknown_field"),
         (vec![("title", long.as_str())], "field_too_long"),
     ] {

@@ -94,6 +94,9 @@ pub struct MediaUploaded {
     /// Fields the uploader typed; they win over the source's own tags.
     #[serde(default)]
     pub overrides: TrackTags,
+    /// Normalise loudness to -14 LUFS integrated (EBU R128), as the uploader chose.
+    #[serde(default)]
+    pub normalize_loudness: bool,
 }
 
 /// `media.progress`: a conversion is under way.
