@@ -69,25 +69,69 @@ pub async fn upsert(
     .bind(event.output.file_id.as_str())
     .execute(&mut *tx)
     .await?;
+    insert_tags(&mut tx, event.job_id.as_uuid(), tags, source).await?;
+    tx.commit().await
+}
+
+async fn insert_tags(
+    tx: &mut Transaction<'_, Postgres>,
+    job: uuid::Uuid,
+    tags: &[Tag],
+    source: &str,
+) -> Result<(), sqlx::Error> {
     for tag in tags {
         let tag_id: i64 = sqlx::query_scalar(
             "INSERT INTO catalog.tags (name) VALUES ($1) ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
         )
         .bind(&tag.name)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
         sqlx::query(
             "INSERT INTO catalog.track_tags (job_id, tag_id, weight, source) VALUES ($1, $2, $3, $4)
              ON CONFLICT (job_id, tag_id) DO UPDATE SET weight = EXCLUDED.weight, source = EXCLUDED.source",
         )
-        .bind(event.job_id.as_uuid())
+        .bind(job)
         .bind(tag_id)
         .bind(tag.weight)
         .bind(source)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
+    Ok(())
+}
+
+/// Adds tags that arrived late (the Last.fm backlog).
+pub async fn add_tags(db: &PgPool, job: uuid::Uuid, tags: &[Tag], source: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    insert_tags(&mut tx, job, tags, source).await?;
     tx.commit().await
+}
+
+/// A track as the search index holds it, rebuilt from the catalog.
+pub struct StoredTrack {
+    pub owner: uuid::Uuid,
+    pub title: String,
+    pub artist: Option<String>,
+    pub album: Option<String>,
+    pub tags: Vec<String>,
+}
+
+type StoredTrackRow = (uuid::Uuid, String, Option<String>, Option<String>, Vec<String>);
+
+pub async fn track_doc(db: &PgPool, job: uuid::Uuid) -> Result<Option<StoredTrack>, sqlx::Error> {
+    let row: Option<StoredTrackRow> = sqlx::query_as(
+        "SELECT t.owner_id, t.title, ar.name, al.title,
+                COALESCE(ARRAY(SELECT g.name FROM catalog.track_tags tt JOIN catalog.tags g ON g.id = tt.tag_id
+                               WHERE tt.job_id = t.job_id ORDER BY tt.weight DESC), '{}')
+         FROM catalog.tracks t
+         LEFT JOIN catalog.artists ar ON ar.id = t.artist_id
+         LEFT JOIN catalog.albums al ON al.id = t.album_id
+         WHERE t.job_id = $1",
+    )
+    .bind(job)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(owner, title, artist, album, tags)| StoredTrack { owner, title, artist, album, tags }))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tunewire_service_runtime::ConfigError;
 use tunewire_service_runtime::config::{secret, var};
@@ -14,6 +15,12 @@ pub struct Config {
     /// No key, no tags.
     pub lastfm_api_key: Option<String>,
     pub lastfm_url: String,
+    /// Calls per second to Last.fm, process-wide (its terms ask for no more than 5).
+    pub lastfm_rate_per_s: f64,
+    /// How long an answer is reused for the same artist and title.
+    pub lastfm_cache_ttl: Duration,
+    /// The first wait before asking again for tracks Last.fm could not tag (then doubling).
+    pub lastfm_retry_every: Duration,
 }
 
 impl Config {
@@ -26,6 +33,24 @@ impl Config {
             index_dir: var("CATALOG_INDEX_DIR", std::env::temp_dir().join("tunewire-index"))?,
             lastfm_api_key: secret("LASTFM_API_KEY")?,
             lastfm_url: var("LASTFM_URL", "https://ws.audioscrobbler.com/2.0/".to_string())?,
+            lastfm_rate_per_s: var("LASTFM_RATE_PER_S", 5.0)?,
+            lastfm_cache_ttl: Duration::from_secs(var("LASTFM_CACHE_TTL_S", 7 * 24 * 3600)?),
+            lastfm_retry_every: Duration::from_secs(var("LASTFM_RETRY_S", 60)?),
         })
+    }
+
+    /// Defaults for the local stack with the given dependencies; tests start from it.
+    pub fn local(database_url: String, amqp_url: String, index_dir: PathBuf) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            amqp_url,
+            index_dir,
+            lastfm_api_key: None,
+            lastfm_url: "https://ws.audioscrobbler.com/2.0/".into(),
+            lastfm_rate_per_s: 5.0,
+            lastfm_cache_ttl: Duration::from_secs(7 * 24 * 3600),
+            lastfm_retry_every: Duration::from_secs(60),
+        }
     }
 }

@@ -8,24 +8,27 @@ use tracing::{info, warn};
 use tunewire_events::{HandleError, HandleResultExt, Incoming, MediaCatalogued, MediaConverted};
 
 use crate::catalog;
-use crate::lastfm::{Lastfm, Tag};
+use crate::lastfm::Tag;
 use crate::search_index::{SearchIndex, TrackDoc};
+use crate::tag_lookup::{self, TagLookup, Tags};
 
 pub struct Indexer {
     pub db: PgPool,
     pub index: Arc<SearchIndex>,
-    pub lastfm: Option<Lastfm>,
+    pub tags: Arc<TagLookup>,
 }
 
 impl Indexer {
-    async fn tags(&self, event: &MediaConverted, title: &str) -> (Vec<Tag>, &'static str) {
-        let (Some(lastfm), Some(artist)) = (&self.lastfm, &event.tags.artist) else { return (vec![], "file") };
-        match lastfm.top_tags(artist, title).await {
-            Ok(found) => found,
-            Err(e) => {
-                // The track is catalogued without tags rather than held back.
-                warn!(job_id = %event.job_id, error = %e, "no Last.fm tags for now");
-                (vec![], "file")
+    /// The tags now, and whether to ask Last.fm again later (it could not answer).
+    async fn tags(&self, event: &MediaConverted, title: &str) -> (Vec<Tag>, &'static str, Option<String>) {
+        let Some(artist) = &event.tags.artist else { return (vec![], "file", None) };
+        match self.tags.tags(artist, title).await {
+            Tags::Found(tags, source) => (tags, source, None),
+            Tags::None => (vec![], "file", None),
+            Tags::Later(reason) => {
+                // The track is catalogued and searchable now; its tags follow.
+                warn!(job_id = %event.job_id, %reason, "no Last.fm tags for now; will ask again");
+                (vec![], "file", Some(reason))
             }
         }
     }
@@ -33,7 +36,7 @@ impl Indexer {
     pub async fn handle(self: Arc<Self>, msg: Incoming<MediaConverted>) -> Result<(), HandleError> {
         let event = msg.event;
         let title = event.tags.title.clone().unwrap_or_else(|| event.source_filename.clone());
-        let (mut tags, source) = self.tags(&event, &title).await;
+        let (mut tags, source, later) = self.tags(&event, &title).await;
         if let Some(genre) = &event.tags.genre {
             let genre = genre.to_lowercase();
             if !tags.iter().any(|t| t.name == genre) {
@@ -41,6 +44,11 @@ impl Indexer {
             }
         }
         catalog::upsert(&self.db, &event, &title, &tags, source).await.or_retry("writing the catalog")?;
+        if let (Some(reason), Some(artist)) = (later, &event.tags.artist) {
+            tag_lookup::defer(&self.db, event.job_id, artist, &title, &reason)
+                .await
+                .or_retry("queueing the Last.fm retry")?;
+        }
         let index = self.index.clone();
         let (job_id, owner) = (event.job_id.to_string(), event.owner.id.to_string());
         let (indexed_title, artist, album) = (title.clone(), event.tags.artist.clone(), event.tags.album.clone());

@@ -2,9 +2,12 @@
 //! list, counts as strings, "no tags" as an empty string, and errors as
 //! `{"error": N, "message": ...}` under HTTP 200 or 4xx.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag {
@@ -20,6 +23,28 @@ pub enum LastfmError {
     Api { code: i64, message: String },
     #[error("last.fm answered something unexpected: {0}")]
     Shape(String),
+}
+
+/// What to do about a failed call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Unreachable, overloaded, rate-limited (29), temporarily down (8, 11, 16): ask again later.
+    Transient,
+    /// The API key is invalid (10) or suspended (26): stop calling until it is fixed.
+    KeyRejected,
+    /// Anything else: this lookup will not work; no tags.
+    Permanent,
+}
+
+impl LastfmError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            LastfmError::Unreachable(_) | LastfmError::Shape(_) => Failure::Transient,
+            LastfmError::Api { code: 8 | 11 | 16 | 29, .. } => Failure::Transient,
+            LastfmError::Api { code: 10 | 26, .. } => Failure::KeyRejected,
+            LastfmError::Api { .. } => Failure::Permanent,
+        }
+    }
 }
 
 /// Error 6: the track or artist is unknown, which just means no tags.
@@ -65,15 +90,66 @@ pub fn parse_top_tags(body: &Value) -> Result<Vec<Tag>, LastfmError> {
     Ok(tags)
 }
 
+/// Spaces calls evenly: at most one per `interval`, process-wide. Written by hand: one
+/// `Instant` behind a lock is all a single-key limit needs.
+struct RateLimit {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimit {
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().await;
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
 #[derive(Clone)]
 pub struct Lastfm {
-    pub url: String,
-    pub api_key: String,
-    pub http: reqwest::Client,
+    url: String,
+    api_key: String,
+    http: reqwest::Client,
+    limit: Arc<RateLimit>,
+    key_rejected: Arc<AtomicBool>,
 }
 
 impl Lastfm {
+    pub fn new(url: String, api_key: String, http: reqwest::Client, per_second: f64) -> Self {
+        let interval = Duration::from_secs_f64(1.0 / per_second.max(0.01));
+        Self {
+            url,
+            api_key,
+            http,
+            limit: Arc::new(RateLimit { interval, next: Mutex::new(Instant::now()) }),
+            key_rejected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set once Last.fm called the key invalid or suspended; calls stop until a restart with
+    /// a good key.
+    pub fn key_rejected(&self) -> bool {
+        self.key_rejected.load(Ordering::Relaxed)
+    }
+
     async fn call(&self, params: &[(&str, &str)]) -> Result<Vec<Tag>, LastfmError> {
+        if self.key_rejected() {
+            return Err(LastfmError::Api { code: 10, message: "the API key was rejected earlier".into() });
+        }
+        self.limit.wait().await;
+        let outcome = self.request(params).await;
+        if outcome.as_ref().is_err_and(|e| e.failure() == Failure::KeyRejected) {
+            tracing::error!("Last.fm rejected LASTFM_API_KEY: no more calls until it is fixed");
+            self.key_rejected.store(true, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    async fn request(&self, params: &[(&str, &str)]) -> Result<Vec<Tag>, LastfmError> {
         let mut query = vec![("api_key", self.api_key.as_str()), ("format", "json")];
         query.extend_from_slice(params);
         let resp = self
@@ -85,6 +161,9 @@ impl Lastfm {
             .await
             .map_err(|e| LastfmError::Unreachable(e.to_string()))?;
         let status = resp.status();
+        if status.is_server_error() {
+            return Err(LastfmError::Unreachable(format!("HTTP {status}")));
+        }
         let body: Value = resp.json().await.map_err(|e| LastfmError::Shape(format!("HTTP {status}: {e}")))?;
         parse_top_tags(&body)
     }
@@ -127,6 +206,16 @@ mod tests {
     fn no_tags_may_be_an_empty_string() {
         assert!(parse_top_tags(&json!({"toptags": {"tag": "", "@attr": {}}})).unwrap().is_empty());
         assert!(parse_top_tags(&json!({"toptags": ""})).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failures_say_whether_to_retry_stop_or_give_up() {
+        let api = |code| LastfmError::Api { code, message: String::new() };
+        assert_eq!(api(29).failure(), Failure::Transient);
+        assert_eq!(api(10).failure(), Failure::KeyRejected);
+        assert_eq!(api(26).failure(), Failure::KeyRejected);
+        assert_eq!(api(4).failure(), Failure::Permanent);
+        assert_eq!(LastfmError::Unreachable("refused".into()).failure(), Failure::Transient);
     }
 
     #[test]

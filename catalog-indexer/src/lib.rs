@@ -7,6 +7,7 @@ pub mod config;
 pub mod indexer;
 pub mod lastfm;
 pub mod search_index;
+pub mod tag_lookup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use search_index::SearchIndex;
 struct Dependencies {
     db: PgPool,
     bus: Arc<Bus>,
+    tags: Arc<tag_lookup::TagLookup>,
 }
 
 impl Readiness for Dependencies {
@@ -42,6 +44,18 @@ impl Readiness for Dependencies {
             ),
             ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
         ]
+    }
+
+    /// Last.fm is optional: without it tracks are catalogued untagged, which an operator
+    /// should know, but search still works.
+    fn notes(&self) -> Vec<(&'static str, String)> {
+        if self.tags.lastfm.is_none() {
+            vec![("lastfm", "LASTFM_API_KEY is not set: tracks get no Last.fm tags".into())]
+        } else if self.tags.key_rejected() {
+            vec![("lastfm", "Last.fm rejected LASTFM_API_KEY (invalid or suspended): no tags until it is fixed".into())]
+        } else {
+            vec![]
+        }
     }
 }
 
@@ -92,12 +106,22 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let index = Arc::new(SearchIndex::open(&config.index_dir)?);
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "catalog-indexer"));
     let http = reqwest::Client::builder().build()?;
-    let lastfm =
-        config.lastfm_api_key.clone().map(|api_key| lastfm::Lastfm { url: config.lastfm_url.clone(), api_key, http });
+    let lastfm = config
+        .lastfm_api_key
+        .clone()
+        .map(|api_key| lastfm::Lastfm::new(config.lastfm_url.clone(), api_key, http, config.lastfm_rate_per_s));
     if lastfm.is_none() {
         tracing::warn!("LASTFM_API_KEY is not set: tracks are catalogued without Last.fm tags");
     }
-    let indexer = Arc::new(indexer::Indexer { db: db.clone(), index: index.clone(), lastfm });
+    let tags = Arc::new(tag_lookup::TagLookup { db: db.clone(), lastfm, cache_ttl: config.lastfm_cache_ttl });
+    let indexer = Arc::new(indexer::Indexer { db: db.clone(), index: index.clone(), tags: tags.clone() });
+    let backlog = tokio::spawn(tag_lookup::run_backlog(
+        tags.clone(),
+        index.clone(),
+        bus.clone(),
+        config.lastfm_retry_every,
+        shutdown.clone(),
+    ));
 
     let search_index = index.clone();
     let search_route = warp::path!("search")
@@ -105,7 +129,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .and(warp::query::<SearchParams>())
         .and(warp::any().map(move || search_index.clone()))
         .and_then(search);
-    let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone() }), Registry::default());
+    let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone(), tags }), Registry::default());
     let routes = search_route.or(health.routes()).unify().recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
@@ -115,6 +139,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let handler = move |msg| indexer.clone().handle(msg);
         // Index writes are serialised by the one writer; a few in flight overlap Last.fm calls.
         bus.consume(CATALOG_INDEXER_QUEUE, 4, handler, shutdown).await;
+        let _ = backlog.await;
         let _ = server.await;
     });
     Ok(Running { addr, task })

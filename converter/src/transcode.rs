@@ -195,7 +195,7 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
             unsafe {
                 let st = ostream.as_mut_ptr();
                 (*(*st).codecpar).codec_tag = 0;
-                (*st).disposition = ffmpeg::ffi::AV_DISPOSITION_ATTACHED_PIC as i32;
+                (*st).disposition = ffmpeg::ffi::AV_DISPOSITION_ATTACHED_PIC;
             }
             Some(*index)
         }

@@ -36,10 +36,6 @@ async fn fake_lastfm(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> 
     Ok(addr)
 }
 
-fn localhost() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 impl Pipeline {
     async fn start() -> anyhow::Result<Self> {
         let sandbox = Sandbox::create().await?;
@@ -54,12 +50,13 @@ impl Pipeline {
             tunewire_auth::start(tunewire_auth::Config::local(sandbox.database_url.clone()), shutdown.clone()).await?;
         let catalog = tunewire_catalog_indexer::start(
             tunewire_catalog_indexer::Config {
-                bind: localhost(),
-                database_url: sandbox.database_url.clone(),
-                amqp_url: sandbox.amqp_url.clone(),
-                index_dir: scratch.join("index"),
                 lastfm_api_key: Some("test-key".into()),
                 lastfm_url: format!("http://{lastfm}/2.0/"),
+                ..tunewire_catalog_indexer::Config::local(
+                    sandbox.database_url.clone(),
+                    sandbox.amqp_url.clone(),
+                    scratch.join("index"),
+                )
             },
             shutdown.clone(),
         )

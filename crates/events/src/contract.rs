@@ -177,6 +177,8 @@ impl<E: Event> Message for E {
 
 /// What the gateway follows to keep a job's state.
 #[derive(Debug, Clone, PartialEq)]
+// One value per message, moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum JobUpdate {
     Progress(MediaProgress),
     Converted(MediaConverted),
@@ -186,6 +188,7 @@ pub enum JobUpdate {
 
 /// How a job ended, for the notifier.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Converted(MediaConverted),
     Failed(MediaFailed),

@@ -17,6 +17,12 @@ pub type Check = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 /// What a service's readiness depends on.
 pub trait Readiness: Send + Sync + 'static {
     fn checks(&self) -> Vec<(&'static str, Check)>;
+
+    /// Degradations worth telling an operator that do not make the service unready (an
+    /// optional dependency missing or refusing us), shown in `/readyz` as `notes`.
+    fn notes(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone)]
@@ -70,7 +76,9 @@ async fn ready_response(readiness: &dyn Readiness) -> warp::reply::Response {
         report.insert(name.into(), json!(outcome.err().unwrap_or_else(|| "ok".into())));
     }
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = json!({"status": if ready { "ready" } else { "not ready" }, "checks": report});
+    let notes: serde_json::Map<String, serde_json::Value> =
+        readiness.notes().into_iter().map(|(name, note)| (name.to_string(), json!(note))).collect();
+    let body = json!({"status": if ready { "ready" } else { "not ready" }, "checks": report, "notes": notes});
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 

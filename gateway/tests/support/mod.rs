@@ -97,12 +97,13 @@ impl Gateway {
         if options.catalog {
             let catalog = tunewire_catalog_indexer::start(
                 tunewire_catalog_indexer::Config {
-                    bind: "127.0.0.1:0".parse()?,
-                    database_url: sandbox.database_url.clone(),
-                    amqp_url: sandbox.amqp_url.clone(),
-                    index_dir: scratch.join("index"),
                     lastfm_api_key: None,
                     lastfm_url: "http://127.0.0.1:9/2.0/".into(),
+                    ..tunewire_catalog_indexer::Config::local(
+                        sandbox.database_url.clone(),
+                        sandbox.amqp_url.clone(),
+                        scratch.join("index"),
+                    )
                 },
                 shutdown.clone(),
             )
