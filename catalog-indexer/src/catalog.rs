@@ -6,9 +6,13 @@ use tunewire_events::MediaConverted;
 
 use crate::lastfm::Tag;
 
-/// Case- and whitespace-insensitive key for matching names.
+/// Case-, accent- and whitespace-insensitive key for matching names ("Beyoncé" and
+/// "beyonce " are one artist); the display form is stored beside it.
 pub fn name_key(name: &str) -> String {
-    name.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    let folded: String = name.nfkd().filter(|c| !is_combining_mark(*c)).collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
 async fn upsert_artist(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<i64, sqlx::Error> {
@@ -116,22 +120,30 @@ pub struct StoredTrack {
     pub tags: Vec<String>,
 }
 
-type StoredTrackRow = (uuid::Uuid, String, Option<String>, Option<String>, Vec<String>);
+/// A track as the index holds it, with its tags by weight; callers add the WHERE.
+const TRACK_DOCS: &str = "SELECT t.job_id, t.owner_id, t.title, ar.name, al.title,
+        COALESCE(ARRAY(SELECT g.name FROM catalog.track_tags tt JOIN catalog.tags g ON g.id = tt.tag_id
+                       WHERE tt.job_id = t.job_id ORDER BY tt.weight DESC), '{}')
+ FROM catalog.tracks t
+ LEFT JOIN catalog.artists ar ON ar.id = t.artist_id
+ LEFT JOIN catalog.albums al ON al.id = t.album_id";
+
+type StoredTrackRow = (uuid::Uuid, uuid::Uuid, String, Option<String>, Option<String>, Vec<String>);
+
+fn stored((job, owner, title, artist, album, tags): StoredTrackRow) -> (uuid::Uuid, StoredTrack) {
+    (job, StoredTrack { owner, title, artist, album, tags })
+}
 
 pub async fn track_doc(db: &PgPool, job: uuid::Uuid) -> Result<Option<StoredTrack>, sqlx::Error> {
-    let row: Option<StoredTrackRow> = sqlx::query_as(
-        "SELECT t.owner_id, t.title, ar.name, al.title,
-                COALESCE(ARRAY(SELECT g.name FROM catalog.track_tags tt JOIN catalog.tags g ON g.id = tt.tag_id
-                               WHERE tt.job_id = t.job_id ORDER BY tt.weight DESC), '{}')
-         FROM catalog.tracks t
-         LEFT JOIN catalog.artists ar ON ar.id = t.artist_id
-         LEFT JOIN catalog.albums al ON al.id = t.album_id
-         WHERE t.job_id = $1",
-    )
-    .bind(job)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|(owner, title, artist, album, tags)| StoredTrack { owner, title, artist, album, tags }))
+    let sql = sqlx::AssertSqlSafe(format!("{TRACK_DOCS} WHERE t.job_id = $1"));
+    let row: Option<StoredTrackRow> = sqlx::query_as(sql).bind(job).fetch_optional(db).await?;
+    Ok(row.map(|r| stored(r).1))
+}
+
+/// Every track as the search index holds it (the rebuild path).
+pub async fn all_track_docs(db: &PgPool) -> Result<Vec<(uuid::Uuid, StoredTrack)>, sqlx::Error> {
+    let rows: Vec<StoredTrackRow> = sqlx::query_as(TRACK_DOCS).fetch_all(db).await?;
+    Ok(rows.into_iter().map(stored).collect())
 }
 
 #[cfg(test)]
@@ -139,5 +151,6 @@ mod tests {
     #[test]
     fn name_keys_fold_case_and_whitespace() {
         assert_eq!(super::name_key("  The   Beatles "), "the beatles");
+        assert_eq!(super::name_key("Beyoncé"), super::name_key("BEYONCE"));
     }
 }

@@ -71,7 +71,11 @@ struct SearchParams {
     q: Option<String>,
     /// Restricts hits to one owner's tracks (the gateway always sets it for non-admins).
     owner: Option<String>,
-    limit: Option<usize>,
+    tag: Option<String>,
+    artist: Option<String>,
+    limit: Option<String>,
+    /// Where the previous page ended (its `next_cursor`).
+    cursor: Option<String>,
 }
 
 async fn search(
@@ -79,16 +83,103 @@ async fn search(
     index: Arc<SearchIndex>,
 ) -> Result<warp::reply::Response, std::convert::Infallible> {
     let q = params.q.unwrap_or_default();
-    if q.trim().is_empty() {
-        return Ok(ApiError::bad_request("missing_query", "give a search text in `q`").into_response());
+    let filtered = params.tag.is_some() || params.artist.is_some();
+    if q.trim().is_empty() && !filtered {
+        return Ok(
+            ApiError::bad_request("missing_query", "give a search text in `q`, or a `tag` or `artist`").into_response()
+        );
     }
-    let limit = params.limit.unwrap_or(20).clamp(1, 100);
-    let outcome = tokio::task::spawn_blocking(move || index.search(&q, params.owner.as_deref(), limit)).await;
+    let limit = match params.limit.as_deref().map(str::parse::<usize>) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => {
+            return Ok(ApiError::bad_request("invalid_limit", "limit must be a number from 1 to 100").into_response());
+        }
+    };
+    let offset = match params.cursor.as_deref().map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) if n <= 10_000 => n,
+        Some(_) => {
+            return Ok(
+                ApiError::bad_request("invalid_cursor", "the cursor is not one this API handed out").into_response()
+            );
+        }
+    };
+    let outcome = tokio::task::spawn_blocking(move || {
+        let request = search_index::SearchRequest {
+            text: &q,
+            owner: params.owner.as_deref(),
+            tag: params.tag.as_deref(),
+            artist: params.artist.as_deref(),
+            limit,
+            offset,
+        };
+        index.search(&request)
+    })
+    .await;
     Ok(match outcome {
-        Ok(Ok(hits)) => warp::reply::json(&json!({"total": hits.len(), "hits": hits})).into_response(),
+        Ok(Ok((hits, total))) => {
+            let next = (offset + hits.len() < total).then(|| (offset + hits.len()).to_string());
+            warp::reply::json(&json!({"total": total, "hits": hits, "next_cursor": next})).into_response()
+        }
         Ok(Err(e)) => ApiError::internal("search_failed", e).into_response(),
         Err(e) => ApiError::internal("search_failed", e).into_response(),
     })
+}
+
+/// The search index from the catalog: every track, committed once.
+pub async fn rebuild(db: &PgPool, index: &Arc<SearchIndex>) -> anyhow::Result<usize> {
+    let tracks = catalog::all_track_docs(db).await?;
+    let count = tracks.len();
+    let index = index.clone();
+    tokio::task::spawn_blocking(move || {
+        let docs: Vec<search_index::TrackDoc<'_>> = tracks
+            .iter()
+            .map(|(job, t)| search_index::TrackDoc {
+                job_id: job.to_string(),
+                owner: t.owner.to_string(),
+                title: &t.title,
+                artist: t.artist.as_deref(),
+                album: t.album.as_deref(),
+                tags: t.tags.clone(),
+            })
+            .collect();
+        index.rebuild(&docs)
+    })
+    .await??;
+    Ok(count)
+}
+
+/// Opens the index; one that cannot be opened (corrupt, or from another schema) is
+/// replaced by an empty one. Either way, an empty index over a non-empty catalog is rebuilt.
+async fn open_index(db: &PgPool, dir: &std::path::Path) -> anyhow::Result<Arc<SearchIndex>> {
+    let index = match SearchIndex::open(dir) {
+        Ok(index) => index,
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "the search index is unusable; rebuilding it from the catalog");
+            std::fs::remove_dir_all(dir)?;
+            SearchIndex::open(dir)?
+        }
+    };
+    let index = Arc::new(index);
+    if index.is_empty() {
+        let count = rebuild(db, &index).await?;
+        if count > 0 {
+            tracing::info!(tracks = count, "search index rebuilt from the catalog");
+        }
+    }
+    Ok(index)
+}
+
+/// `tunewire-catalog-indexer reindex`: rebuilds the index from PostgreSQL. The service
+/// must be stopped (the index has one writer).
+pub async fn reindex(config: &Config) -> anyhow::Result<usize> {
+    let db = PgPoolOptions::new().max_connections(2).connect(&config.database_url).await?;
+    migrate(&db).await?;
+    let index = Arc::new(SearchIndex::open(&config.index_dir).map_err(|e| {
+        anyhow::anyhow!("cannot open the index at {} (is the service still running?): {e}", config.index_dir.display())
+    })?);
+    rebuild(&db, &index).await
 }
 
 /// Seconds in-flight work gets after SIGTERM (one Last.fm lookup and one index commit); the Kubernetes
@@ -103,7 +194,7 @@ pub struct Running {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
     migrate(&db).await?;
-    let index = Arc::new(SearchIndex::open(&config.index_dir)?);
+    let index = open_index(&db, &config.index_dir).await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "catalog-indexer"));
     let http = reqwest::Client::builder().build()?;
     let lastfm = config

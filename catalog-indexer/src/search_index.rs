@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use serde::Serialize;
-use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
@@ -21,6 +21,18 @@ struct Fields {
     artist: Field,
     album: Field,
     tags: Field,
+    /// Each tag whole and lower-cased, for exact filtering.
+    tag: Field,
+}
+
+/// What a search asks for; `text` may be empty when a filter is given.
+pub struct SearchRequest<'a> {
+    pub text: &'a str,
+    pub owner: Option<&'a str>,
+    pub tag: Option<&'a str>,
+    pub artist: Option<&'a str>,
+    pub limit: usize,
+    pub offset: usize,
 }
 
 pub struct SearchIndex {
@@ -70,6 +82,7 @@ impl SearchIndex {
             artist: builder.add_text_field("artist", text.clone()),
             album: builder.add_text_field("album", text.clone()),
             tags: builder.add_text_field("tags", text),
+            tag: builder.add_text_field("tag", STRING),
         };
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
@@ -82,6 +95,16 @@ impl SearchIndex {
 
     /// Replaces the track's document and makes it searchable at once.
     pub fn upsert(&self, track: &TrackDoc<'_>) -> tantivy::Result<()> {
+        let doc = self.document(track);
+        let mut writer = self.writer.lock().map_err(|_| tantivy::TantivyError::Poisoned)?;
+        writer.delete_term(Term::from_field_text(self.fields.job_id, &track.job_id));
+        writer.add_document(doc)?;
+        writer.commit()?;
+        drop(writer);
+        self.reader.reload()
+    }
+
+    fn document(&self, track: &TrackDoc<'_>) -> TantivyDocument {
         let f = self.fields;
         let mut doc = TantivyDocument::default();
         doc.add_text(f.job_id, &track.job_id);
@@ -95,24 +118,23 @@ impl SearchIndex {
         }
         for tag in &track.tags {
             doc.add_text(f.tags, tag);
+            doc.add_text(f.tag, tag.to_lowercase());
         }
-        let mut writer = self.writer.lock().map_err(|_| tantivy::TantivyError::Poisoned)?;
-        writer.delete_term(Term::from_field_text(f.job_id, &track.job_id));
-        writer.add_document(doc)?;
-        writer.commit()?;
-        drop(writer);
-        self.reader.reload()
+        doc
     }
 
-    pub fn search(&self, text: &str, owner: Option<&str>, limit: usize) -> tantivy::Result<Vec<Hit>> {
-        let f = self.fields;
+    fn tokens(&self, text: &str) -> Vec<String> {
         let mut tokens = Vec::new();
         let mut analyzer = self.index.tokenizers().get(TOKENIZER).unwrap_or_else(analyzer);
         let mut stream = analyzer.token_stream(text);
         stream.process(&mut |t| tokens.push(t.text.clone()));
-        if tokens.is_empty() {
-            return Ok(vec![]);
-        }
+        tokens
+    }
+
+    /// Hits best first, and how many match in all.
+    pub fn search(&self, request: &SearchRequest<'_>) -> tantivy::Result<(Vec<Hit>, usize)> {
+        let f = self.fields;
+        let tokens = self.tokens(request.text);
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         for token in tokens.iter().take(8) {
             // One typo for short words, two for long ones.
@@ -127,13 +149,29 @@ impl SearchIndex {
                     .collect();
             clauses.push((Occur::Must, Box::new(BooleanQuery::new(per_field))));
         }
-        if let Some(owner) = owner {
-            let term = Term::from_field_text(f.owner, owner);
-            clauses.push((Occur::Must, Box::new(TermQuery::new(term, IndexRecordOption::Basic))));
+        let exact = |field, value: &str| -> (Occur, Box<dyn Query>) {
+            (Occur::Must, Box::new(TermQuery::new(Term::from_field_text(field, value), IndexRecordOption::Basic)))
+        };
+        if let Some(owner) = request.owner {
+            clauses.push(exact(f.owner, owner));
+        }
+        if let Some(tag) = request.tag {
+            clauses.push(exact(f.tag, &tag.trim().to_lowercase()));
+        }
+        // The artist filter forgives case and accents, not typos: every word must be there.
+        for token in request.artist.map(|a| self.tokens(a)).unwrap_or_default() {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(Term::from_field_text(f.artist, &token), IndexRecordOption::Basic)),
+            ));
+        }
+        if tokens.is_empty() {
+            clauses.push((Occur::Must, Box::new(AllQuery)));
         }
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let top = searcher.search(&query, &TopDocs::with_limit(limit).order_by_score())?;
+        let collector = (TopDocs::with_limit(request.limit).and_offset(request.offset).order_by_score(), Count);
+        let (top, total) = searcher.search(&query, &collector)?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
             let doc: TantivyDocument = searcher.doc(address)?;
@@ -147,6 +185,22 @@ impl SearchIndex {
                 score,
             });
         }
-        Ok(hits)
+        Ok((hits, total))
+    }
+
+    /// Empties the index and writes `tracks` into it, committing once (the `reindex` path).
+    pub fn rebuild(&self, tracks: &[TrackDoc<'_>]) -> tantivy::Result<()> {
+        let mut writer = self.writer.lock().map_err(|_| tantivy::TantivyError::Poisoned)?;
+        writer.delete_all_documents()?;
+        for track in tracks {
+            writer.add_document(self.document(track))?;
+        }
+        writer.commit()?;
+        drop(writer);
+        self.reader.reload()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reader.searcher().num_docs() == 0
     }
 }

@@ -386,12 +386,10 @@ async fn signed_download(token: String, request: download::Request, state: State
 
 /// Fronts the catalog's search with the caller's identity: a user searches their own tracks.
 async fn search(caller: Caller, query: HashMap<String, String>, state: State) -> Result<Response, ApiError> {
-    let mut params: Vec<(&str, String)> = Vec::new();
+    let mut params: Vec<(String, String)> = Vec::new();
     for (key, value) in query {
         match key.as_str() {
-            "q" => params.push(("q", value)),
-            "tag" => params.push(("tag", value)),
-            "limit" => params.push(("limit", value)),
+            "q" | "tag" | "artist" | "limit" | "cursor" => params.push((key, value)),
             other => {
                 return Err(ApiError::bad_request(
                     "unknown_parameter",
@@ -401,7 +399,7 @@ async fn search(caller: Caller, query: HashMap<String, String>, state: State) ->
         }
     }
     if !caller.admin {
-        params.push(("owner", caller.id.to_string()));
+        params.push(("owner".into(), caller.id.to_string()));
     }
     let resp = state
         .http
