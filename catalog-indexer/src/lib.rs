@@ -228,8 +228,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let server = health::spawn_server(listener, routes, shutdown.clone());
     let task = tokio::spawn(async move {
         let handler = move |msg| indexer.clone().handle(msg);
-        // Index writes are serialised by the one writer; a few in flight overlap Last.fm calls.
-        bus.consume(CATALOG_INDEXER_QUEUE, 4, handler, shutdown).await;
+        // Many in flight: they overlap Last.fm calls and share the index's group commits.
+        bus.consume(CATALOG_INDEXER_QUEUE, 32, handler, shutdown).await;
         let _ = backlog.await;
         let _ = server.await;
     });

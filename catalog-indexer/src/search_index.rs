@@ -2,7 +2,8 @@
 //! Accent- and case-insensitive, fuzzy per term; title weighs most, then artist, album, tags.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tantivy::collector::{Count, TopDocs};
@@ -40,7 +41,27 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     fields: Fields,
+    commits: Mutex<Commits>,
+    committed: Condvar,
 }
+
+/// Group commit: documents are added as they come and committed together, when
+/// `COMMIT_EVERY` are waiting or the oldest has waited `COMMIT_AFTER`, whichever first. Each
+/// caller returns once a commit covers its document, so "indexed" means "searchable".
+#[derive(Default)]
+struct Commits {
+    added: u64,
+    committed: u64,
+    committing: bool,
+    oldest_pending: Option<Instant>,
+}
+
+fn poisoned<T>(_: T) -> tantivy::TantivyError {
+    tantivy::TantivyError::Poisoned
+}
+
+const COMMIT_EVERY: u64 = 100;
+const COMMIT_AFTER: Duration = Duration::from_millis(250);
 
 pub struct TrackDoc<'a> {
     pub job_id: String,
@@ -90,18 +111,54 @@ impl SearchIndex {
         index.tokenizers().register(TOKENIZER, analyzer());
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let writer = index.writer(30_000_000)?;
-        Ok(Self { index, reader, writer: Mutex::new(writer), fields })
+        Ok(Self {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+            commits: Mutex::new(Commits::default()),
+            committed: Condvar::new(),
+        })
     }
 
-    /// Replaces the track's document and makes it searchable at once.
+    /// Replaces the track's document; returns once it is searchable (see `Commits`).
+    /// Blocking: call from a blocking thread.
     pub fn upsert(&self, track: &TrackDoc<'_>) -> tantivy::Result<()> {
         let doc = self.document(track);
-        let mut writer = self.writer.lock().map_err(|_| tantivy::TantivyError::Poisoned)?;
-        writer.delete_term(Term::from_field_text(self.fields.job_id, &track.job_id));
-        writer.add_document(doc)?;
-        writer.commit()?;
-        drop(writer);
-        self.reader.reload()
+        let mut commits = self.commits.lock().map_err(poisoned)?;
+        {
+            let writer = self.writer.lock().map_err(poisoned)?;
+            writer.delete_term(Term::from_field_text(self.fields.job_id, &track.job_id));
+            writer.add_document(doc)?;
+        }
+        commits.added += 1;
+        commits.oldest_pending.get_or_insert_with(Instant::now);
+        let mine = commits.added;
+        loop {
+            if commits.committed >= mine {
+                return Ok(());
+            }
+            let waited = commits.oldest_pending.map_or(Duration::ZERO, |at| at.elapsed());
+            let due = commits.added - commits.committed >= COMMIT_EVERY || waited >= COMMIT_AFTER;
+            if commits.committing || !due {
+                let wait = if commits.committing { COMMIT_AFTER } else { COMMIT_AFTER.saturating_sub(waited) };
+                commits = self.committed.wait_timeout(commits, wait).map_err(poisoned)?.0;
+                continue;
+            }
+            commits.committing = true;
+            let target = commits.added;
+            drop(commits);
+            let outcome =
+                self.writer.lock().map_err(poisoned).and_then(|mut w| w.commit()).and_then(|_| self.reader.reload());
+            commits = self.commits.lock().map_err(poisoned)?;
+            commits.committing = false;
+            if outcome.is_ok() {
+                commits.committed = target;
+                commits.oldest_pending = (commits.added > target).then(Instant::now);
+            }
+            self.committed.notify_all();
+            outcome?;
+        }
     }
 
     fn document(&self, track: &TrackDoc<'_>) -> TantivyDocument {
