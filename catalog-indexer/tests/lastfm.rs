@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
-use tunewire_events::{Bus, Event, FileId, JobId, MediaConverted, Preset, UserId};
+use tunewire_events::{Bus, Event, JobId, UserId};
+mod support;
+
 use tunewire_test_stack::{Sandbox, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -125,7 +125,7 @@ impl Catalog {
     }
 
     async fn convert(&self, owner: UserId, title: &str, artist: &str) -> anyhow::Result<JobId> {
-        let event = track(owner, title, artist)?;
+        let event = support::converted(owner, title, artist, None)?;
         self.publish(&event).await?;
         Ok(event.job_id)
     }
@@ -169,25 +169,6 @@ impl Catalog {
         let _ = std::fs::remove_dir_all(&self.index_dir);
         self.sandbox.cleanup().await
     }
-}
-
-fn track(owner: UserId, title: &str, artist: &str) -> anyhow::Result<MediaConverted> {
-    Ok(MediaConverted {
-        job_id: JobId::new(),
-        owner: Owner { id: owner, email: "owner@example.com".parse()? },
-        source_filename: format!("{title}.mp4"),
-        preset: Preset::default(),
-        output: AudioOutput {
-            file_id: FileId::from_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().context("bytes")?),
-            size: 1000,
-            duration_s: 180.0,
-            bitrate: 192_000,
-            sample_rate: 44_100,
-            channels: 2,
-        },
-        tags: TrackTags { title: Some(title.into()), artist: Some(artist.into()), album: None, genre: None },
-        source_facts: Default::default(),
-    })
 }
 
 #[tokio::test]
@@ -275,7 +256,7 @@ async fn answers_are_cached_and_a_repeated_event_changes_nothing() -> anyhow::Re
     assert_eq!(c.catalogued(again).await?, ["electronic"]);
     assert_eq!(c.lastfm.calls.load(Ordering::SeqCst), calls, "the same artist and title come from the cache");
 
-    let event = track(owner, "Twice", "Artist")?;
+    let event = support::converted(owner, "Twice", "Artist", None)?;
     c.publish(&event).await?;
     c.publish(&event).await?;
     eventually("both copies handled", DEADLINE, || async {

@@ -10,8 +10,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tunewire_catalog_indexer::{Config, catalog, lastfm::Tag};
-use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
-use tunewire_events::{Bus, FileId, JobId, MediaConverted, Preset, UserId};
+use tunewire_events::{Bus, UserId};
+mod support;
+
 use tunewire_test_stack::{Sandbox, eventually};
 
 const WORDS: [&str; 20] = [
@@ -31,30 +32,6 @@ const ARTISTS: [&str; 10] = [
     "Paloma",
 ];
 
-fn event(owner: UserId, title: &str, artist: &str, album: Option<&str>) -> anyhow::Result<MediaConverted> {
-    Ok(MediaConverted {
-        job_id: JobId::new(),
-        owner: Owner { id: owner, email: "owner@example.com".parse()? },
-        source_filename: format!("{title}.mp4"),
-        preset: Preset::default(),
-        output: AudioOutput {
-            file_id: FileId::from_bytes(*uuid::Uuid::new_v4().as_bytes().first_chunk().context("bytes")?),
-            size: 1000,
-            duration_s: 200.0,
-            bitrate: 192_000,
-            sample_rate: 44_100,
-            channels: 2,
-        },
-        tags: TrackTags {
-            title: Some(title.into()),
-            artist: Some(artist.into()),
-            album: album.map(str::to_string),
-            genre: None,
-        },
-        source_facts: Default::default(),
-    })
-}
-
 /// 1,000 generated tracks plus a few well-known ones, written straight into the catalog.
 async fn fill(db: &PgPool, owner: UserId) -> anyhow::Result<()> {
     tunewire_catalog_indexer::migrate(db).await?;
@@ -62,7 +39,7 @@ async fn fill(db: &PgPool, owner: UserId) -> anyhow::Result<()> {
         let title = format!("{} {} {i}", WORDS[i % 20], WORDS[(i / 20) % 20]);
         let artist = ARTISTS[i % 10];
         let tags = [Tag { name: ["indie", "pop", "jazz", "ambient"][i % 4].into(), weight: 50 }];
-        catalog::upsert(db, &event(owner, &title, artist, None)?, &title, &tags, "lastfm-track").await?;
+        catalog::upsert(db, &support::converted(owner, &title, artist, None)?, &title, &tags, "lastfm-track").await?;
     }
     for (title, artist, album, tag) in [
         ("Bohemian Rhapsody", "Queen", "A Night at the Opera", "classic rock"),
@@ -70,7 +47,8 @@ async fn fill(db: &PgPool, owner: UserId) -> anyhow::Result<()> {
         ("Hallelujah", "Leonard Cohen", "Various Positions", "folk"),
     ] {
         let tags = [Tag { name: tag.into(), weight: 90 }];
-        catalog::upsert(db, &event(owner, title, artist, Some(album))?, title, &tags, "lastfm-track").await?;
+        catalog::upsert(db, &support::converted(owner, title, artist, Some(album))?, title, &tags, "lastfm-track")
+            .await?;
     }
     Ok(())
 }
@@ -199,7 +177,7 @@ async fn a_track_is_searchable_by_the_time_the_gateway_hears_it_is_catalogued() 
     let config = Config::local(sandbox.database_url.clone(), sandbox.amqp_url.clone(), index_dir.clone());
     let service = start(&config).await?;
     let owner = UserId::new();
-    let converted = event(owner, "Fresh Off The Press", "Newcomer", None)?;
+    let converted = support::converted(owner, "Fresh Off The Press", "Newcomer", None)?;
     Bus::new(sandbox.amqp_url.clone(), "search-tests").publisher().await?.publish(&converted).await?;
     let catalogued = eventually("media.catalogued", Duration::from_secs(30), || async {
         // The queue carries media.converted too; media.catalogued is the one with a tag list.
