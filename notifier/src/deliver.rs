@@ -36,11 +36,27 @@ pub struct Notifier {
 /// operator or time will fix. Authentication failures (530, 534, 535, 538) are 5xx too, but
 /// they are our configuration, not the message: those are retried.
 pub fn refused_for_good(error: &lettre::transport::smtp::Error) -> bool {
-    let auth = error.status().is_some_and(|code| {
-        let text = code.to_string();
-        ["530", "534", "535", "538"].contains(&text.as_str())
-    });
-    error.is_permanent() && !auth
+    error.is_permanent() && !error.status().is_some_and(is_authentication_refusal)
+}
+
+fn is_authentication_refusal(code: lettre::transport::smtp::response::Code) -> bool {
+    ["530", "534", "535", "538"].contains(&code.to_string().as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
+
+    use super::*;
+
+    #[test]
+    fn authentication_refusals_are_told_apart_from_refused_messages() {
+        let code = |category, detail| Code::new(Severity::PermanentNegativeCompletion, category, detail);
+        assert!(is_authentication_refusal(code(Category::Unspecified3, Detail::Zero)));
+        assert!(is_authentication_refusal(code(Category::Unspecified3, Detail::Five)));
+        assert!(!is_authentication_refusal(code(Category::MailSystem, Detail::Zero)));
+        assert!(!is_authentication_refusal(code(Category::MailSystem, Detail::Three)));
+    }
 }
 
 /// How one attempt ended.
