@@ -146,7 +146,7 @@ where
         .tempfile_in(&state.config.spool_dir)
         .map_err(|e| ApiError::internal("spool", e))?;
     let file = spool.as_file().try_clone().map_err(|e| ApiError::internal("spool", e))?;
-    // The store writes whole batches of about 1 MiB; no extra buffer is needed here.
+    // The store writes whole GridFS chunks (255 KiB) at a time; no extra buffer is needed.
     let mut spool_writer = tokio::fs::File::from_std(file);
     let metrics = state.metrics.clone();
     let body = body.inspect_ok(move |chunk| {
