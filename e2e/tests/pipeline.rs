@@ -317,6 +317,12 @@ async fn not_media_is_refused_at_upload_and_too_long_media_fails_with_a_reason_a
     let mails = p.emails(&email, 1).await?;
     assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("long.wav"));
     assert!(mails[0]["text"].as_str().unwrap_or_default().contains("longer than the 60 s limit"));
+    // The converter leaves nothing behind in its work folder once the job is over.
+    let work = p.scratch.join("work");
+    eventually("the work folder emptied", PIPELINE_DEADLINE, || async {
+        Ok(std::fs::read_dir(&work)?.next().is_none().then_some(()))
+    })
+    .await?;
     p.stop().await
 }
 
