@@ -43,22 +43,6 @@ fn is_authentication_refusal(code: lettre::transport::smtp::response::Code) -> b
     ["530", "534", "535", "538"].contains(&code.to_string().as_str())
 }
 
-#[cfg(test)]
-mod tests {
-    use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
-
-    use super::*;
-
-    #[test]
-    fn authentication_refusals_are_told_apart_from_refused_messages() {
-        let code = |category, detail| Code::new(Severity::PermanentNegativeCompletion, category, detail);
-        assert!(is_authentication_refusal(code(Category::Unspecified3, Detail::Zero)));
-        assert!(is_authentication_refusal(code(Category::Unspecified3, Detail::Five)));
-        assert!(!is_authentication_refusal(code(Category::MailSystem, Detail::Zero)));
-        assert!(!is_authentication_refusal(code(Category::MailSystem, Detail::Three)));
-    }
-}
-
 /// How one attempt ended.
 enum Sent {
     /// Sent (or failed for good) and in the ledger.
@@ -249,5 +233,21 @@ impl Notifier {
             }
             Err(e) => Sent::Not(HandleError::Retry(format!("sending the email: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
+
+    use super::*;
+
+    #[test]
+    fn authentication_refusals_are_told_apart_from_refused_messages() {
+        let code = |category, detail| Code::new(Severity::PermanentNegativeCompletion, category, detail);
+        assert!(is_authentication_refusal(code(Category::Unspecified3, Detail::Zero)));
+        assert!(is_authentication_refusal(code(Category::Unspecified3, Detail::Five)));
+        assert!(!is_authentication_refusal(code(Category::MailSystem, Detail::Zero)));
+        assert!(!is_authentication_refusal(code(Category::MailSystem, Detail::Three)));
     }
 }
