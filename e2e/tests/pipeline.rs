@@ -357,3 +357,49 @@ async fn tokens_and_ownership_are_enforced() -> anyhow::Result<()> {
     assert_eq!(tampered.status(), 403);
     p.stop().await
 }
+
+/// Messages waiting in one queue of this sandbox, by the management API (refreshed every
+/// few seconds: poll it).
+async fn depth(sandbox: &Sandbox, queue: &str) -> anyhow::Result<Option<u64>> {
+    Ok(sandbox.queues().await?.iter().find(|q| q["name"] == queue).and_then(|q| q["messages"].as_u64()))
+}
+
+#[tokio::test]
+async fn poison_and_malformed_messages_are_dead_lettered_once_and_consumers_keep_working() -> anyhow::Result<()> {
+    let p = Pipeline::start().await?;
+    let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "poison").publisher().await?;
+    let bad: [&[u8]; 2] = [b"not json at all", br#"{"job_id": "nonsense", "preset": 42}"#];
+    for key in ["media.uploaded", "media.progress", "media.converted", "media.failed"] {
+        for payload in bad {
+            publisher.publish_raw(key, payload, &uuid::Uuid::new_v4().to_string()).await?;
+        }
+    }
+    // Each queue's share: the routing keys it binds, two bad messages per key.
+    let expected = [
+        ("converter.media-uploaded", 2),
+        ("catalog-indexer.media-converted", 2),
+        ("notifier.outcomes", 4),
+        ("gateway.job-state", 6),
+    ];
+    for (queue, count) in expected {
+        let dead = format!("{queue}.dead");
+        eventually(&format!("{count} in {dead}"), PIPELINE_DEADLINE, || async {
+            Ok((depth(&p.sandbox, &dead).await? == Some(count) && depth(&p.sandbox, queue).await? == Some(0))
+                .then_some(()))
+        })
+        .await?;
+    }
+    // Once each: nothing was put back to be tried again.
+    for (queue, _) in expected {
+        assert_eq!(p.sandbox.queue_stat(queue, "redeliver").await?, 0, "{queue}");
+    }
+    // And the consumers are still there: a real upload goes through.
+    let (_, token) = p.user().await?;
+    let clip = p.scratch.join("after.wav");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=600:duration=2", clip.to_str().context("path")?])?;
+    let resp = p.upload(&token, &clip, "after.wav").await?;
+    assert_eq!(resp.status(), 202);
+    let job_id = resp.json::<Value>().await?["job_id"].as_str().context("no job")?.to_string();
+    p.wait_for_state(&token, &job_id, "converted").await?;
+    p.stop().await
+}
