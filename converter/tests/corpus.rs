@@ -91,23 +91,21 @@ fn check(name: &str, mp3: &Path, report: &Report, expect: &Expect) -> anyhow::Re
 #[test]
 fn every_common_container_and_codec_becomes_a_faithful_mp3() -> anyhow::Result<()> {
     let dir = Scratch::new("formats")?;
-    ffmpeg(&["-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1", &dir.path("cover.png")])?;
-    ffmpeg(&["-f", "lavfi", "-i", "color=c=blue:s=64x64", "-frames:v", "1", &dir.path("cover.jpg")])?;
     let tone = "sine=frequency=440:sample_rate=48000:duration=6";
     let stereo = ["-ac", "2"];
-    // (file, extra inputs and options, channels out, cover)
-    let cases: Vec<(&str, Vec<&str>, u64, bool)> = vec![
-        ("aac.mp4", vec!["-c:a", "aac"], 2, false),
-        ("opus.mkv", vec!["-c:a", "libopus"], 2, false),
-        ("vorbis.webm", vec!["-c:a", "libvorbis"], 2, false),
-        ("pcm.mov", vec!["-c:a", "pcm_s16le"], 2, false),
-        ("mp3.avi", vec!["-c:a", "libmp3lame"], 2, false),
-        ("aac.flv", vec!["-c:a", "aac"], 2, false),
-        ("vorbis.ogg", vec!["-c:a", "libvorbis"], 2, false),
-        ("plain.wav", vec!["-c:a", "pcm_s16le"], 2, false),
-        ("hires.wav", vec!["-ar", "96000", "-c:a", "pcm_s24le"], 2, false),
+    // (file, encoder options, channels out); none of these has a cover.
+    let cases: Vec<(&str, Vec<&str>, u64)> = vec![
+        ("aac.mp4", vec!["-c:a", "aac"], 2),
+        ("opus.mkv", vec!["-c:a", "libopus"], 2),
+        ("vorbis.webm", vec!["-c:a", "libvorbis"], 2),
+        ("pcm.mov", vec!["-c:a", "pcm_s16le"], 2),
+        ("mp3.avi", vec!["-c:a", "libmp3lame"], 2),
+        ("aac.flv", vec!["-c:a", "aac"], 2),
+        ("vorbis.ogg", vec!["-c:a", "libvorbis"], 2),
+        ("plain.wav", vec!["-c:a", "pcm_s16le"], 2),
+        ("hires.wav", vec!["-ar", "96000", "-c:a", "pcm_s24le"], 2),
     ];
-    for (file, options, channels, cover) in cases {
+    for (file, options, channels) in cases {
         let input = dir.path(file);
         let mut args = vec!["-f", "lavfi", "-i", tone];
         args.extend(stereo);
@@ -116,7 +114,7 @@ fn every_common_container_and_codec_becomes_a_faithful_mp3() -> anyhow::Result<(
         ffmpeg(&args)?;
         let output = dir.0.join(format!("{file}.mp3"));
         let report = convert(Path::new(&input), &output, Preset::Cbr192).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-        check(file, &output, &report, &Expect { channels, seconds: 6.0, cover, title: "Corpus Tone" })?;
+        check(file, &output, &report, &Expect { channels, seconds: 6.0, cover: false, title: "Corpus Tone" })?;
     }
     Ok(())
 }

@@ -143,12 +143,7 @@ impl Pipeline {
     }
 
     async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
-        let url = self.sandbox.stack.maildev_url.clone();
-        eventually(&format!("{count} email(s) to {to}"), PIPELINE_DEADLINE, || async {
-            let found = maildev::messages_to(&url, to).await?;
-            Ok((found.len() >= count).then_some(found))
-        })
-        .await
+        maildev::wait_for(&self.sandbox.stack.maildev_url, to, count, PIPELINE_DEADLINE).await
     }
 }
 

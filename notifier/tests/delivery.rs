@@ -49,12 +49,7 @@ impl Notifier {
     }
 
     async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
-        let url = self.sandbox.stack.maildev_url.clone();
-        eventually(&format!("{count} email(s) to {to}"), DEADLINE, || async {
-            let found = maildev::messages_to(&url, to).await?;
-            Ok((found.len() >= count).then_some(found))
-        })
-        .await
+        maildev::wait_for(&self.sandbox.stack.maildev_url, to, count, DEADLINE).await
     }
 
     async fn acked(&self, count: u64) -> anyhow::Result<()> {

@@ -1,5 +1,7 @@
 //! Reading what the SMTP sink received, through MailDev's REST API.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 /// Every message MailDev holds that is addressed to `to`.
@@ -13,4 +15,13 @@ pub async fn messages_to(maildev_url: &str, to: &str) -> anyhow::Result<Vec<Valu
             })
         })
         .collect())
+}
+
+/// Waits (up to `deadline`) until MailDev holds at least `count` messages to `to`.
+pub async fn wait_for(maildev_url: &str, to: &str, count: usize, deadline: Duration) -> anyhow::Result<Vec<Value>> {
+    crate::eventually(&format!("{count} email(s) to {to}"), deadline, || async {
+        let found = messages_to(maildev_url, to).await?;
+        Ok((found.len() >= count).then_some(found))
+    })
+    .await
 }
