@@ -1,7 +1,14 @@
 //! Consuming with manual acks. A handler says, for every failure, whether to try again
-//! (`Retry`: backoff, then requeue; the broker dead-letters after the delivery limit) or to
-//! give up now (`Abort`: dead-letter at once). A message that cannot be decoded, or whose
-//! handler panics, is aborted: retrying cannot fix it.
+//! (`Retry`) or to give up now (`Abort`: dead-letter at once). A message that cannot be
+//! decoded, or whose handler panics, is aborted: retrying cannot fix it.
+//!
+//! A retry happens in place: the message stays unacknowledged with this consumer and the
+//! handler runs again after a backoff, for up to `IN_PLACE_RETRY_BUDGET`. Only then is it
+//! requeued, which the broker counts against the queue's delivery limit. Requeueing at
+//! every retry would let an outage of a few minutes (PostgreSQL failing over, SMTP down)
+//! spend the delivery limit, which exists for consumers that crash on a message, and
+//! dead-letter work that only had to wait. Held messages also stop new ones from being taken
+//! (prefetch), which is the backpressure an outage calls for.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -23,7 +30,8 @@ use crate::topology::QueueSpec;
 /// A decoded delivery, with what a handler needs to answer it.
 pub struct Incoming<E> {
     pub event: E,
-    /// 0 on the first delivery; counted by the broker, so it survives consumer restarts.
+    /// Earlier attempts at this message: 0 the first time. Deliveries are counted by the
+    /// broker (so they survive consumer restarts), plus retries in place of this one.
     pub attempt: u32,
     pub publisher: Publisher,
 }
@@ -53,10 +61,15 @@ impl<T, E: Display> HandleResultExt<T> for Result<T, E> {
     }
 }
 
-/// Backoff before a retried message is handed back: 1 s doubling to 30 s.
+/// Backoff before a retry (or a reconnection): 1 s doubling to 10 s. The cap bounds how
+/// long work waits after a dependency is back; a retry costs one failed call.
 pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
+    Duration::from_secs(1u64 << attempt.min(4)).min(Duration::from_secs(10))
 }
+
+/// How long one delivery is retried in place before it is requeued. Well under RabbitMQ's
+/// `consumer_timeout` (30 min), past which the broker closes a channel holding a message.
+pub const IN_PLACE_RETRY_BUDGET: Duration = Duration::from_secs(10 * 60);
 
 fn delivery_count(headers: &Option<FieldTable>) -> u32 {
     let value = headers.as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
@@ -130,7 +143,13 @@ impl Bus {
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        in_flight.spawn(handle_delivery(self.clone(), spec, delivery, handler.clone()));
+                        let context = DeliveryContext {
+                            bus: self.clone(),
+                            spec,
+                            channel: channel.clone(),
+                            shutdown: shutdown.clone(),
+                        };
+                        in_flight.spawn(handle_delivery(context, delivery, handler.clone()));
                     }
                     Some(Err(e)) => break Err(BusError::from(e)),
                     None => break Err(BusError::ConsumerCancelled { queue: spec.name.into() }),
@@ -145,24 +164,61 @@ impl Bus {
     }
 }
 
-async fn handle_delivery<E, H, Fut>(bus: Arc<Bus>, spec: QueueSpec, delivery: Delivery, handler: H)
+/// What handling one delivery needs to know about its consumer.
+struct DeliveryContext {
+    bus: Arc<Bus>,
+    spec: QueueSpec,
+    channel: lapin::Channel,
+    shutdown: CancellationToken,
+}
+
+/// Decodes the delivery and runs the handler once; `attempt` counts earlier attempts.
+async fn attempt_once<E, H, Fut>(bus: &Bus, delivery: &Delivery, attempt: u32, handler: &H) -> Result<(), HandleError>
 where
     E: Message,
     H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
-    let attempt = delivery_count(delivery.properties.headers());
+    let routing_key = delivery.routing_key.as_str();
+    let event = E::decode(routing_key, &delivery.data)
+        .map_err(|e| HandleError::Abort(format!("malformed {routing_key} message: {e}")))?;
+    let publisher = bus.publisher().await.map_err(|e| HandleError::Retry(format!("no publishing session: {e}")))?;
+    // The handler runs in its own task so that a panic is contained and answered.
+    match tokio::spawn(handler(Incoming { event, attempt, publisher })).await {
+        Ok(outcome) => outcome,
+        Err(join) => Err(HandleError::Abort(format!("{routing_key} handler panicked: {join}"))),
+    }
+}
+
+async fn handle_delivery<E, H, Fut>(context: DeliveryContext, delivery: Delivery, handler: H)
+where
+    E: Message,
+    H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
+{
+    let DeliveryContext { bus, spec, channel, shutdown } = context;
+    let deliveries = delivery_count(delivery.properties.headers());
     let routing_key = delivery.routing_key.to_string();
-    let outcome = match E::decode(&routing_key, &delivery.data) {
-        Err(e) => Err(HandleError::Abort(format!("malformed {routing_key} message: {e}"))),
-        Ok(event) => match bus.publisher().await {
-            Err(e) => Err(HandleError::Retry(format!("no publishing session: {e}"))),
-            // The handler runs in its own task so that a panic is contained and answered.
-            Ok(publisher) => match tokio::spawn(handler(Incoming { event, attempt, publisher })).await {
-                Ok(outcome) => outcome,
-                Err(join) => Err(HandleError::Abort(format!("{routing_key} handler panicked: {join}"))),
-            },
-        },
+    let first_try = std::time::Instant::now();
+    let mut attempt = deliveries;
+    let outcome = loop {
+        let outcome = attempt_once(&bus, &delivery, attempt, &handler).await;
+        let Err(HandleError::Retry(reason)) = &outcome else { break outcome };
+        let delay = retry_delay(attempt);
+        // Past the budget, at shutdown, or with the channel gone (the broker has already put
+        // the message back), holding on gains nothing.
+        if first_try.elapsed() + delay > IN_PLACE_RETRY_BUDGET
+            || shutdown.is_cancelled()
+            || !channel.status().connected()
+        {
+            break outcome;
+        }
+        warn!(queue = spec.name, %routing_key, attempt, %reason, retry_in_s = delay.as_secs(), "will retry message");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break outcome,
+        }
+        attempt += 1;
     };
     let settled = match outcome {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await,
@@ -171,9 +227,7 @@ where
             delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
         }
         Err(HandleError::Retry(reason)) => {
-            let delay = retry_delay(attempt);
-            warn!(queue = spec.name, %routing_key, attempt, %reason, retry_in_s = delay.as_secs(), "will retry message");
-            tokio::time::sleep(delay).await;
+            warn!(queue = spec.name, %routing_key, attempt, deliveries, %reason, "requeueing message");
             delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
         }
     };
@@ -191,7 +245,8 @@ mod tests {
     fn retry_delay_doubles_then_caps() {
         assert_eq!(retry_delay(0), Duration::from_secs(1));
         assert_eq!(retry_delay(3), Duration::from_secs(8));
-        assert_eq!(retry_delay(9), Duration::from_secs(30));
+        assert_eq!(retry_delay(4), Duration::from_secs(10));
+        assert_eq!(retry_delay(40), Duration::from_secs(10));
     }
 
     #[test]
