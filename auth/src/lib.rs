@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
 use warp::Filter;
 
 pub use config::Config;
@@ -62,8 +62,12 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
-    migrate(&db).await?;
+    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
+        let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
+        migrate(&db).await?;
+        anyhow::Ok(db)
+    })
+    .await?;
     let keys = Arc::new(keys::SigningKeys::load(
         config.signing_key_pem.as_deref(),
         config.previous_signing_key_pem.as_deref(),

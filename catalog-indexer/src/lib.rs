@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
-use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error, startup};
 use warp::{Filter, Reply};
 
 pub use config::Config;
@@ -192,8 +192,12 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
-    migrate(&db).await?;
+    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
+        let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
+        migrate(&db).await?;
+        anyhow::Ok(db)
+    })
+    .await?;
     let index = open_index(&db, &config.index_dir).await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "catalog-indexer"));
     let http = reqwest::Client::builder().build()?;

@@ -1,11 +1,13 @@
 //! What every Tunewire service process has in common: typed configuration from the
 //! environment, telemetry, the JSON error contract of its HTTP API, its health, readiness and
-//! metrics endpoints, graceful shutdown and the `healthcheck` subcommand.
+//! metrics endpoints, waiting for dependencies at start, graceful shutdown and the
+//! `healthcheck` subcommand.
 
 pub mod config;
 pub mod health;
 pub mod http_error;
 pub mod shutdown;
+pub mod startup;
 pub mod telemetry;
 
 pub use config::ConfigError;
