@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod transcode;
+pub mod work_dir;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::CONVERTER_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
 use warp::Filter;
 
 pub use config::Config;
@@ -47,11 +48,16 @@ pub struct Running {
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     transcode::init()?;
-    let store = MediaStore::connect(&config.mongodb_uri, &config.mongodb_database).await?;
+    let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
+        MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)
+    })
+    .await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "converter"));
+    let work_dir = work_dir::WorkDir::claim(&config.work_dir)
+        .map_err(|e| anyhow::anyhow!("CONVERTER_WORK_DIR={}: {e}", config.work_dir.display()))?;
     let worker = Arc::new(Worker {
         store: store.clone(),
-        work_dir: config.work_dir.clone(),
+        work_dir,
         max_duration_s: config.max_duration_s,
         time_limit: std::time::Duration::from_secs(config.time_limit_s),
     });

@@ -228,7 +228,15 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
     let abuffer = filter::find("abuffer").ok_or_else(|| TranscodeError::Internal("no abuffer filter".into()))?;
     let abuffersink =
         filter::find("abuffersink").ok_or_else(|| TranscodeError::Internal("no abuffersink filter".into()))?;
-    graph.add(&abuffer, "in", &args).map_err(internal("configuring the filter input"))?;
+    // The filter input takes the decoder's parameters as they are: refusing them (a channel
+    // count FFmpeg has no layout for, a nonsense rate) is the file's doing, not ours.
+    graph.add(&abuffer, "in", &args).map_err(|e| {
+        TranscodeError::BadMedia(format!(
+            "its audio ({} channels at {} Hz) is not a format FFmpeg can process ({e})",
+            decoder.channels(),
+            decoder.rate()
+        ))
+    })?;
     graph.add(&abuffersink, "out", "").map_err(internal("configuring the filter output"))?;
     // loudnorm (one pass, dynamic mode) works at 192 kHz internally; the resampler after it
     // brings the rate back down.

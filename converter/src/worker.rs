@@ -19,6 +19,10 @@ use tunewire_events::{
 use tunewire_media_store::{Bucket, FileInfo, MediaStore};
 
 use crate::transcode::{self, TranscodeError};
+use crate::work_dir::WorkDir;
+
+/// Attempts at a conversion that fails inside FFmpeg before the job is failed.
+const INTERNAL_ERROR_ATTEMPTS: u32 = 3;
 
 /// The MP3 of a job always has the same GridFS id.
 pub fn audio_file_id(job: JobId) -> FileId {
@@ -30,7 +34,7 @@ pub fn audio_file_id(job: JobId) -> FileId {
 
 pub struct Worker {
     pub store: MediaStore,
-    pub work_dir: PathBuf,
+    pub work_dir: WorkDir,
     pub max_duration_s: f64,
     pub time_limit: std::time::Duration,
 }
@@ -152,8 +156,7 @@ impl Worker {
             warn!(%job_id, chunks = discarded, "removed a half-written output left by a crash");
         }
 
-        tokio::fs::create_dir_all(&self.work_dir).await.or_retry("creating the work folder")?;
-        let files = WorkFiles::new(&self.work_dir, job_id);
+        let files = WorkFiles::new(self.work_dir.path(), job_id);
         let fetched = self
             .store
             .download_to(Bucket::Uploads, &event.source.file_id, &files.input)
@@ -192,6 +195,12 @@ impl Worker {
         let report = match outcome {
             Ok(Ok(report)) => report,
             Ok(Err(TranscodeError::BadMedia(reason))) => return fail(&msg.publisher, &event, reason).await,
+            // Retried a few times (it may be the machine: a full disk), then the job fails with
+            // the reason rather than waiting in a dead-letter queue.
+            Ok(Err(TranscodeError::Internal(e))) if msg.attempt + 1 >= INTERNAL_ERROR_ATTEMPTS => {
+                let reason = format!("this file could not be converted ({e}; tried {INTERNAL_ERROR_ATTEMPTS} times)");
+                return fail(&msg.publisher, &event, reason).await;
+            }
             Ok(Err(TranscodeError::Internal(e))) => return Err(HandleError::Retry(format!("transcoding: {e}"))),
             Err(panic) => {
                 warn!(%job_id, error = %panic, "the transcoder panicked");
