@@ -41,6 +41,9 @@ pub struct Config {
     pub public_url: String,
     pub link_secret: String,
     pub link_ttl_h: i64,
+    /// A delivery claimed longer ago than this is from a notifier that died mid-send and may
+    /// be taken over (sending that email again). Longer than one SMTP conversation can last.
+    pub claim_lease_s: u64,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             public_url: var("PUBLIC_URL", "http://127.0.0.1:8080".to_string())?,
             link_secret: required_secret("LINK_SECRET")?,
             link_ttl_h: var("LINK_TTL_H", 24)?,
+            claim_lease_s: var("NOTIFIER_CLAIM_LEASE_S", 120)?,
         })
     }
 
@@ -87,6 +91,7 @@ impl Config {
             public_url: "http://127.0.0.1:8080".into(),
             link_secret,
             link_ttl_h: 24,
+            claim_lease_s: 120,
         }
     }
 }

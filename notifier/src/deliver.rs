@@ -1,16 +1,19 @@
 //! Exactly one email per outcome, as nearly as SMTP allows. The ledger is checked before
 //! sending and written the moment the server accepted, with nothing in between. The one
-//! window left is a crash (or a lost database) after the SMTP server said 250 and before the
-//! ledger row is committed: the redelivered event then sends that email once more. Each
+//! window left is a crash after the SMTP server said 250 and before the ledger row is
+//! committed (or PostgreSQL down for longer than the claim lease then): once the lease is
+//! over, the redelivered event sends that email once more. Each
 //! email carries a `Message-ID` derived from the job and outcome, so that rare second copy
 //! has the same id as the first, and mail systems that deduplicate by id show one.
 //!
 //! Transient SMTP trouble (no connection, 4xx, or the server refusing our credentials,
-//! which an operator fixes) is retried with backoff and ends in the dead-letter queue after
-//! the delivery limit; a permanent refusal of this message (5xx, an address that cannot be
+//! which an operator fixes) is retried with backoff (in place, then requeued: see
+//! `tunewire_events::consumer`) and ends in the dead-letter queue only after the delivery
+//! limit, about an hour and a half of trying; a permanent refusal of this message (5xx, an address that cannot be
 //! mailed) is recorded as `failed` and not retried.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lettre::message::{Mailbox, MultiPart};
@@ -30,6 +33,13 @@ pub struct Notifier {
     pub links: LinkSigner,
     pub templates: Templates,
     pub config: Arc<Config>,
+    /// Held from the SMTP conversation until the ledger says `sent`: at most one email is
+    /// ever accepted-but-unrecorded, so a crash sends at most one email twice. Concurrent
+    /// sends finish together, and the fault suite saw a crash after one of four parallel
+    /// sends double all four. It costs parallel SMTP conversations: one notifier sends one
+    /// email per round trip set (a few ms to a local relay, about 100 ms to a remote one);
+    /// more notifiers send more.
+    pub unrecorded: tokio::sync::Mutex<()>,
 }
 
 /// SMTP replies that mean "this message can never be delivered", as opposed to trouble an
@@ -63,11 +73,11 @@ enum Claim {
     Busy,
 }
 
-/// A claim older than this is from a consumer that died mid-send: it may be taken over.
-/// Longer than one SMTP conversation can last (every command has its own timeout).
-const CLAIM_LEASE_S: f64 = 120.0;
-
 impl Notifier {
+    fn claim_lease(&self) -> Duration {
+        Duration::from_secs(self.config.claim_lease_s)
+    }
+
     async fn claim(&self, job: JobId, kind: &str, to: &str) -> Result<Claim, HandleError> {
         let won = sqlx::query(
             "INSERT INTO notifier.deliveries (job_id, kind, recipient, status) VALUES ($1, $2, $3, 'sending')
@@ -91,7 +101,7 @@ impl Notifier {
         )
         .bind(job.as_uuid())
         .bind(kind)
-        .bind(CLAIM_LEASE_S)
+        .bind(self.config.claim_lease_s as f64)
         .execute(&self.db)
         .await
         .or_retry("taking over an abandoned delivery")?
@@ -154,6 +164,7 @@ impl Notifier {
                 info!(job_id = %job, kind, "email already handled; skipping the redelivery");
                 return Ok(());
             }
+            // Retried in place by the consumer until the claim settles or its lease runs out.
             Claim::Busy => return Err(HandleError::Retry("another copy of this event is being emailed".into())),
         }
         match self.send(&msg.event, job, kind, owner).await {
@@ -213,25 +224,40 @@ impl Notifier {
             Ok(message) => message,
             Err(e) => return Sent::Not(e),
         };
+        let _one_unrecorded = self.unrecorded.lock().await;
         match self.mailer.send(message).await {
             Ok(_) => {
                 info!(job_id = %job, kind, "email sent");
-                // The window that matters: try hard to record what just happened.
-                let mut recorded = self.settle(job, kind, "sent", None).await;
-                for _ in 0..3 {
-                    if recorded.is_ok() {
-                        break;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    recorded = self.settle(job, kind, "sent", None).await;
-                }
-                recorded.map_or_else(Sent::Unrecorded, |()| Sent::Recorded)
+                fail::fail_point!("notifier::after_smtp_send", |_| std::process::abort());
+                self.record_sent(job, kind).await
             }
             Err(e) if refused_for_good(&e) => {
                 warn!(job_id = %job, kind, error = %e, "the SMTP server refused the email for good");
                 self.settle(job, kind, "failed", Some(e.to_string())).await.map_or_else(Sent::Not, |()| Sent::Recorded)
             }
             Err(e) => Sent::Not(HandleError::Retry(format!("sending the email: {e}"))),
+        }
+    }
+}
+
+impl Notifier {
+    /// The window that matters: the email left, and only the ledger can stop a redelivery
+    /// from sending it again. The write is retried here, in place, for as long as the claim
+    /// is ours (PostgreSQL restarting must not turn into a second email); past the lease a
+    /// redelivered copy may take over, and holding on gains nothing.
+    async fn record_sent(&self, job: JobId, kind: &str) -> Sent {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.settle(job, kind, "sent", None).await {
+                Ok(()) => return Sent::Recorded,
+                Err(e) if started.elapsed() + pause >= self.claim_lease() => return Sent::Unrecorded(e),
+                Err(e) => {
+                    warn!(job_id = %job, kind, error = %e, retry_in_ms = pause.as_millis() as u64, "could not record a sent email; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 }

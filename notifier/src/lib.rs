@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -88,8 +88,12 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
-    migrate(&db).await?;
+    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
+        let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
+        migrate(&db).await?;
+        anyhow::Ok(db)
+    })
+    .await?;
     let mailer = mailer(&config)?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "notifier"));
     let notifier = Arc::new(deliver::Notifier {
@@ -99,6 +103,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         links: LinkSigner::new(config.link_secret.clone().into_bytes(), None),
         templates: email::Templates::load()?,
         config: Arc::new(config.clone()),
+        unrecorded: tokio::sync::Mutex::new(()),
     });
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;

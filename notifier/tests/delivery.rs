@@ -23,6 +23,7 @@ struct Notifier {
     db: PgPool,
     link_secret: String,
     shutdown: CancellationToken,
+    health: std::net::SocketAddr,
 }
 
 impl Notifier {
@@ -38,10 +39,10 @@ impl Notifier {
             link_secret.clone(),
         );
         let shutdown = CancellationToken::new();
-        tunewire_notifier::start(config, shutdown.clone()).await?;
+        let running = tunewire_notifier::start(config, shutdown.clone()).await?;
         let bus = Bus::new(sandbox.amqp_url.clone(), "notifier-tests");
         let db = PgPool::connect(&sandbox.database_url).await?;
-        Ok(Self { sandbox, bus, db, link_secret, shutdown })
+        Ok(Self { sandbox, bus, db, link_secret, shutdown, health: running.health_addr })
     }
 
     async fn publish<E: Event>(&self, event: &E) -> anyhow::Result<()> {
@@ -166,9 +167,16 @@ async fn emails_wait_while_smtp_is_away_and_all_arrive_once_when_it_returns() ->
     for i in 0..3 {
         n.publish(&converted(&to, &format!("Track {i}"))?).await?;
     }
-    // Every event was tried and put back: the notifier is retrying, not dropping.
-    eventually("the notifier retries", DEADLINE, || async {
-        Ok((n.sandbox.queue_stat(NOTIFIER_QUEUE.name, "redeliver").await? >= 3).then_some(()))
+    // Held, not dropped: the three wait unacknowledged with the notifier (which retries in
+    // place), and it says it is not ready while SMTP is away.
+    eventually("the notifier to hold the three while SMTP is away", DEADLINE, || async {
+        let queues = n.sandbox.queues().await?;
+        let held = queues
+            .iter()
+            .find(|q| q["name"] == NOTIFIER_QUEUE.name)
+            .and_then(|q| q["messages_unacknowledged"].as_u64());
+        let readyz = reqwest::get(format!("http://{}/readyz", n.health)).await?;
+        Ok((held == Some(3) && readyz.status() == 503).then_some(()))
     })
     .await?;
     assert!(maildev::messages_to(&n.sandbox.stack.maildev_url, &to).await?.is_empty());
