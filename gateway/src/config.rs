@@ -22,6 +22,9 @@ pub struct Config {
     pub link_secret: String,
     pub link_secret_previous: Option<String>,
     pub max_upload_bytes: u64,
+    /// An upload that sends nothing for this long is refused (408) and its partial file
+    /// removed: a client that declares more than it sends must not hold them forever.
+    pub upload_idle_timeout: Duration,
     /// Where an upload is copied while it streams into GridFS, so FFmpeg can probe it.
     /// Needs room for the largest upload times the uploads in flight.
     pub spool_dir: PathBuf,
@@ -44,6 +47,7 @@ impl Config {
             link_secret: required_secret("LINK_SECRET")?,
             link_secret_previous: secret("LINK_SECRET_PREVIOUS")?,
             max_upload_bytes: var("MAX_UPLOAD_BYTES", 2u64 << 30)?,
+            upload_idle_timeout: Duration::from_secs(var("UPLOAD_IDLE_TIMEOUT_S", 60)?),
             spool_dir: var("GATEWAY_SPOOL_DIR", std::env::temp_dir())?,
             retention: crate::retention::Policy {
                 originals: Duration::from_secs(var("RETENTION_ORIGINALS_S", 24 * 3600)?),
@@ -68,6 +72,7 @@ impl Config {
             link_secret: "local-link-secret".into(),
             link_secret_previous: None,
             max_upload_bytes: 2 << 30,
+            upload_idle_timeout: Duration::from_secs(60),
             spool_dir: std::env::temp_dir(),
             retention: crate::retention::Policy {
                 originals: Duration::from_secs(24 * 3600),

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::GATEWAY_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -75,9 +75,16 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     probe::init()?;
     upload::check_spool_dir(&config.spool_dir)
         .map_err(|e| anyhow::anyhow!("GATEWAY_SPOOL_DIR={} is not writable: {e}", config.spool_dir.display()))?;
-    let db = PgPoolOptions::new().max_connections(20).connect(&config.database_url).await?;
-    migrate(&db).await?;
-    let store = MediaStore::connect(&config.mongodb_uri, &config.mongodb_database).await?;
+    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
+        let db = PgPoolOptions::new().max_connections(20).connect(&config.database_url).await?;
+        migrate(&db).await?;
+        anyhow::Ok(db)
+    })
+    .await?;
+    let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
+        MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)
+    })
+    .await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "gateway"));
     let http = reqwest::Client::builder().build()?;
     let verifier =

@@ -3,6 +3,8 @@
 //! deduplicated by SHA-256 per owner and preset; recorded as a job with its outbox event.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -137,6 +139,32 @@ async fn discard(state: &State, received: &Received) {
     }
 }
 
+/// Ends `body` with an error once it sends nothing for `idle` (and says so in `stalled`).
+/// Only waits on the client count: while the store is busy writing, nothing is asked of it.
+fn idle_limited<S>(
+    body: S,
+    idle: std::time::Duration,
+    stalled: Arc<AtomicBool>,
+) -> impl Stream<Item = Result<Bytes, String>> + Unpin + Send
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
+{
+    Box::pin(futures_util::stream::unfold(Some(body), move |body| {
+        let stalled = stalled.clone();
+        async move {
+            let mut body = body?;
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(item)) => Some((item, Some(body))),
+                Ok(None) => None,
+                Err(_) => {
+                    stalled.store(true, Ordering::Relaxed);
+                    Some((Err(format!("no data for {} s", idle.as_secs())), None))
+                }
+            }
+        }
+    }))
+}
+
 async fn receive<S>(state: &State, caller: &Caller, filename: String, body: S) -> Result<Received, ApiError>
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
@@ -149,7 +177,8 @@ where
     // The store writes whole GridFS chunks (255 KiB) at a time; no extra buffer is needed.
     let mut spool_writer = tokio::fs::File::from_std(file);
     let metrics = state.metrics.clone();
-    let body = body.inspect_ok(move |chunk| {
+    let stalled = Arc::new(AtomicBool::new(false));
+    let body = idle_limited(body, state.config.upload_idle_timeout, stalled.clone()).inspect_ok(move |chunk| {
         metrics.bytes_in.inc_by(chunk.len() as u64);
     });
     let stored = state
@@ -164,7 +193,17 @@ where
             Some(&mut spool_writer),
         )
         .await
-        .map_err(store_error)?;
+        .map_err(|e| match e {
+            StoreError::Source(_) if stalled.load(Ordering::Relaxed) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "upload_stalled",
+                format!(
+                    "the upload sent nothing for {} s and was abandoned; nothing was kept",
+                    state.config.upload_idle_timeout.as_secs()
+                ),
+            ),
+            other => store_error(other),
+        })?;
     drop(spool_writer);
     let received = Received { stored, filename };
     let path = spool.path().to_path_buf();
@@ -263,7 +302,7 @@ async fn read_field(part: warp::multipart::Part) -> Result<String, ApiError> {
 }
 
 async fn parse_form(
-    mut form: FormData,
+    form: &mut FormData,
     caller: &Caller,
     state: &State,
     received: &mut Option<Received>,
@@ -299,7 +338,8 @@ pub async fn multipart(caller: Caller, form: FormData, state: State) -> Result<R
     let _in_flight = InFlight::new(&state);
     let mut received = None;
     let mut details = Details::default();
-    let parsed = parse_form(form, &caller, &state, &mut received, &mut details).await;
+    let mut form = form;
+    let parsed = parse_form(&mut form, &caller, &state, &mut received, &mut details).await;
     match (parsed, received) {
         (Ok(()), Some(received)) => accept(&state, &caller, received, &details).await,
         (Ok(()), None) => Err(ApiError::bad_request("missing_file", "the form has no `file` part")),
@@ -307,9 +347,31 @@ pub async fn multipart(caller: Caller, form: FormData, state: State) -> Result<R
             if let Some(received) = received {
                 discard(&state, &received).await;
             }
+            drain(form).await;
             Err(e)
         }
     }
+}
+
+/// What is read of a refused form before answering: a client still sending when the
+/// connection closes sees a reset instead of our 4xx, so a small remainder is read first.
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain(mut form: FormData) {
+    let drained = async {
+        let mut left = DRAIN_BYTES;
+        while let Some(Ok(part)) = form.next().await {
+            let mut data = part.stream();
+            while let Some(Ok(chunk)) = data.next().await {
+                left = left.saturating_sub(chunk.remaining());
+                if left == 0 {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
 }
 
 /// The file name of a raw-body upload: `X-Filename` (UTF-8, may be percent-encoded) or the
