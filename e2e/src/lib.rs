@@ -1,1 +1,289 @@
-//! See tests/.
+//! The whole pipeline, every hop real: the five services run in-process on random ports
+//! against a private sandbox of the local stack; only Last.fm is a local fake. Every service
+//! reaches PostgreSQL, RabbitMQ, MongoDB and SMTP through a TCP proxy of its own that a test
+//! can cut (`Pipeline::faults`), while the test itself talks to the stack directly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tunewire_test_stack::proxy::{Proxy, host_port};
+use tunewire_test_stack::{Sandbox, eventually, maildev};
+
+pub const PIPELINE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// What a test changes about the pipeline it starts.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The converter runs in-process; off when the test runs it as a process it can kill.
+    pub converter: bool,
+    /// Likewise for the notifier.
+    pub notifier: bool,
+    /// The converter's duration limit.
+    pub max_duration_s: f64,
+    pub notifier_claim_lease_s: u64,
+    /// Every dependency is unreachable when the services start, and comes back after this long.
+    pub down_at_start: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            converter: true,
+            notifier: true,
+            max_duration_s: 4.0 * 3600.0,
+            notifier_claim_lease_s: 120,
+            down_at_start: None,
+        }
+    }
+}
+
+/// One proxy per dependency: `down()` is that dependency going away for every service.
+pub struct Faults {
+    pub postgres: Proxy,
+    pub rabbitmq: Proxy,
+    pub mongodb: Proxy,
+    pub smtp: Proxy,
+}
+
+/// Where the services reach their dependencies (through the proxies).
+#[derive(Debug, Clone)]
+pub struct ServiceUrls {
+    pub database_url: String,
+    pub amqp_url: String,
+    pub mongo_uri: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+}
+
+/// Each service's HTTP address, for `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub gateway: Option<SocketAddr>,
+    pub auth: Option<SocketAddr>,
+    pub catalog: Option<SocketAddr>,
+    pub converter: Option<SocketAddr>,
+    pub notifier: Option<SocketAddr>,
+}
+
+pub struct Pipeline {
+    pub sandbox: Sandbox,
+    pub gateway: String,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub scratch: PathBuf,
+    pub faults: Faults,
+    pub urls: ServiceUrls,
+    pub link_secret: String,
+    pub health: Health,
+}
+
+/// A stand-in for Last.fm's `track.getTopTags`: one tag, given as an object (a real quirk).
+async fn fake_lastfm(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    use warp::Filter;
+    let route = warp::any()
+        .map(|| warp::reply::json(&json!({"toptags": {"tag": {"name": "Electronic", "count": "77"}, "@attr": {}}})));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(warp::serve(route).incoming(listener).graceful(shutdown.cancelled_owned()).run());
+    Ok(addr)
+}
+
+impl Pipeline {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> anyhow::Result<Self> {
+        let sandbox = Sandbox::create().await?;
+        let shutdown = CancellationToken::new();
+        let scratch = std::env::temp_dir().join(format!("tw-e2e-{}", sandbox.name));
+        std::fs::create_dir_all(&scratch)?;
+        let link_secret = format!("link-secret-{}", sandbox.name);
+        let lastfm = fake_lastfm(shutdown.clone()).await?;
+        let stack = &sandbox.stack;
+        let faults = Faults {
+            postgres: Proxy::start(host_port(&sandbox.database_url)).await?,
+            rabbitmq: Proxy::start(host_port(&sandbox.amqp_url)).await?,
+            mongodb: Proxy::start(host_port(&stack.mongo_uri)).await?,
+            smtp: Proxy::start(format!("{}:{}", stack.smtp_host, stack.smtp_port)).await?,
+        };
+        let urls = ServiceUrls {
+            database_url: faults.postgres.url_for(&sandbox.database_url),
+            amqp_url: faults.rabbitmq.url_for(&sandbox.amqp_url),
+            mongo_uri: direct(&faults.mongodb.url_for(&stack.mongo_uri)),
+            smtp_host: faults.smtp.addr.ip().to_string(),
+            smtp_port: faults.smtp.addr.port(),
+        };
+        if let Some(outage) = options.down_at_start {
+            let proxies = [&faults.postgres, &faults.rabbitmq, &faults.mongodb, &faults.smtp].map(|p| p.clone());
+            proxies.iter().for_each(Proxy::down);
+            tokio::spawn(async move {
+                tokio::time::sleep(outage).await;
+                proxies.iter().for_each(Proxy::up);
+            });
+        }
+        let mut health = Health::default();
+
+        let auth =
+            tunewire_auth::start(tunewire_auth::Config::local(urls.database_url.clone()), shutdown.clone()).await?;
+        health.auth = Some(auth.addr);
+        let catalog = tunewire_catalog_indexer::start(
+            tunewire_catalog_indexer::Config {
+                lastfm_api_key: Some("test-key".into()),
+                lastfm_url: format!("http://{lastfm}/2.0/"),
+                ..tunewire_catalog_indexer::Config::local(
+                    urls.database_url.clone(),
+                    urls.amqp_url.clone(),
+                    scratch.join("index"),
+                )
+            },
+            shutdown.clone(),
+        )
+        .await?;
+        health.catalog = Some(catalog.addr);
+        let mut gateway_config = tunewire_gateway::Config::local(
+            urls.database_url.clone(),
+            urls.amqp_url.clone(),
+            urls.mongo_uri.clone(),
+            sandbox.mongo_database.clone(),
+        );
+        gateway_config.auth_url = format!("http://{}", auth.addr);
+        gateway_config.catalog_url = format!("http://{}", catalog.addr);
+        gateway_config.link_secret = link_secret.clone();
+        gateway_config.max_upload_bytes = 512 << 20;
+        // Short, so that the fault suite's stalling client is answered quickly.
+        gateway_config.upload_idle_timeout = Duration::from_secs(5);
+        let gateway = tunewire_gateway::start(gateway_config, shutdown.clone()).await?;
+        health.gateway = Some(gateway.addr);
+        let gateway_url = format!("http://{}", gateway.addr);
+        if options.converter {
+            let converter = tunewire_converter::start(
+                tunewire_converter::Config {
+                    concurrency: 2,
+                    max_duration_s: options.max_duration_s,
+                    ..tunewire_converter::Config::local(
+                        urls.amqp_url.clone(),
+                        urls.mongo_uri.clone(),
+                        sandbox.mongo_database.clone(),
+                        scratch.join("work"),
+                    )
+                },
+                shutdown.clone(),
+            )
+            .await?;
+            health.converter = Some(converter.health_addr);
+        }
+        if options.notifier {
+            let mut notifier_config = tunewire_notifier::Config::local(
+                urls.database_url.clone(),
+                urls.amqp_url.clone(),
+                urls.smtp_host.clone(),
+                urls.smtp_port,
+                link_secret.clone(),
+            );
+            notifier_config.public_url = gateway_url.clone();
+            notifier_config.claim_lease_s = options.notifier_claim_lease_s;
+            let notifier = tunewire_notifier::start(notifier_config, shutdown.clone()).await?;
+            health.notifier = Some(notifier.health_addr);
+        }
+        Ok(Self {
+            sandbox,
+            gateway: gateway_url,
+            http: reqwest::Client::new(),
+            shutdown,
+            scratch,
+            faults,
+            urls,
+            link_secret,
+            health,
+        })
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        self.sandbox.cleanup().await
+    }
+
+    /// Registers a fresh user and returns (email, bearer token).
+    pub async fn user(&self) -> anyhow::Result<(String, String)> {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let creds = json!({"email": email, "password": "correct horse battery"});
+        let r = self.http.post(format!("{}/v1/auth/register", self.gateway)).json(&creds).send().await?;
+        if r.status() != 201 {
+            bail!("register: {} {}", r.status(), r.text().await?);
+        }
+        let r = self.http.post(format!("{}/v1/auth/login", self.gateway)).json(&creds).send().await?;
+        let body: Value = r.error_for_status()?.json().await?;
+        Ok((email, body["access_token"].as_str().context("no token")?.to_string()))
+    }
+
+    /// A multipart upload of `path` under `name`, with extra form fields.
+    pub async fn upload_with(
+        &self,
+        token: &str,
+        path: &Path,
+        name: &str,
+        fields: &[(&str, &str)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let bytes = tokio::fs::read(path).await?;
+        let mut form = reqwest::multipart::Form::new();
+        for (key, value) in fields {
+            form = form.text(key.to_string(), value.to_string());
+        }
+        let form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()));
+        Ok(self.http.post(format!("{}/v1/uploads", self.gateway)).bearer_auth(token).multipart(form).send().await?)
+    }
+
+    pub async fn upload(&self, token: &str, path: &Path, name: &str) -> anyhow::Result<reqwest::Response> {
+        self.upload_with(token, path, name, &[]).await
+    }
+
+    pub async fn job(&self, token: &str, id: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self.http.get(format!("{}/v1/jobs/{id}", self.gateway)).bearer_auth(token).send().await?)
+    }
+
+    pub async fn wait_for_state(&self, token: &str, id: &str, wanted: &str) -> anyhow::Result<Value> {
+        eventually(&format!("job {id} {wanted}"), PIPELINE_DEADLINE, || async {
+            let job: Value = self.job(token, id).await?.error_for_status()?.json().await?;
+            match job["state"].as_str() {
+                Some(s) if s == wanted => Ok(Some(job)),
+                Some("failed") if wanted != "failed" => bail!("job failed: {}", job["error"]),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
+    pub async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
+        maildev::wait_for(&self.sandbox.stack.maildev_url, to, count, PIPELINE_DEADLINE).await
+    }
+
+    /// Messages waiting in one queue of this sandbox, by the management API (refreshed every
+    /// few seconds: poll it).
+    pub async fn depth(&self, queue: &str) -> anyhow::Result<Option<u64>> {
+        Ok(self.sandbox.queues().await?.iter().find(|q| q["name"] == queue).and_then(|q| q["messages"].as_u64()))
+    }
+}
+
+/// The server announces itself as a one-member replica set at its own address, and a
+/// driver that is not told to connect directly follows that address, around the proxy.
+fn direct(mongo_uri: &str) -> String {
+    let separator = match (mongo_uri.contains('?'), mongo_uri.trim_start_matches("mongodb://").contains('/')) {
+        (true, _) => "&",
+        (false, true) => "?",
+        (false, false) => "/?",
+    };
+    format!("{mongo_uri}{separator}directConnection=true")
+}
+
+/// `/readyz` of a service: whether it said ready (200), and its report.
+pub async fn readiness(http: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<(bool, Value)> {
+    let resp = http.get(format!("http://{addr}/readyz")).timeout(Duration::from_secs(10)).send().await?;
+    let ready = resp.status() == 200;
+    Ok((ready, resp.json().await?))
+}

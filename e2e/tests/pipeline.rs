@@ -1,151 +1,16 @@
-//! The whole pipeline, every hop real: the five services run in-process on random ports
-//! against a private sandbox of the local stack; only Last.fm is a local fake.
+//! The whole pipeline, every hop real (see `tunewire_e2e::Pipeline`): the happy path, a
+//! failure with its email, and who may see what. Faults have their own suite (tests/faults).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use tunewire_e2e::{Options, PIPELINE_DEADLINE, Pipeline};
 use tunewire_test_stack::media::{self, ffmpeg, probe};
 use tunewire_test_stack::{Sandbox, eventually, maildev};
 
-const PIPELINE_DEADLINE: Duration = Duration::from_secs(90);
 /// The converter's limit here: low, so a failure the gateway's probe cannot catch is cheap to make.
 const MAX_DURATION_S: f64 = 60.0;
-
-struct Pipeline {
-    sandbox: Sandbox,
-    gateway: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-    scratch: PathBuf,
-}
-
-/// A stand-in for Last.fm's `track.getTopTags`: one tag, given as an object (a real quirk).
-async fn fake_lastfm(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
-    use warp::Filter;
-    let route = warp::any()
-        .map(|| warp::reply::json(&json!({"toptags": {"tag": {"name": "Electronic", "count": "77"}, "@attr": {}}})));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(warp::serve(route).incoming(listener).graceful(shutdown.cancelled_owned()).run());
-    Ok(addr)
-}
-
-impl Pipeline {
-    async fn start() -> anyhow::Result<Self> {
-        let sandbox = Sandbox::create().await?;
-        let shutdown = CancellationToken::new();
-        let scratch = std::env::temp_dir().join(format!("tw-e2e-{}", sandbox.name));
-        std::fs::create_dir_all(&scratch)?;
-        let link_secret = format!("link-secret-{}", sandbox.name);
-        let lastfm = fake_lastfm(shutdown.clone()).await?;
-        let stack = &sandbox.stack;
-
-        let auth =
-            tunewire_auth::start(tunewire_auth::Config::local(sandbox.database_url.clone()), shutdown.clone()).await?;
-        let catalog = tunewire_catalog_indexer::start(
-            tunewire_catalog_indexer::Config {
-                lastfm_api_key: Some("test-key".into()),
-                lastfm_url: format!("http://{lastfm}/2.0/"),
-                ..tunewire_catalog_indexer::Config::local(
-                    sandbox.database_url.clone(),
-                    sandbox.amqp_url.clone(),
-                    scratch.join("index"),
-                )
-            },
-            shutdown.clone(),
-        )
-        .await?;
-        let mut gateway_config = tunewire_gateway::Config::local(
-            sandbox.database_url.clone(),
-            sandbox.amqp_url.clone(),
-            stack.mongo_uri.clone(),
-            sandbox.mongo_database.clone(),
-        );
-        gateway_config.auth_url = format!("http://{}", auth.addr);
-        gateway_config.catalog_url = format!("http://{}", catalog.addr);
-        gateway_config.link_secret = link_secret.clone();
-        gateway_config.max_upload_bytes = 512 << 20;
-        let gateway = tunewire_gateway::start(gateway_config, shutdown.clone()).await?;
-        let gateway_url = format!("http://{}", gateway.addr);
-        tunewire_converter::start(
-            tunewire_converter::Config {
-                concurrency: 2,
-                max_duration_s: MAX_DURATION_S,
-                ..tunewire_converter::Config::local(
-                    sandbox.amqp_url.clone(),
-                    stack.mongo_uri.clone(),
-                    sandbox.mongo_database.clone(),
-                    scratch.join("work"),
-                )
-            },
-            shutdown.clone(),
-        )
-        .await?;
-        let mut notifier_config = tunewire_notifier::Config::local(
-            sandbox.database_url.clone(),
-            sandbox.amqp_url.clone(),
-            stack.smtp_host.clone(),
-            stack.smtp_port,
-            link_secret,
-        );
-        notifier_config.public_url = gateway_url.clone();
-        tunewire_notifier::start(notifier_config, shutdown.clone()).await?;
-        Ok(Self { sandbox, gateway: gateway_url, http: reqwest::Client::new(), shutdown, scratch })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.scratch);
-        self.sandbox.cleanup().await
-    }
-
-    /// Registers a fresh user and returns (email, bearer token).
-    async fn user(&self) -> anyhow::Result<(String, String)> {
-        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
-        let creds = json!({"email": email, "password": "correct horse battery"});
-        let r = self.http.post(format!("{}/v1/auth/register", self.gateway)).json(&creds).send().await?;
-        if r.status() != 201 {
-            bail!("register: {} {}", r.status(), r.text().await?);
-        }
-        let r = self.http.post(format!("{}/v1/auth/login", self.gateway)).json(&creds).send().await?;
-        let body: Value = r.error_for_status()?.json().await?;
-        assert_eq!(body["token_type"], "Bearer");
-        Ok((email, body["access_token"].as_str().context("no token")?.to_string()))
-    }
-
-    async fn upload(&self, token: &str, path: &Path, name: &str) -> anyhow::Result<reqwest::Response> {
-        let bytes = tokio::fs::read(path).await?;
-        let form = reqwest::multipart::Form::new()
-            .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()));
-        Ok(self.http.post(format!("{}/v1/uploads", self.gateway)).bearer_auth(token).multipart(form).send().await?)
-    }
-
-    async fn job(&self, token: &str, id: &str) -> anyhow::Result<reqwest::Response> {
-        Ok(self.http.get(format!("{}/v1/jobs/{id}", self.gateway)).bearer_auth(token).send().await?)
-    }
-
-    async fn wait_for_state(&self, token: &str, id: &str, wanted: &str) -> anyhow::Result<Value> {
-        eventually(&format!("job {id} {wanted}"), PIPELINE_DEADLINE, || async {
-            let job: Value = self.job(token, id).await?.error_for_status()?.json().await?;
-            match job["state"].as_str() {
-                Some(s) if s == wanted => Ok(Some(job)),
-                Some("failed") if wanted != "failed" => bail!("job failed: {}", job["error"]),
-                _ => Ok(None),
-            }
-        })
-        .await
-    }
-
-    async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
-        maildev::wait_for(&self.sandbox.stack.maildev_url, to, count, PIPELINE_DEADLINE).await
-    }
-}
 
 /// The one download link in an email's text part.
 fn download_link(email: &Value) -> anyhow::Result<String> {
@@ -292,7 +157,7 @@ async fn acked(sandbox: &Sandbox, queue: &str) -> anyhow::Result<u64> {
 
 #[tokio::test]
 async fn not_media_is_refused_at_upload_and_too_long_media_fails_with_a_reason_and_an_email() -> anyhow::Result<()> {
-    let p = Pipeline::start().await?;
+    let p = Pipeline::start_with(Options { max_duration_s: MAX_DURATION_S, ..Options::default() }).await?;
     let (email, token) = p.user().await?;
     let notes = p.scratch.join("notes.mp4");
     tokio::fs::write(&notes, b"<html><body>this is not a video</body></html>").await?;
@@ -312,10 +177,12 @@ async fn not_media_is_refused_at_upload_and_too_long_media_fails_with_a_reason_a
     let mails = p.emails(&email, 1).await?;
     assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("long.wav"));
     assert!(mails[0]["text"].as_str().unwrap_or_default().contains("longer than the 60 s limit"));
-    // The converter leaves nothing behind in its work folder once the job is over.
+    // The converter leaves nothing behind in its work folder once the job is over (but the
+    // lock that marks its folder alive).
     let work = p.scratch.join("work");
     eventually("the work folder emptied", PIPELINE_DEADLINE, || async {
-        Ok(std::fs::read_dir(&work)?.next().is_none().then_some(()))
+        let files = tunewire_test_stack::files_under(&work)?;
+        Ok(files.iter().all(|f| f.file_name().is_some_and(|n| n == ".lock")).then_some(()))
     })
     .await?;
     p.stop().await
@@ -350,51 +217,5 @@ async fn tokens_and_ownership_are_enforced() -> anyhow::Result<()> {
     assert_eq!(list["jobs"], json!([]));
     let tampered = p.http.get(format!("{}/v1/downloads/abc.def", p.gateway)).send().await?;
     assert_eq!(tampered.status(), 403);
-    p.stop().await
-}
-
-/// Messages waiting in one queue of this sandbox, by the management API (refreshed every
-/// few seconds: poll it).
-async fn depth(sandbox: &Sandbox, queue: &str) -> anyhow::Result<Option<u64>> {
-    Ok(sandbox.queues().await?.iter().find(|q| q["name"] == queue).and_then(|q| q["messages"].as_u64()))
-}
-
-#[tokio::test]
-async fn poison_and_malformed_messages_are_dead_lettered_once_and_consumers_keep_working() -> anyhow::Result<()> {
-    let p = Pipeline::start().await?;
-    let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "poison").publisher().await?;
-    let bad: [&[u8]; 2] = [b"not json at all", br#"{"job_id": "nonsense", "preset": 42}"#];
-    for key in ["media.uploaded", "media.progress", "media.converted", "media.failed"] {
-        for payload in bad {
-            publisher.publish_raw(key, payload, &uuid::Uuid::new_v4().to_string()).await?;
-        }
-    }
-    // Each queue's share: the routing keys it binds, two bad messages per key.
-    let expected = [
-        ("converter.media-uploaded", 2),
-        ("catalog-indexer.media-converted", 2),
-        ("notifier.outcomes", 4),
-        ("gateway.job-state", 6),
-    ];
-    for (queue, count) in expected {
-        let dead = format!("{queue}.dead");
-        eventually(&format!("{count} in {dead}"), PIPELINE_DEADLINE, || async {
-            Ok((depth(&p.sandbox, &dead).await? == Some(count) && depth(&p.sandbox, queue).await? == Some(0))
-                .then_some(()))
-        })
-        .await?;
-    }
-    // Once each: nothing was put back to be tried again.
-    for (queue, _) in expected {
-        assert_eq!(p.sandbox.queue_stat(queue, "redeliver").await?, 0, "{queue}");
-    }
-    // And the consumers are still there: a real upload goes through.
-    let (_, token) = p.user().await?;
-    let clip = p.scratch.join("after.wav");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=600:duration=2", clip.to_str().context("path")?])?;
-    let resp = p.upload(&token, &clip, "after.wav").await?;
-    assert_eq!(resp.status(), 202);
-    let job_id = resp.json::<Value>().await?["job_id"].as_str().context("no job")?.to_string();
-    p.wait_for_state(&token, &job_id, "converted").await?;
     p.stop().await
 }

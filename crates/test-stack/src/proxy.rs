@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+#[derive(Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
     up: Arc<watch::Sender<bool>>,

@@ -1,0 +1,361 @@
+//! Scenarios 1 to 7 of the fault suite (scenario 8, bad input, is `bad_input`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use tunewire_e2e::{Options, PIPELINE_DEADLINE, Pipeline};
+use tunewire_test_stack::eventually;
+use tunewire_test_stack::proxy::Proxy;
+
+use crate::Report;
+use crate::accounting::{Accountant, explain, wait_readiness};
+use crate::burst::{self, Upload};
+use crate::process::{CRASH_AFTER_SEND_VAR, ServiceProcess};
+
+/// From the end of a fault to every upload accounted for, at most.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(240);
+
+/// The stack's view of one sandbox, all-in-one: every upload converted once, stored once,
+/// catalogued once, emailed once, and nothing left in any queue.
+fn require_clean(tally: &crate::accounting::Tally) -> anyhow::Result<()> {
+    ensure!(tally.lost == 0 && tally.duplicated == 0 && tally.problems.is_empty(), "{}", explain(tally));
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Dependency {
+    Postgres,
+    Rabbitmq,
+    Mongodb,
+    Smtp,
+}
+
+fn proxy(p: &Pipeline, which: Dependency) -> &Proxy {
+    match which {
+        Dependency::Postgres => &p.faults.postgres,
+        Dependency::Rabbitmq => &p.faults.rabbitmq,
+        Dependency::Mongodb => &p.faults.mongodb,
+        Dependency::Smtp => &p.faults.smtp,
+    }
+}
+
+/// The services whose readiness depends on `which`.
+fn dependents(p: &Pipeline, which: Dependency) -> Vec<(&'static str, SocketAddr)> {
+    let h = &p.health;
+    let all = [
+        ("gateway", h.gateway, [true, true, true, false]),
+        ("auth", h.auth, [true, false, false, false]),
+        ("catalog-indexer", h.catalog, [true, true, false, false]),
+        ("converter", h.converter, [false, true, true, false]),
+        ("notifier", h.notifier, [true, true, false, true]),
+    ];
+    let column = match which {
+        Dependency::Postgres => 0,
+        Dependency::Rabbitmq => 1,
+        Dependency::Mongodb => 2,
+        Dependency::Smtp => 3,
+    };
+    all.into_iter().filter_map(|(name, addr, uses)| Some((name, addr?)).filter(|_| uses[column])).collect()
+}
+
+struct Outage {
+    which: Dependency,
+    prefix: &'static str,
+    uploads: usize,
+    /// The dependency goes away once this many uploads are accepted.
+    cut_after: usize,
+    down_for: Duration,
+}
+
+/// Cuts one dependency mid-burst for a while, checks that the services that need it say
+/// "not ready" meanwhile and "ready" after, and accounts for every upload.
+async fn outage(o: Outage) -> anyhow::Result<Report> {
+    let p = Pipeline::start().await?;
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, o.prefix, o.uploads, 3)?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let fault = async {
+        eventually("uploads before the fault", PIPELINE_DEADLINE, || async {
+            Ok((accepted.load(Ordering::SeqCst) >= o.cut_after).then_some(()))
+        })
+        .await?;
+        let proxy = proxy(&p, o.which);
+        proxy.down();
+        let down_at = Instant::now();
+        let noticed = wait_readiness(&p, &dependents(&p, o.which), false, Duration::from_secs(20)).await;
+        tokio::time::sleep(o.down_for.saturating_sub(down_at.elapsed())).await;
+        proxy.up();
+        noticed?;
+        anyhow::Ok(Instant::now())
+    };
+    let (sent, up_at) = tokio::join!(burst::send(&p, &token, &clips, accepted.clone()), fault);
+    let (sent, up_at) = (sent?, up_at?);
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    wait_readiness(&p, &dependents(&p, o.which), true, Duration::from_secs(60)).await?;
+    let report = Report {
+        uploads: sent.uploads.len(),
+        refused_then_retried: sent.refused_then_retried,
+        recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(up_at)),
+        notes: format!("down {} s", o.down_for.as_secs()),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+pub async fn rabbitmq_down() -> anyhow::Result<Report> {
+    outage(Outage {
+        which: Dependency::Rabbitmq,
+        prefix: "mq",
+        uploads: 50,
+        cut_after: 10,
+        down_for: Duration::from_secs(30),
+    })
+    .await
+}
+
+pub async fn mongodb_down() -> anyhow::Result<Report> {
+    outage(Outage {
+        which: Dependency::Mongodb,
+        prefix: "mongo",
+        uploads: 20,
+        cut_after: 5,
+        down_for: Duration::from_secs(20),
+    })
+    .await
+}
+
+pub async fn postgresql_down() -> anyhow::Result<Report> {
+    outage(Outage {
+        which: Dependency::Postgres,
+        prefix: "pg",
+        uploads: 20,
+        cut_after: 5,
+        down_for: Duration::from_secs(20),
+    })
+    .await
+}
+
+pub async fn smtp_down() -> anyhow::Result<Report> {
+    outage(Outage {
+        which: Dependency::Smtp,
+        prefix: "smtp",
+        uploads: 20,
+        cut_after: 5,
+        down_for: Duration::from_secs(60),
+    })
+    .await
+}
+
+pub async fn dependencies_down_at_start() -> anyhow::Result<Report> {
+    const OUTAGE: Duration = Duration::from_secs(15);
+    let started = Instant::now();
+    let p = Pipeline::start_with(Options { down_at_start: Some(OUTAGE), ..Options::default() }).await?;
+    let up_after = started.elapsed();
+    ensure!(up_after >= OUTAGE, "the services started in {up_after:?}, before their dependencies were there");
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "cold", 5, 2)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    let report = Report {
+        uploads: sent.uploads.len(),
+        recovered_in: Some(up_after.saturating_sub(OUTAGE)),
+        notes: format!("all four dependencies unreachable for the first {} s; the services waited", OUTAGE.as_secs()),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+fn converter_env(p: &Pipeline, work: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("AMQP_URL", p.urls.amqp_url.clone()),
+        ("MONGODB_URI", p.urls.mongo_uri.clone()),
+        ("MONGODB_DATABASE", p.sandbox.mongo_database.clone()),
+        ("CONVERTER_WORK_DIR", work.display().to_string()),
+        ("CONVERTER_HEALTH_BIND", "127.0.0.1:0".into()),
+        ("CONVERTER_CONCURRENCY", "2".into()),
+    ]
+}
+
+/// An MP3 being written in the work folder of converter `pid`: it is mid-conversion.
+fn converting(work: &Path, pid: u32) -> anyhow::Result<Option<PathBuf>> {
+    let prefix = format!("run-{pid}-");
+    Ok(tunewire_test_stack::files_under(work)?.into_iter().find(|f| {
+        let in_its_folder =
+            f.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix));
+        let growing = std::fs::metadata(f).is_ok_and(|m| m.len() > 0);
+        in_its_folder && f.extension().is_some_and(|e| e == "mp3") && growing
+    }))
+}
+
+pub async fn converter_sigkilled() -> anyhow::Result<Report> {
+    const KILLS: usize = 3;
+    let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    // Ten minutes each: a few seconds of conversion, long enough to be killed in.
+    let clips = burst::make_clips(&p, "kill", 6, 600)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    let work = p.scratch.join("converter-work");
+    for kill in 1..=KILLS {
+        let converter = ServiceProcess::spawn("converter", &converter_env(&p, &work)).await?;
+        let pid = converter.pid().context("no pid")?;
+        let what = format!("converter {kill} to be mid-conversion");
+        let mp3 = eventually(&what, PIPELINE_DEADLINE, || async { converting(&work, pid) }).await?;
+        converter.kill().await?;
+        println!("  killed converter {kill} (pid {pid}) while it wrote {}", mp3.display());
+    }
+    let restarted_at = Instant::now();
+    let converter = ServiceProcess::spawn("converter", &converter_env(&p, &work)).await?;
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    // Killed work was handed back by the broker, not lost with the process.
+    let redelivered = p.sandbox.queue_stat("converter.media-uploaded", "redeliver").await?;
+    ensure!(redelivered >= KILLS as u64, "only {redelivered} redeliveries after {KILLS} kills");
+    // The dead converters' half-written files went when the last one started.
+    let left: Vec<PathBuf> = tunewire_test_stack::files_under(&work)?
+        .into_iter()
+        .filter(|f| f.file_name().is_none_or(|n| n != ".lock"))
+        .collect();
+    ensure!(left.is_empty(), "work files left behind: {left:?}");
+    let folders = std::fs::read_dir(&work)?.count();
+    ensure!(folders == 1, "{folders} work folders: the dead converters' were not removed");
+    ensure!(tunewire_e2e::readiness(&p.http, converter.health).await?.0, "the restarted converter is not ready");
+    converter.kill().await?;
+    let report = Report {
+        uploads: sent.uploads.len(),
+        recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(restarted_at)),
+        notes: format!("{KILLS} SIGKILLs mid-conversion; {redelivered} redeliveries"),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+fn notifier_env(p: &Pipeline, lease_s: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", p.urls.database_url.clone()),
+        ("AMQP_URL", p.urls.amqp_url.clone()),
+        ("SMTP_HOST", p.urls.smtp_host.clone()),
+        ("SMTP_PORT", p.urls.smtp_port.to_string()),
+        ("LINK_SECRET", p.link_secret.clone()),
+        ("PUBLIC_URL", p.gateway.clone()),
+        ("NOTIFIER_HEALTH_BIND", "127.0.0.1:0".into()),
+        ("NOTIFIER_CLAIM_LEASE_S", lease_s.to_string()),
+    ]
+}
+
+async fn all_converted(p: &Pipeline, uploads: &[Upload]) -> anyhow::Result<()> {
+    let db = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    let ids: Vec<String> = uploads.iter().map(|u| u.job_id.clone()).collect();
+    eventually("every job converted", PIPELINE_DEADLINE, || async {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM gateway.jobs WHERE id::text = ANY($1) AND state = 'converted'")
+                .bind(&ids)
+                .fetch_one(&db)
+                .await?;
+        Ok((done as usize == ids.len()).then_some(()))
+    })
+    .await?;
+    db.close().await;
+    Ok(())
+}
+
+pub async fn notifier_killed_after_send() -> anyhow::Result<Report> {
+    const KILLS: usize = 3;
+    const LEASE_S: u64 = 10;
+    let p = Pipeline::start_with(Options { notifier: false, ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "mail", 6, 2)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    // Every outcome waits in the notifier's queue before any notifier runs.
+    all_converted(&p, &sent.uploads).await?;
+    let mut env = notifier_env(&p, LEASE_S);
+    env.push((CRASH_AFTER_SEND_VAR, "1".into()));
+    for kill in 1..=KILLS {
+        let crashing = ServiceProcess::spawn("notifier", &env).await?;
+        // Its first accepted email takes it down, before the ledger or the ack hear of it.
+        let status = crashing.exited(PIPELINE_DEADLINE).await?;
+        ensure!(!status.success(), "notifier {kill} exited cleanly ({status}) instead of crashing after a send");
+        println!("  notifier {kill} died right after an SMTP send ({status})");
+    }
+    let restarted_at = Instant::now();
+    let notifier = ServiceProcess::spawn("notifier", &notifier_env(&p, LEASE_S)).await?;
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
+    // Emails may be doubled (the crash is after the send), nothing else may.
+    ensure!(tally.lost == 0, "{}", explain(&tally));
+    ensure!(tally.duplicated == tally.extra_emails, "{}", explain(&tally));
+    ensure!(
+        tally.extra_emails <= KILLS,
+        "{} duplicate emails from {KILLS} kills:\n  {}",
+        tally.extra_emails,
+        explain(&tally)
+    );
+    ensure!(tally.problems.iter().all(|p| p.contains("emails")), "{}", explain(&tally));
+    ensure!(tunewire_e2e::readiness(&p.http, notifier.health).await?.0, "the restarted notifier is not ready");
+    notifier.kill().await?;
+    let report = Report {
+        uploads: sent.uploads.len(),
+        duplicated: tally.duplicated,
+        recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(restarted_at)),
+        notes: format!("{KILLS} crashes after the SMTP 250, claim lease {LEASE_S} s; duplicates are emails only"),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+pub async fn poison_messages() -> anyhow::Result<Report> {
+    let p = Pipeline::start().await?;
+    let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "poison").publisher().await?;
+    let bad: [&[u8]; 2] = [b"not json at all", br#"{"job_id": "nonsense", "preset": 42}"#];
+    for key in ["media.uploaded", "media.progress", "media.converted", "media.failed"] {
+        for payload in bad {
+            publisher.publish_raw(key, payload, &uuid::Uuid::new_v4().to_string()).await?;
+        }
+    }
+    // Each queue's share: the routing keys it binds, two bad messages per key.
+    let expected = [
+        ("converter.media-uploaded", 2),
+        ("catalog-indexer.media-converted", 2),
+        ("notifier.outcomes", 4),
+        ("gateway.job-state", 6),
+    ];
+    for (queue, count) in expected {
+        let dead = format!("{queue}.dead");
+        eventually(&format!("{count} in {dead}"), PIPELINE_DEADLINE, || async {
+            Ok((p.depth(&dead).await? == Some(count) && p.depth(queue).await? == Some(0)).then_some(()))
+        })
+        .await?;
+    }
+    // Once each: nothing was put back to be tried again.
+    for (queue, _) in expected {
+        ensure!(p.sandbox.queue_stat(queue, "redeliver").await? == 0, "{queue} redelivered a bad message");
+    }
+    // And the consumers are still there: a real upload goes all the way.
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "after-poison", 1, 2)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, PIPELINE_DEADLINE, true).await?;
+    // The dead-letter queues keep the bad messages for an operator: that is the point.
+    let unexpected: Vec<&String> = tally.problems.iter().filter(|q| !q.contains(".dead:")).collect();
+    ensure!(tally.lost == 0 && tally.duplicated == 0 && unexpected.is_empty(), "{}", explain(&tally));
+    let report = Report {
+        uploads: sent.uploads.len(),
+        notes: "16 bad messages, each dead-lettered once; the pipeline kept working".into(),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
