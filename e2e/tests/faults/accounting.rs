@@ -103,7 +103,16 @@ impl Accountant {
         let give_up = Instant::now() + deadline;
         let mut complete_since: Option<Instant> = None;
         let snapshot = loop {
-            let snapshot = self.snapshot(p, email, uploads).await?;
+            // A server that was just restarted may still be refusing: look again.
+            let snapshot = match self.snapshot(p, email, uploads).await {
+                Ok(snapshot) => snapshot,
+                Err(e) if Instant::now() >= give_up => return Err(e),
+                Err(_) => {
+                    complete_since = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
             let now = Instant::now();
             if snapshot.complete(dead_letters_expected) {
                 let since = *complete_since.get_or_insert(now);

@@ -37,10 +37,10 @@ type ScenarioFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = any
 
 const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("converter_sigkilled_mid_conversion_three_times", || Box::pin(scenarios::converter_sigkilled())),
-    ("rabbitmq_down_30s_during_a_burst_of_50", || Box::pin(scenarios::rabbitmq_down())),
-    ("mongodb_down_during_a_burst", || Box::pin(scenarios::mongodb_down())),
-    ("postgresql_down_during_a_burst", || Box::pin(scenarios::postgresql_down())),
-    ("smtp_down_60s", || Box::pin(scenarios::smtp_down())),
+    ("rabbitmq_stopped_30s_during_a_burst_of_50", || Box::pin(scenarios::rabbitmq_stopped())),
+    ("mongodb_stopped_and_restarted_during_a_burst", || Box::pin(scenarios::mongodb_restarted())),
+    ("postgresql_restarted_during_a_burst", || Box::pin(scenarios::postgresql_restarted())),
+    ("smtp_unreachable_60s", || Box::pin(scenarios::smtp_unreachable())),
     ("notifier_killed_between_smtp_send_and_ack", || Box::pin(scenarios::notifier_killed_after_send())),
     ("services_started_before_their_dependencies", || Box::pin(scenarios::dependencies_down_at_start())),
     ("poison_and_malformed_messages_on_every_queue", || Box::pin(scenarios::poison_messages())),

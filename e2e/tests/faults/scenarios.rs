@@ -62,8 +62,27 @@ fn dependents(p: &Pipeline, which: Dependency) -> Vec<(&'static str, SocketAddr)
     all.into_iter().filter_map(|(name, addr, uses)| Some((name, addr?)).filter(|_| uses[column])).collect()
 }
 
+/// How a dependency goes away.
+#[derive(Clone, Copy)]
+enum Break {
+    /// Its proxy is cut: every connection closed, new ones refused (this sandbox only).
+    Network,
+    /// The real server is stopped, then started (`scripts/stack stop|start NAME`).
+    Server(&'static str),
+}
+
+/// `scripts/stack ACTION COMPONENT`: the suite restarts the real servers of a stack that
+/// script started (as CI's is).
+async fn stack(action: &str, component: &str) -> anyhow::Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/stack");
+    let status = tokio::process::Command::new("bash").arg(script).args([action, component]).status().await?;
+    ensure!(status.success(), "scripts/stack {action} {component}: {status}");
+    Ok(())
+}
+
 struct Outage {
     which: Dependency,
+    how: Break,
     prefix: &'static str,
     uploads: usize,
     /// The dependency goes away once this many uploads are accepted.
@@ -83,12 +102,17 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
             Ok((accepted.load(Ordering::SeqCst) >= o.cut_after).then_some(()))
         })
         .await?;
-        let proxy = proxy(&p, o.which);
-        proxy.down();
+        match o.how {
+            Break::Network => proxy(&p, o.which).down(),
+            Break::Server(name) => stack("stop", name).await?,
+        }
         let down_at = Instant::now();
         let noticed = wait_readiness(&p, &dependents(&p, o.which), false, Duration::from_secs(20)).await;
         tokio::time::sleep(o.down_for.saturating_sub(down_at.elapsed())).await;
-        proxy.up();
+        match o.how {
+            Break::Network => proxy(&p, o.which).up(),
+            Break::Server(name) => stack("start", name).await?,
+        }
         noticed?;
         anyhow::Ok(Instant::now())
     };
@@ -102,16 +126,20 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
         uploads: sent.uploads.len(),
         refused_then_retried: sent.refused_then_retried,
         recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(up_at)),
-        notes: format!("down {} s", o.down_for.as_secs()),
+        notes: match o.how {
+            Break::Network => format!("network cut for {} s", o.down_for.as_secs()),
+            Break::Server(name) => format!("{name} stopped for {} s, then started", o.down_for.as_secs()),
+        },
         ..Report::default()
     };
     p.stop().await?;
     Ok(report)
 }
 
-pub async fn rabbitmq_down() -> anyhow::Result<Report> {
+pub async fn rabbitmq_stopped() -> anyhow::Result<Report> {
     outage(Outage {
         which: Dependency::Rabbitmq,
+        how: Break::Server("rabbitmq"),
         prefix: "mq",
         uploads: 50,
         cut_after: 10,
@@ -120,9 +148,10 @@ pub async fn rabbitmq_down() -> anyhow::Result<Report> {
     .await
 }
 
-pub async fn mongodb_down() -> anyhow::Result<Report> {
+pub async fn mongodb_restarted() -> anyhow::Result<Report> {
     outage(Outage {
         which: Dependency::Mongodb,
+        how: Break::Server("mongo"),
         prefix: "mongo",
         uploads: 20,
         cut_after: 5,
@@ -131,9 +160,10 @@ pub async fn mongodb_down() -> anyhow::Result<Report> {
     .await
 }
 
-pub async fn postgresql_down() -> anyhow::Result<Report> {
+pub async fn postgresql_restarted() -> anyhow::Result<Report> {
     outage(Outage {
         which: Dependency::Postgres,
+        how: Break::Server("postgres"),
         prefix: "pg",
         uploads: 20,
         cut_after: 5,
@@ -142,9 +172,11 @@ pub async fn postgresql_down() -> anyhow::Result<Report> {
     .await
 }
 
-pub async fn smtp_down() -> anyhow::Result<Report> {
+pub async fn smtp_unreachable() -> anyhow::Result<Report> {
     outage(Outage {
         which: Dependency::Smtp,
+        // MailDev keeps what it received in memory: stopping it would lose the evidence.
+        how: Break::Network,
         prefix: "smtp",
         uploads: 20,
         cut_after: 5,
