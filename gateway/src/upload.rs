@@ -334,11 +334,10 @@ async fn parse_form(
     Ok(())
 }
 
-pub async fn multipart(caller: Caller, form: FormData, state: State) -> Result<Response, ApiError> {
+pub async fn multipart(caller: Caller, mut form: FormData, state: State) -> Result<Response, ApiError> {
     let _in_flight = InFlight::new(&state);
     let mut received = None;
     let mut details = Details::default();
-    let mut form = form;
     let parsed = parse_form(&mut form, &caller, &state, &mut received, &mut details).await;
     match (parsed, received) {
         (Ok(()), Some(received)) => accept(&state, &caller, received, &details).await,

@@ -9,8 +9,8 @@
 //! Transient SMTP trouble (no connection, 4xx, or the server refusing our credentials,
 //! which an operator fixes) is retried with backoff (in place, then requeued: see
 //! `tunewire_events::consumer`) and ends in the dead-letter queue only after the delivery
-//! limit, about an hour and a half of trying; a permanent refusal of this message (5xx, an address that cannot be
-//! mailed) is recorded as `failed` and not retried.
+//! limit, about 100 minutes of trying; a permanent refusal of this message (5xx, an address
+//! that cannot be mailed) is recorded as `failed` and not retried.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,13 +33,14 @@ pub struct Notifier {
     pub links: LinkSigner,
     pub templates: Templates,
     pub config: Arc<Config>,
-    /// Held from the SMTP conversation until the ledger says `sent`: at most one email is
-    /// ever accepted-but-unrecorded, so a crash sends at most one email twice. Concurrent
-    /// sends finish together, and the fault suite saw a crash after one of four parallel
-    /// sends double all four. It costs parallel SMTP conversations: one notifier sends one
-    /// email per round trip set (a few ms to a local relay, about 100 ms to a remote one);
-    /// more notifiers send more.
-    pub unrecorded: tokio::sync::Mutex<()>,
+    /// Held by one delivery at a time, from its claim until the ledger says how it ended: at
+    /// most one email is ever accepted-but-unrecorded, so a crash sends at most one email
+    /// twice. Concurrent sends finish together, and the fault suite saw a crash after one of
+    /// four parallel sends double all four. It costs parallel SMTP conversations: a notifier
+    /// sends one email at a time (a few ms to a local relay, about 100 ms to a remote one);
+    /// more notifiers send more. It also keeps a claim's age to its own send, which the
+    /// lease is measured against.
+    pub one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 /// SMTP replies that mean "this message can never be delivered", as opposed to trouble an
@@ -158,6 +159,7 @@ impl Notifier {
             Outcome::Converted(c) => (c.job_id, "converted", &c.owner),
             Outcome::Failed(f) => (f.job_id, "failed", &f.owner),
         };
+        let _one_at_a_time = self.one_at_a_time.lock().await;
         match self.claim(job, kind, owner.email.as_str()).await? {
             Claim::Won => {}
             Claim::Done => {
@@ -224,7 +226,6 @@ impl Notifier {
             Ok(message) => message,
             Err(e) => return Sent::Not(e),
         };
-        let _one_unrecorded = self.unrecorded.lock().await;
         match self.mailer.send(message).await {
             Ok(_) => {
                 info!(job_id = %job, kind, "email sent");
@@ -238,9 +239,7 @@ impl Notifier {
             Err(e) => Sent::Not(HandleError::Retry(format!("sending the email: {e}"))),
         }
     }
-}
 
-impl Notifier {
     /// The window that matters: the email left, and only the ledger can stop a redelivery
     /// from sending it again. The write is retried here, in place, for as long as the claim
     /// is ours (PostgreSQL restarting must not turn into a second email); past the lease a

@@ -103,7 +103,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         links: LinkSigner::new(config.link_secret.clone().into_bytes(), None),
         templates: email::Templates::load()?,
         config: Arc::new(config.clone()),
-        unrecorded: tokio::sync::Mutex::new(()),
+        one_at_a_time: tokio::sync::Mutex::new(()),
     });
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;
