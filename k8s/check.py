@@ -9,6 +9,8 @@ the rendered objects to the project's rules:
   runs as non-root without privilege escalation, and names an image with a pinned tag;
 - the five services probe /healthz and /readyz, keep a read-only root filesystem, and give
   `terminationGracePeriodSeconds` = their SHUTDOWN_DEADLINE_S (src/lib.rs) + 5;
+- their startup probe allows longer than they wait for a dependency at start
+  (DEPENDENCY_PATIENCE, crates/service-runtime/src/startup.rs);
 - every environment variable a service gets is a setting it reads (parsed from its
   src/config.rs and the shared telemetry), so manifests and code cannot drift;
 - no secret value is written in a manifest: no Secret objects in the sources, no literal
@@ -76,6 +78,12 @@ def shutdown_deadline(service: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def dependency_patience() -> int | None:
+    source = (ROOT / "crates" / "service-runtime" / "src" / "startup.rs").read_text()
+    found = re.search(r"pub const DEPENDENCY_PATIENCE: Duration = Duration::from_secs\((\d+)\);", source)
+    return int(found.group(1)) if found else None
+
+
 def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
@@ -119,6 +127,16 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
     probes = {p: container.get(p, {}).get("httpGet", {}).get("path") for p in ("livenessProbe", "readinessProbe")}
     if probes != {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
         problem(at, f"probes should be /healthz and /readyz, not {probes}")
+    # The service serves /healthz only once it has its dependencies, which it waits for.
+    startup = container.get("startupProbe", {})
+    patience = dependency_patience()
+    allowed_s = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    if startup.get("httpGet", {}).get("path") != "/healthz":
+        problem(at, "no startupProbe on /healthz")
+    elif patience is None:
+        problem(at, "crates/service-runtime/src/startup.rs has no DEPENDENCY_PATIENCE")
+    elif allowed_s <= patience:
+        problem(at, f"the startupProbe allows {allowed_s} s, not more than the {patience} s a service waits for its dependencies")
     if container.get("securityContext", {}).get("readOnlyRootFilesystem") is not True:
         problem(at, "the root filesystem is writable")
     deadline = shutdown_deadline(service)
