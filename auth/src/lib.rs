@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, postgres};
 use warp::Filter;
 
 pub use config::Config;
@@ -54,20 +54,15 @@ impl Readiness for Dependencies {
     }
 }
 
+/// This service's tables: schema `auth`.
+pub const SCHEMA: postgres::Schema = postgres::Schema { name: "auth", migrations: || sqlx::migrate!("./migrations") };
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.create_schema("auth");
-    migrator.dangerous_set_table_name("auth._sqlx_migrations");
-    migrator.run(db).await
+    SCHEMA.migrate(db).await
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
-        let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
-        migrate(&db).await?;
-        anyhow::Ok(db)
-    })
-    .await?;
+    let db = SCHEMA.connect(&config.database_url, 10).await?;
     let keys = Arc::new(keys::SigningKeys::load(
         config.signing_key_pem.as_deref(),
         config.previous_signing_key_pem.as_deref(),

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
-use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error, startup};
+use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error, postgres};
 use warp::{Filter, Reply};
 
 pub use config::Config;
@@ -59,11 +59,12 @@ impl Readiness for Dependencies {
     }
 }
 
+/// This service's tables: schema `catalog`.
+pub const SCHEMA: postgres::Schema =
+    postgres::Schema { name: "catalog", migrations: || sqlx::migrate!("./migrations") };
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.create_schema("catalog");
-    migrator.dangerous_set_table_name("catalog._sqlx_migrations");
-    migrator.run(db).await
+    SCHEMA.migrate(db).await
 }
 
 #[derive(Deserialize)]
@@ -192,12 +193,7 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
-        let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
-        migrate(&db).await?;
-        anyhow::Ok(db)
-    })
-    .await?;
+    let db = SCHEMA.connect(&config.database_url, 10).await?;
     let index = open_index(&db, &config.index_dir).await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "catalog-indexer"));
     let http = reqwest::Client::builder().build()?;

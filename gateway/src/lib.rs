@@ -20,14 +20,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::GATEWAY_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, postgres, startup};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -55,11 +55,12 @@ impl Readiness for Dependencies {
     }
 }
 
+/// This service's tables: schema `gateway`.
+pub const SCHEMA: postgres::Schema =
+    postgres::Schema { name: "gateway", migrations: || sqlx::migrate!("./migrations") };
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.create_schema("gateway");
-    migrator.dangerous_set_table_name("gateway._sqlx_migrations");
-    migrator.run(db).await
+    SCHEMA.migrate(db).await
 }
 
 /// Seconds in-flight work gets after SIGTERM (uploads in flight get this long to finish); the Kubernetes
@@ -75,12 +76,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     probe::init()?;
     upload::check_spool_dir(&config.spool_dir)
         .map_err(|e| anyhow::anyhow!("GATEWAY_SPOOL_DIR={} is not writable: {e}", config.spool_dir.display()))?;
-    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
-        let db = PgPoolOptions::new().max_connections(20).connect(&config.database_url).await?;
-        migrate(&db).await?;
-        anyhow::Ok(db)
-    })
-    .await?;
+    let db = SCHEMA.connect(&config.database_url, 20).await?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
         MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)
     })

@@ -14,12 +14,12 @@ use std::time::Duration;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
 use prometheus_client::registry::Registry;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, postgres};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -71,11 +71,12 @@ impl Readiness for Dependencies {
     }
 }
 
+/// This service's tables: schema `notifier`.
+pub const SCHEMA: postgres::Schema =
+    postgres::Schema { name: "notifier", migrations: || sqlx::migrate!("./migrations") };
+
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.create_schema("notifier");
-    migrator.dangerous_set_table_name("notifier._sqlx_migrations");
-    migrator.run(db).await
+    SCHEMA.migrate(db).await
 }
 
 /// Seconds in-flight work gets after SIGTERM (one SMTP conversation (each command has its own timeout)); the Kubernetes
@@ -88,12 +89,7 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
-        let db = PgPoolOptions::new().max_connections(10).connect(&config.database_url).await?;
-        migrate(&db).await?;
-        anyhow::Ok(db)
-    })
-    .await?;
+    let db = SCHEMA.connect(&config.database_url, 10).await?;
     let mailer = mailer(&config)?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "notifier"));
     let notifier = Arc::new(deliver::Notifier {

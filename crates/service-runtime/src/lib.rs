@@ -6,6 +6,8 @@
 pub mod config;
 pub mod health;
 pub mod http_error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

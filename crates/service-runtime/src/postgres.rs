@@ -1,0 +1,42 @@
+//! A service's own PostgreSQL schema. Services share one database: each migrates only its
+//! schema, and records its migrations in a table inside it, so none sees another's.
+
+use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::PgPoolOptions;
+
+use crate::startup;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error("postgres: {0}")]
+    Connect(#[from] sqlx::Error),
+    #[error("migrating the schema: {0}")]
+    Migrate(#[from] MigrateError),
+}
+
+/// A schema and the migrations that make it (`sqlx::migrate!` of the service's folder).
+pub struct Schema {
+    pub name: &'static str,
+    pub migrations: fn() -> Migrator,
+}
+
+impl Schema {
+    /// Brings the schema up to date, recording it in `<name>._sqlx_migrations`.
+    pub async fn migrate(&self, db: &PgPool) -> Result<(), MigrateError> {
+        let mut migrator = (self.migrations)();
+        migrator.create_schema(self.name);
+        migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.name));
+        migrator.run(db).await
+    }
+
+    /// A starting service's pool, its schema migrated; waits for PostgreSQL as `startup` says.
+    pub async fn connect(&self, url: &str, max_connections: u32) -> Result<PgPool, PostgresError> {
+        startup::wait_for("postgres", startup::DEPENDENCY_PATIENCE, || async {
+            let db = PgPoolOptions::new().max_connections(max_connections).connect(url).await?;
+            self.migrate(&db).await?;
+            Ok::<_, PostgresError>(db)
+        })
+        .await
+    }
+}
