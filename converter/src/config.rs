@@ -1,5 +1,4 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use tunewire_service_runtime::ConfigError;
 use tunewire_service_runtime::config::{secret, var};
@@ -13,8 +12,6 @@ pub struct Config {
     pub mongodb_database: String,
     /// Conversions at once (and the queue prefetch).
     pub concurrency: u16,
-    /// Where originals and MP3s sit while being converted.
-    pub work_dir: PathBuf,
     /// Longer inputs fail with a reason instead of tying up a worker.
     pub max_duration_s: f64,
     /// Wall-clock seconds one conversion may take before it fails with the reason.
@@ -30,21 +27,19 @@ impl Config {
             mongodb_uri: secret("MONGODB_URI")?.unwrap_or_else(|| "mongodb://127.0.0.1:27017".into()),
             mongodb_database: var("MONGODB_DATABASE", "tunewire".to_string())?,
             concurrency: var("CONVERTER_CONCURRENCY", cores)?.max(1),
-            work_dir: var("CONVERTER_WORK_DIR", std::env::temp_dir().join("tunewire-converter"))?,
             max_duration_s: var("CONVERTER_MAX_DURATION_S", 4.0 * 3600.0)?,
             time_limit_s: var("CONVERTER_TIME_LIMIT_S", 1800)?,
         })
     }
 
     /// Defaults for the local stack with the given dependencies; tests start from it.
-    pub fn local(amqp_url: String, mongodb_uri: String, mongodb_database: String, work_dir: PathBuf) -> Self {
+    pub fn local(amqp_url: String, mongodb_uri: String, mongodb_database: String) -> Self {
         Self {
             health_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             amqp_url,
             mongodb_uri,
             mongodb_database,
             concurrency: 2,
-            work_dir,
             max_duration_s: 4.0 * 3600.0,
             time_limit_s: 1800,
         }

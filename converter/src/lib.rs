@@ -4,7 +4,6 @@
 
 pub mod config;
 pub mod transcode;
-pub mod work_dir;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -53,11 +52,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     })
     .await?;
     let bus = Arc::new(Bus::new(config.amqp_url.clone(), "converter"));
-    let work_dir = work_dir::WorkDir::claim(&config.work_dir)
-        .map_err(|e| anyhow::anyhow!("CONVERTER_WORK_DIR={}: {e}", config.work_dir.display()))?;
     let worker = Arc::new(Worker {
         store: store.clone(),
-        work_dir,
         max_duration_s: config.max_duration_s,
         time_limit: std::time::Duration::from_secs(config.time_limit_s),
     });

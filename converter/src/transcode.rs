@@ -1,13 +1,19 @@
 //! One file to MP3, in-process with FFmpeg's libraries. Blocking and CPU-bound: run it on a
-//! blocking thread. Output is 44.1 kHz, mono for mono sources and stereo otherwise, with
-//! ID3v2 tags. Timestamps are counted in samples, which also absorbs codec priming.
+//! blocking thread. It reads the original from any `Read + Seek` (the converter's is GridFS,
+//! chunk by chunk) and writes the MP3 to an `Output` as it is encoded, so nothing is staged
+//! and memory does not grow with the file. Output is 44.1 kHz, mono for mono sources and
+//! stereo otherwise, with ID3v2 tags. Timestamps are counted in samples, which also absorbs
+//! codec priming.
 
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, codec, filter, format, frame, media};
 use ffmpeg_next as ffmpeg;
 use tunewire_events::Preset;
 use tunewire_events::contract::{SourceFacts, TrackTags};
+use tunewire_media_input::OpenError;
 
 pub const OUTPUT_RATE: u32 = 44_100;
 /// FFmpeg's `FF_QP2LAMBDA`: quality values are given to encoders in lambda units.
@@ -16,33 +22,159 @@ const QP2LAMBDA: i32 = 118;
 pub const TARGET_LUFS: f64 = -14.0;
 /// Read errors tolerated before a file is declared damaged.
 const MAX_READ_ERRORS: u32 = 64;
+/// A tag value longer than this is not a title but an attack on whoever displays it.
+pub const MAX_TAG_BYTES: usize = 4096;
+/// Covers larger than this are left out (with a warning) rather than copied.
+pub const MAX_COVER_BYTES: usize = 16 << 20;
+/// The MP3's header (ID3v2 with the cover, the Xing frame) is held until the end; this bounds it.
+pub const MAX_HEADER_BYTES: u64 = MAX_COVER_BYTES as u64 + (1 << 20);
+/// The highest bitrate a preset produces, for the output's size limit.
+const MAX_BITRATE: f64 = 320_000.0;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TranscodeError {
     /// The input itself is the problem; retrying cannot help. The text is for the uploader.
     #[error("{0}")]
     BadMedia(String),
-    /// Our side failed (disk, encoder setup); worth another attempt.
+    /// Our side failed (the store, the encoder's set-up); worth another attempt.
     #[error("{0}")]
     Internal(String),
 }
 
+/// Where the MP3 goes: written as it is encoded, except the header, which the muxer fills in
+/// at the end and which must stay rewritable until then.
+pub trait Output: Write + Seek + Send + 'static {
+    /// Everything written so far is the header; what follows is not rewritten.
+    fn header_written(&mut self) -> io::Result<()>;
+    /// The file is complete; returns its length.
+    fn finish(&mut self) -> io::Result<u64>;
+}
+
+impl Output for std::fs::File {
+    fn header_written(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) -> io::Result<u64> {
+        self.flush()?;
+        self.seek(SeekFrom::End(0))
+    }
+}
+
+impl Output for tunewire_media_store::ChunkWriter {
+    fn header_written(&mut self) -> io::Result<()> {
+        self.head_written()
+    }
+    fn finish(&mut self) -> io::Result<u64> {
+        tunewire_media_store::ChunkWriter::finish(self)
+    }
+}
+
 pub struct Request<'a> {
-    pub input: &'a Path,
-    pub output: &'a Path,
     pub preset: Preset,
     pub overrides: &'a TrackTags,
     /// Used as the title when neither the uploader nor the source gives one.
     pub fallback_title: &'a str,
+    /// Longer inputs fail with a reason, whether the header says so or the decoder finds out.
     pub max_duration_s: f64,
     /// EBU R128 loudness normalisation to -14 LUFS integrated.
     pub normalize_loudness: bool,
-    /// Wall-clock budget for this conversion; past it the job fails with the reason.
-    pub time_limit: std::time::Duration,
+    /// Wall-clock budget for this conversion, reads that block included; past it the job
+    /// fails with the reason.
+    pub time_limit: Duration,
+}
+
+impl Request<'_> {
+    /// The MP3 can be no larger than the longest allowed input at the highest bitrate.
+    pub fn max_output_bytes(&self) -> u64 {
+        (self.max_duration_s * MAX_BITRATE / 8.0 * 1.05) as u64 + MAX_HEADER_BYTES
+    }
+}
+
+/// The first I/O error a source or output met, kept because FFmpeg reduces it to an errno.
+#[derive(Default)]
+struct IoFault(Mutex<Option<io::Error>>);
+
+impl IoFault {
+    fn record(&self, e: &io::Error) {
+        if let Ok(mut slot) = self.0.lock()
+            && slot.is_none()
+        {
+            *slot = Some(io::Error::new(e.kind(), e.to_string()));
+        }
+    }
+    fn take(&self) -> Option<io::Error> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// FFmpeg reports an output fault as an errno; the fault itself says whether it was ours (the
+/// store) or the file's (a limit).
+fn output_fault(fault: &IoFault) -> Option<TranscodeError> {
+    fault.take().map(|e| match e.kind() {
+        io::ErrorKind::FileTooLarge => TranscodeError::BadMedia(format!("the MP3 would be too large: {e}")),
+        _ => TranscodeError::Internal(format!("writing the MP3: {e}")),
+    })
+}
+
+fn output_error(fault: &IoFault, otherwise: TranscodeError) -> TranscodeError {
+    output_fault(fault).unwrap_or(otherwise)
+}
+
+/// The source as FFmpeg sees it, with its faults recorded. `Interrupted` is not a fault: it
+/// is the source waiting, and FFmpeg asks again after polling the deadline.
+struct Source<R> {
+    inner: R,
+    fault: Arc<IoFault>,
+}
+
+impl<R: Read> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.fault.record(e);
+            }
+        })
+    }
+}
+
+impl<R: Seek> Seek for Source<R> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.inner.seek(to).inspect_err(|e| self.fault.record(e))
+    }
+}
+
+/// The output shared between FFmpeg's I/O (which owns one handle) and the transcoder (which
+/// marks the header and finishes the file through the other).
+struct Shared<O> {
+    inner: Arc<Mutex<O>>,
+    fault: Arc<IoFault>,
+}
+
+impl<O> Shared<O> {
+    fn lock(&self) -> io::Result<MutexGuard<'_, O>> {
+        self.inner.lock().map_err(|_| io::Error::other("the output was poisoned by a panic"))
+    }
+}
+
+impl<O: Write> Write for Shared<O> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.lock()?.write(buf).inspect_err(|e| self.fault.record(e))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.lock()?.flush()
+    }
+}
+
+impl<O: Seek> Seek for Shared<O> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.lock()?.seek(to).inspect_err(|e| self.fault.record(e))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// Bytes of MP3 written.
+    pub size: u64,
     pub duration_s: f64,
     pub bitrate: u32,
     pub sample_rate: u32,
@@ -61,7 +193,7 @@ fn internal(doing: &'static str) -> impl Fn(ffmpeg::Error) -> TranscodeError {
 
 /// FFmpeg's global state; safe to call any number of times.
 pub fn init() -> Result<(), TranscodeError> {
-    ffmpeg::init().map_err(internal("initialising FFmpeg"))?;
+    tunewire_media_input::init().map_err(internal("initialising FFmpeg"))?;
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Error);
     Ok(())
 }
@@ -80,12 +212,59 @@ fn bitrate_kbps(preset: Preset) -> Option<u32> {
     }
 }
 
-pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Report, TranscodeError> {
-    init()?;
-    let mut ictx = format::input(&req.input)
-        .map_err(|e| TranscodeError::BadMedia(format!("the file is not audio or video that can be read ({e})")))?;
+/// Converts a file on local disk; for tests and benchmarks of the transcoder alone.
+pub fn transcode_file(
+    req: &Request<'_>,
+    input: &std::path::Path,
+    output: &std::path::Path,
+    progress: &mut dyn FnMut(f32),
+) -> Result<Report, TranscodeError> {
+    let input = std::fs::File::open(input).map_err(|e| TranscodeError::Internal(format!("opening the input: {e}")))?;
+    let output =
+        std::fs::File::create(output).map_err(|e| TranscodeError::Internal(format!("creating the output: {e}")))?;
+    transcode(req, input, output, progress)
+}
 
-    let started = std::time::Instant::now();
+/// A tag the file gives, refused when it is longer than any real one.
+fn bounded(value: Option<String>, key: &str) -> Result<Option<String>, TranscodeError> {
+    match value {
+        Some(v) if v.len() > MAX_TAG_BYTES => Err(TranscodeError::BadMedia(format!(
+            "its {key} tag is {} bytes long, over the {MAX_TAG_BYTES}-byte limit",
+            v.len()
+        ))),
+        other => Ok(other),
+    }
+}
+
+pub fn transcode<I, O>(
+    req: &Request<'_>,
+    input: I,
+    output: O,
+    progress: &mut dyn FnMut(f32),
+) -> Result<Report, TranscodeError>
+where
+    I: Read + Seek + Send + 'static,
+    O: Output,
+{
+    init()?;
+    let started = Instant::now();
+    let deadline = started + req.time_limit;
+    let time_limit =
+        || TranscodeError::BadMedia(format!("converting took longer than the {} s limit", req.time_limit.as_secs()));
+    let source_fault = Arc::new(IoFault::default());
+    // A fault of the source (the store went away) is ours to retry, whatever FFmpeg makes of it.
+    let source_failed =
+        |fault: &IoFault| fault.take().map(|e| TranscodeError::Internal(format!("reading the original: {e}")));
+    let source = Source { inner: input, fault: source_fault.clone() };
+    let mut ictx = match tunewire_media_input::open(source, move || Instant::now() >= deadline) {
+        Ok(ictx) => ictx,
+        Err(OpenError::Interrupted) => return Err(source_failed(&source_fault).unwrap_or_else(time_limit)),
+        Err(OpenError::Internal(e)) => return Err(TranscodeError::Internal(e.to_string())),
+        Err(e @ OpenError::NotMedia(_)) => {
+            return Err(source_failed(&source_fault).unwrap_or(TranscodeError::BadMedia(e.to_string())));
+        }
+    };
+
     let (stream_index, parameters, stream_time_base, stream_meta, codec_name) = {
         let stream = ictx
             .streams()
@@ -94,18 +273,44 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         let codec_name = stream.parameters().id().name().to_string();
         (stream.index(), stream.parameters(), stream.time_base(), stream.metadata().to_owned(), codec_name)
     };
-    // Cover art: a picture stream marked "attached" (MP4 covr, FLAC and MP3 pictures).
-    let cover = ictx
-        .streams()
-        .find(|s| s.disposition().contains(format::stream::Disposition::ATTACHED_PIC))
-        .map(|s| (s.index(), s.parameters()));
+    let mut warnings = Vec::new();
+    // Cover art: the picture a stream marked "attached" carries (MP4 covr, FLAC and MP3
+    // pictures), taken from the stream itself so the demuxer can skip every other stream.
+    let cover =
+        ictx.streams().find(|s| s.disposition().contains(format::stream::Disposition::ATTACHED_PIC)).and_then(|s| {
+            let codec = s.parameters().id();
+            // The MP3 muxer's APIC frame takes these; anything else would stall the muxer.
+            if !matches!(codec, codec::Id::MJPEG | codec::Id::PNG) {
+                return None;
+            }
+            // SAFETY: `attached_pic` is a packet the stream owns for the life of the context.
+            let data = unsafe {
+                let pic = &(*s.as_ptr()).attached_pic;
+                if pic.data.is_null() || pic.size <= 0 {
+                    return None;
+                }
+                std::slice::from_raw_parts(pic.data, pic.size as usize)
+            };
+            if data.len() > MAX_COVER_BYTES {
+                warnings.push(format!(
+                    "the cover picture ({} bytes) is over the {MAX_COVER_BYTES}-byte limit and was left out",
+                    data.len()
+                ));
+                return None;
+            }
+            Some((Packet::copy(data), s.parameters()))
+        });
+    tunewire_media_input::discard_all_but(&mut ictx, &[stream_index]);
     let claimed_s =
         if ictx.duration() > 0 { ictx.duration() as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE) } else { 0.0 };
-    if claimed_s > req.max_duration_s {
-        return Err(TranscodeError::BadMedia(format!(
-            "the file lasts {claimed_s:.0} s, longer than the {:.0} s limit",
+    let too_long = |seconds: f64| {
+        TranscodeError::BadMedia(format!(
+            "the file lasts {seconds:.0} s, longer than the {:.0} s limit",
             req.max_duration_s
-        )));
+        ))
+    };
+    if claimed_s > req.max_duration_s {
+        return Err(too_long(claimed_s));
     }
 
     let mut decoder = codec::context::Context::from_parameters(parameters)
@@ -127,20 +332,25 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
 
     // Tags: the uploader's fields win, then the container's, then the stream's.
     let container_meta = ictx.metadata().to_owned();
-    let pick = |over: &Option<String>, key: &str| {
-        over.clone().or_else(|| tag(&container_meta, key)).or_else(|| tag(&stream_meta, key))
+    let pick = |over: &Option<String>, key: &str| -> Result<Option<String>, TranscodeError> {
+        if over.is_some() {
+            return Ok(over.clone());
+        }
+        Ok(bounded(tag(&container_meta, key), key)?.or(bounded(tag(&stream_meta, key), key)?))
     };
     let tags = TrackTags {
-        title: pick(&req.overrides.title, "title").or_else(|| Some(req.fallback_title.to_string())),
-        artist: pick(&req.overrides.artist, "artist"),
-        album: pick(&req.overrides.album, "album"),
-        genre: pick(&req.overrides.genre, "genre"),
+        title: pick(&req.overrides.title, "title")?.or_else(|| Some(req.fallback_title.to_string())),
+        artist: pick(&req.overrides.artist, "artist")?,
+        album: pick(&req.overrides.album, "album")?,
+        genre: pick(&req.overrides.genre, "genre")?,
     };
     // Passed through to the MP3 as they are (ID3v2.4 TPE2, TRCK, TDRC).
-    let passthrough: Vec<(&str, String)> = [("album_artist", "album_artist"), ("track", "track"), ("date", "date")]
-        .into_iter()
-        .filter_map(|(out, key)| pick(&None, key).map(|v| (out, v)))
-        .collect();
+    let mut passthrough: Vec<(&str, String)> = Vec::new();
+    for (out, key) in [("album_artist", "album_artist"), ("track", "track"), ("date", "date")] {
+        if let Some(v) = pick(&None, key)? {
+            passthrough.push((out, v));
+        }
+    }
     let mut source = SourceFacts {
         container: ictx.format().name().to_string(),
         codec: codec_name,
@@ -149,12 +359,21 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         channels: in_channels,
         bitrate: u64::try_from(ictx.bit_rate()).unwrap_or(0),
         has_cover: cover.is_some(),
-        warnings: Vec::new(),
+        warnings,
     };
 
     let codec = ffmpeg::encoder::find_by_name("libmp3lame")
         .ok_or_else(|| TranscodeError::Internal("FFmpeg was built without libmp3lame".into()))?;
-    let mut octx = format::output_as(&req.output, "mp3").map_err(internal("creating the output file"))?;
+    let output_fault_slot = Arc::new(IoFault::default());
+    let output = Arc::new(Mutex::new(output));
+    let io = format::context::StreamIo::from_write_seek_with_capacity(
+        Shared { inner: output.clone(), fault: output_fault_slot.clone() },
+        64 * 1024,
+    )
+    .map_err(internal("creating the output"))?;
+    let mut octx = format::output_to_stream(io, None, Some("mp3")).map_err(internal("creating the output"))?;
+    let output_failed =
+        |e: ffmpeg::Error| output_error(&output_fault_slot, TranscodeError::Internal(format!("writing the MP3: {e}")));
     let mut encoder = codec::context::Context::new_with_codec(codec)
         .encoder()
         .audio()
@@ -184,12 +403,12 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         ostream.set_time_base((1, OUTPUT_RATE as i32));
     }
     // The cover goes in as a second, attached-picture stream: the mp3 muxer writes it as an
-    // APIC frame (and holds the audio back until the picture packet has come).
-    let cover_in = match &cover {
-        Some((index, parameters)) => {
+    // APIC frame, and holds audio back until the picture has come, so it is written first.
+    let cover_packet = match cover {
+        Some((packet, parameters)) => {
             let mut ostream =
                 octx.add_stream(ffmpeg::encoder::find(codec::Id::None)).map_err(internal("adding the cover stream"))?;
-            ostream.set_parameters(parameters.clone());
+            ostream.set_parameters(parameters);
             // Plain fields ffmpeg-next does not wrap: the muxer picks its own tag, and the
             // stream must say it is a picture, not video.
             unsafe {
@@ -197,7 +416,7 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
                 (*(*st).codecpar).codec_tag = 0;
                 (*st).disposition = ffmpeg::ffi::AV_DISPOSITION_ATTACHED_PIC;
             }
-            Some(*index)
+            Some(packet)
         }
         None => None,
     };
@@ -216,7 +435,21 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
     // ("encoded by") carries ours.
     out_meta.set("encoded_by", "Tunewire");
     octx.set_metadata(out_meta);
-    octx.write_header().map_err(internal("writing the MP3 header"))?;
+    octx.write_header().map_err(output_failed)?;
+    if let Some(mut packet) = cover_packet {
+        packet.set_stream(1);
+        packet.set_position(-1);
+        packet.write(&mut octx).map_err(output_failed)?;
+    }
+    // The ID3v2 tag and the Xing frame are out; the muxer comes back to the Xing frame at the
+    // end, everything after it is written once.
+    // SAFETY: `pb` is the custom I/O context `output_to_stream` installed.
+    unsafe { ffmpeg::ffi::avio_flush((*octx.as_mut_ptr()).pb) };
+    output
+        .lock()
+        .map_err(|_| TranscodeError::Internal("the output was poisoned".into()))?
+        .header_written()
+        .map_err(|e| output_error(&output_fault_slot, TranscodeError::Internal(format!("writing the MP3: {e}"))))?;
     let out_time_base = octx.stream(0).map(|s| s.time_base()).unwrap_or(Rational(1, OUTPUT_RATE as i32));
 
     let mut graph = filter::Graph::new();
@@ -256,16 +489,22 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
         sink.sink().set_frame_size(encoder.frame_size());
     }
 
+    let max_samples = (req.max_duration_s * f64::from(in_rate)) as i64;
     let mut pipeline = Pipeline { graph, encoder, out_time_base, in_samples: 0, out_samples: 0, in_layout };
-    let mut packet = Packet::empty();
     let mut read_errors = 0u32;
     let mut decode_errors = 0u32;
     let mut decoded = frame::Audio::empty();
     loop {
+        // A fresh packet each time: reading into one that still holds a buffer leaks it.
+        let mut packet = Packet::empty();
         match packet.read(&mut ictx) {
             Ok(()) => {}
             Err(ffmpeg::Error::Eof) => break,
+            Err(ffmpeg::Error::Exit) => return Err(source_failed(&source_fault).unwrap_or_else(time_limit)),
             Err(e) => {
+                if let Some(fault) = source_failed(&source_fault) {
+                    return Err(fault);
+                }
                 read_errors += 1;
                 if read_errors > MAX_READ_ERRORS {
                     return Err(TranscodeError::BadMedia(format!(
@@ -275,20 +514,8 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
                 continue;
             }
         }
-        if started.elapsed() > req.time_limit {
-            return Err(TranscodeError::BadMedia(format!(
-                "converting took longer than the {} s limit",
-                req.time_limit.as_secs()
-            )));
-        }
-        if Some(packet.stream()) == cover_in {
-            packet.set_stream(1);
-            packet.set_position(-1);
-            // A broken picture is not worth failing the track for.
-            if let Err(e) = packet.write(&mut octx) {
-                tracing::warn!(error = %e, "the cover could not be copied");
-            }
-            continue;
+        if Instant::now() >= deadline {
+            return Err(time_limit());
         }
         if packet.stream() != stream_index {
             continue;
@@ -298,7 +525,14 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
             continue;
         }
         while decoder.receive_frame(&mut decoded).is_ok() {
-            pipeline.push(&mut decoded, &mut octx)?;
+            pipeline.push(&mut decoded, &mut octx).map_err(|e| output_error(&output_fault_slot, e))?;
+        }
+        // Counted as decoded, not as the header claims: a file can lie about its length.
+        if pipeline.in_samples > max_samples {
+            return Err(TranscodeError::BadMedia(format!(
+                "the audio decodes to more than the {:.0} s limit",
+                req.max_duration_s
+            )));
         }
         if claimed_s > 0.0 {
             progress((pipeline.in_samples as f64 / f64::from(in_rate) / claimed_s).min(1.0) as f32);
@@ -306,15 +540,25 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
     }
     let _ = decoder.send_eof();
     while decoder.receive_frame(&mut decoded).is_ok() {
-        pipeline.push(&mut decoded, &mut octx)?;
+        pipeline.push(&mut decoded, &mut octx).map_err(|e| output_error(&output_fault_slot, e))?;
     }
-    pipeline.finish(&mut octx)?;
+    pipeline.finish(&mut octx).map_err(|e| output_error(&output_fault_slot, e))?;
     if pipeline.out_samples == 0 {
         return Err(TranscodeError::BadMedia(format!(
             "the audio track holds no sound that could be decoded ({decode_errors} damaged packets)"
         )));
     }
-    octx.write_trailer().map_err(internal("finishing the MP3 file"))?;
+    octx.write_trailer().map_err(output_failed)?;
+    unsafe { ffmpeg::ffi::avio_flush((*octx.as_mut_ptr()).pb) };
+    // The muxer ignores a failed seek back to the Xing frame; we do not.
+    if let Some(e) = output_fault(&output_fault_slot) {
+        return Err(e);
+    }
+    let size = output
+        .lock()
+        .map_err(|_| TranscodeError::Internal("the output was poisoned".into()))?
+        .finish()
+        .map_err(|e| TranscodeError::Internal(format!("finishing the MP3: {e}")))?;
     progress(1.0);
     let decoded_s = pipeline.in_samples as f64 / f64::from(in_rate);
     if claimed_s > 0.0 && decoded_s < claimed_s * (1.0 - SHORT_AUDIO_TOLERANCE) {
@@ -325,6 +569,7 @@ pub fn transcode(req: &Request<'_>, progress: &mut dyn FnMut(f32)) -> Result<Rep
     }
 
     Ok(Report {
+        size,
         duration_s: pipeline.out_samples as f64 / f64::from(OUTPUT_RATE),
         bitrate: bitrate_kbps(req.preset).map_or(0, |k| k * 1000),
         sample_rate: OUTPUT_RATE,

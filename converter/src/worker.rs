@@ -1,9 +1,8 @@
-//! Handling one `media.uploaded`: fetch the original, transcode on a blocking thread, store
-//! the MP3, announce the outcome. Idempotent: the MP3's id is derived from the job id, so a
-//! redelivered job finds its finished output (and republishes) or the debris of a crash
-//! (and replaces it).
+//! Handling one `media.uploaded`: transcode on a blocking thread from the original's GridFS
+//! chunks to the MP3's, as they are read and encoded, and announce the outcome. Idempotent:
+//! the MP3's id is derived from the job id, so a redelivered job finds its finished output
+//! (and republishes) or the debris of a crash (and replaces it).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +15,19 @@ use tunewire_events::{
     FileId, HandleError, HandleResultExt, Incoming, JobId, MediaConverted, MediaFailed, MediaProgress, MediaUploaded,
     Publisher,
 };
-use tunewire_media_store::{Bucket, FileInfo, MediaStore};
+use tunewire_media_store::{Bucket, ChunkWriter, FileInfo, MediaStore};
 
 use crate::transcode::{self, TranscodeError};
-use crate::work_dir::WorkDir;
 
-/// Attempts at a conversion that fails inside FFmpeg before the job is failed.
+/// Deliveries of a job whose conversion fails on our side (inside FFmpeg, or the converter
+/// died on it) before the job is failed; each is a broker delivery, so a converter that
+/// crashes on a file counts as surely as one that reports an error.
 const INTERNAL_ERROR_ATTEMPTS: u32 = 3;
+/// Deliveries after which a job is failed before it is even tried: converters kept dying on
+/// it (a crash inside FFmpeg). Above INTERNAL_ERROR_ATTEMPTS, so that restarts and broker
+/// outages that hand work back are not mistaken for crashes; below the queue's delivery
+/// limit, so the job fails with a reason instead of being dead-lettered.
+const CRASH_DELIVERIES: u32 = 6;
 
 /// The MP3 of a job always has the same GridFS id.
 pub fn audio_file_id(job: JobId) -> FileId {
@@ -34,33 +39,8 @@ pub fn audio_file_id(job: JobId) -> FileId {
 
 pub struct Worker {
     pub store: MediaStore,
-    pub work_dir: WorkDir,
     pub max_duration_s: f64,
     pub time_limit: std::time::Duration,
-}
-
-/// A job's files in the work folder, removed however the handler ends (panics included).
-struct WorkFiles {
-    input: PathBuf,
-    output: PathBuf,
-}
-
-impl WorkFiles {
-    fn new(dir: &Path, job: JobId) -> Self {
-        Self { input: dir.join(format!("{job}.source")), output: dir.join(format!("{job}.mp3")) }
-    }
-}
-
-impl Drop for WorkFiles {
-    fn drop(&mut self) {
-        for path in [&self.input, &self.output] {
-            if let Err(e) = std::fs::remove_file(path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(path = %path.display(), error = %e, "could not remove a work file");
-            }
-        }
-    }
 }
 
 fn stem(filename: &str) -> &str {
@@ -156,29 +136,29 @@ impl Worker {
             warn!(%job_id, chunks = discarded, "removed a half-written output left by a crash");
         }
 
-        let files = WorkFiles::new(self.work_dir.path(), job_id);
-        let fetched = self
-            .store
-            .download_to(Bucket::Uploads, &event.source.file_id, &files.input)
-            .await
-            .or_retry("fetching the original")?;
-        if fetched.is_none() {
-            return fail(&msg.publisher, &event, "the uploaded file is no longer stored".into()).await;
+        if msg.deliveries >= CRASH_DELIVERIES {
+            let reason =
+                format!("this file could not be converted (the converter stopped on it {} times)", msg.deliveries);
+            return fail(&msg.publisher, &event, reason).await;
         }
+        let Some(source) =
+            self.store.reader(Bucket::Uploads, &event.source.file_id).await.or_retry("opening the original")?
+        else {
+            return fail(&msg.publisher, &event, "the uploaded file is no longer stored".into()).await;
+        };
 
-        info!(%job_id, attempt = msg.attempt, "converting");
+        info!(%job_id, deliveries = msg.deliveries, "converting");
         let (progress_tx, progress_rx) = watch::channel(0f32);
         let forwarder = tokio::spawn(forward_progress(job_id, progress_rx, msg.publisher.clone()));
-        let (input, output) = (files.input.clone(), files.output.clone());
         let (preset, overrides, max_duration_s) = (event.preset, event.overrides.clone(), self.max_duration_s);
         let time_limit = self.time_limit;
         let normalize_loudness = event.normalize_loudness;
         let fallback_title = stem(&event.source.filename).to_string();
+        let upload = self.store.chunk_upload(Bucket::Audio, audio_id.clone());
+        let (chunks, incoming) = tokio::sync::mpsc::channel(ChunkWriter::CHANNEL);
         let started = std::time::Instant::now();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let converting = tokio::task::spawn_blocking(move || {
             let request = transcode::Request {
-                input: &input,
-                output: &output,
                 preset,
                 overrides: &overrides,
                 fallback_title: &fallback_title,
@@ -186,22 +166,34 @@ impl Worker {
                 normalize_loudness,
                 time_limit,
             };
-            transcode::transcode(&request, &mut |p| {
+            let sink = ChunkWriter::new(chunks, request.max_output_bytes(), transcode::MAX_HEADER_BYTES);
+            fail::fail_point!("converter::transcode", |_| std::process::abort());
+            transcode::transcode(&request, source, sink, &mut |p| {
                 progress_tx.send_replace(p);
             })
-        })
-        .await;
+        });
+        let (inserted, outcome) = futures_util::future::join(upload.run(incoming), converting).await;
         forwarder.abort();
+        if !matches!((&outcome, &inserted), (Ok(Ok(_)), Ok(_)))
+            && let Err(e) = upload.abort().await
+        {
+            warn!(%job_id, error = %e, "could not remove a partial output");
+        }
+        // The store failing explains whatever the transcoder made of it.
+        if let Err(e) = inserted {
+            return Err(HandleError::Retry(format!("storing the MP3: {e}")));
+        }
         let report = match outcome {
             Ok(Ok(report)) => report,
             Ok(Err(TranscodeError::BadMedia(reason))) => return fail(&msg.publisher, &event, reason).await,
-            // Retried a few times (it may be the machine: a full disk), then the job fails with
-            // the reason rather than waiting in a dead-letter queue.
-            Ok(Err(TranscodeError::Internal(e))) if msg.attempt + 1 >= INTERNAL_ERROR_ATTEMPTS => {
+            // Given back to the broker a few times (it may be this machine: memory, a store
+            // that went away), then the job fails with the reason rather than waiting in a
+            // dead-letter queue.
+            Ok(Err(TranscodeError::Internal(e))) if msg.deliveries + 1 >= INTERNAL_ERROR_ATTEMPTS => {
                 let reason = format!("this file could not be converted ({e}; tried {INTERNAL_ERROR_ATTEMPTS} times)");
                 return fail(&msg.publisher, &event, reason).await;
             }
-            Ok(Err(TranscodeError::Internal(e))) => return Err(HandleError::Retry(format!("transcoding: {e}"))),
+            Ok(Err(TranscodeError::Internal(e))) => return Err(HandleError::Requeue(format!("transcoding: {e}"))),
             Err(panic) => {
                 warn!(%job_id, error = %panic, "the transcoder panicked");
                 return fail(&msg.publisher, &event, "this file could not be converted (internal error)".into()).await;
@@ -217,16 +209,17 @@ impl Worker {
             channels: report.channels,
         };
         let name = format!("{}.mp3", stem(&event.source.filename));
-        let stored = self
-            .store
-            .store_path(Bucket::Audio, audio_id, &name, output_metadata(job_id, &output, &report.tags), &files.output)
-            .await
-            .or_retry("storing the MP3")?;
-        output.size = stored.size;
+        output.size = report.size;
         if output.bitrate == 0 && output.duration_s > 0.0 {
-            output.bitrate = (stored.size as f64 * 8.0 / output.duration_s) as u32;
+            output.bitrate = (report.size as f64 * 8.0 / output.duration_s) as u32;
         }
-        info!(%job_id, duration_s = report.duration_s, took_ms = started.elapsed().as_millis() as u64, size = stored.size, "converted");
+        if let Err(e) = upload.complete(report.size, &name, output_metadata(job_id, &output, &report.tags)).await {
+            if let Err(abort) = upload.abort().await {
+                warn!(%job_id, error = %abort, "could not remove a partial output");
+            }
+            return Err(HandleError::Retry(format!("storing the MP3: {e}")));
+        }
+        info!(%job_id, duration_s = report.duration_s, took_ms = started.elapsed().as_millis() as u64, size = report.size, "converted");
         let converted = MediaConverted {
             job_id,
             owner: event.owner.clone(),

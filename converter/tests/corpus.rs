@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode};
+use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode_file};
 use tunewire_events::Preset;
 use tunewire_events::contract::TrackTags;
 use tunewire_test_stack::media::{ffmpeg, probe};
@@ -43,8 +43,6 @@ fn convert_with(
 ) -> Result<Report, TranscodeError> {
     let overrides = TrackTags::default();
     let request = Request {
-        input,
-        output,
         preset,
         overrides: &overrides,
         fallback_title: "fallback",
@@ -52,7 +50,7 @@ fn convert_with(
         normalize_loudness,
         time_limit: Duration::from_secs(600),
     };
-    transcode(&request, &mut |_| {})
+    transcode_file(&request, input, output, &mut |_| {})
 }
 
 struct Expect {

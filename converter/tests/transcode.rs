@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode};
+use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode_file};
 use tunewire_events::Preset;
 use tunewire_events::contract::TrackTags;
 use tunewire_test_stack::media;
@@ -43,8 +43,6 @@ fn probe(path: &Path) -> (String, u32, u32, f64, String) {
 
 fn run(input: &Path, output: &Path, overrides: &TrackTags) -> Result<Report, TranscodeError> {
     let request = Request {
-        input,
-        output,
         preset: Preset::Cbr192,
         overrides,
         fallback_title: "fallback",
@@ -52,7 +50,7 @@ fn run(input: &Path, output: &Path, overrides: &TrackTags) -> Result<Report, Tra
         normalize_loudness: false,
         time_limit: std::time::Duration::from_secs(600),
     };
-    transcode(&request, &mut |_| {})
+    transcode_file(&request, input, output, &mut |_| {})
 }
 
 #[test]

@@ -169,7 +169,6 @@ impl Pipeline {
                         urls.amqp_url.clone(),
                         urls.mongo_uri.clone(),
                         sandbox.mongo_database.clone(),
-                        scratch.join("work"),
                     )
                 },
                 shutdown.clone(),

@@ -33,6 +33,9 @@ pub struct Incoming<E> {
     /// Earlier attempts at this message: 0 the first time. Deliveries are counted by the
     /// broker (so they survive consumer restarts), plus retries in place of this one.
     pub attempt: u32,
+    /// Earlier deliveries of this message, as the broker counts them (`x-delivery-count`):
+    /// consumers that crashed or gave it back, not retries in place.
+    pub deliveries: u32,
     pub publisher: Publisher,
 }
 
@@ -44,6 +47,10 @@ pub enum HandleError {
     /// Permanent for this message: dead-letter it now.
     #[error("abort: {0}")]
     Abort(String),
+    /// Something about this message failed on our side: give it back to the broker now (it
+    /// counts against the delivery limit), so the next attempt may be another consumer's.
+    #[error("requeue: {0}")]
+    Requeue(String),
 }
 
 /// States at each `?` what a failure means for the message.
@@ -173,7 +180,13 @@ struct DeliveryContext {
 }
 
 /// Decodes the delivery and runs the handler once; `attempt` counts earlier attempts.
-async fn attempt_once<E, H, Fut>(bus: &Bus, delivery: &Delivery, attempt: u32, handler: &H) -> Result<(), HandleError>
+async fn attempt_once<E, H, Fut>(
+    bus: &Bus,
+    delivery: &Delivery,
+    attempt: u32,
+    deliveries: u32,
+    handler: &H,
+) -> Result<(), HandleError>
 where
     E: Message,
     H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
@@ -184,7 +197,7 @@ where
         .map_err(|e| HandleError::Abort(format!("malformed {routing_key} message: {e}")))?;
     let publisher = bus.publisher().await.map_err(|e| HandleError::Retry(format!("no publishing session: {e}")))?;
     // The handler runs in its own task so that a panic is contained and answered.
-    match tokio::spawn(handler(Incoming { event, attempt, publisher })).await {
+    match tokio::spawn(handler(Incoming { event, attempt, deliveries, publisher })).await {
         Ok(outcome) => outcome,
         Err(join) => Err(HandleError::Abort(format!("{routing_key} handler panicked: {join}"))),
     }
@@ -202,7 +215,7 @@ where
     let first_try = std::time::Instant::now();
     let mut attempt = deliveries;
     let outcome = loop {
-        let outcome = attempt_once(&bus, &delivery, attempt, &handler).await;
+        let outcome = attempt_once(&bus, &delivery, attempt, deliveries, &handler).await;
         let Err(HandleError::Retry(reason)) = &outcome else { break outcome };
         let delay = retry_delay(attempt);
         // Past the budget, at shutdown, or with the channel gone (the broker has already put
@@ -226,7 +239,7 @@ where
             error!(queue = spec.name, %routing_key, attempt, %reason, "giving up on message; dead-lettering it");
             delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
         }
-        Err(HandleError::Retry(reason)) => {
+        Err(HandleError::Retry(reason) | HandleError::Requeue(reason)) => {
             warn!(queue = spec.name, %routing_key, attempt, deliveries, %reason, "requeueing message");
             delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
         }

@@ -2,6 +2,12 @@
 //! Everything streams; a file is never held whole in memory. Writes are journaled (`j: true`)
 //! so an acknowledged file survives a server crash.
 
+mod reader;
+mod writer;
+
+pub use reader::ChunkReader;
+pub use writer::{CHUNK_SIZE, ChunkUpload, ChunkWriter, WriteError};
+
 use std::path::Path;
 
 use bytes::Bytes;
@@ -9,8 +15,8 @@ use futures_util::io::AsyncWriteExt;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
 use mongodb::gridfs::{GridFsBucket, GridFsDownloadStream};
-use mongodb::options::{GridFsBucketOptions, IndexOptions, WriteConcern};
-use mongodb::{Client, Database, IndexModel};
+use mongodb::options::{CollectionOptions, GridFsBucketOptions, IndexOptions, WriteConcern};
+use mongodb::{Client, Collection, Database, IndexModel};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -89,7 +95,7 @@ pub struct MediaStore {
     audio: GridFsBucket,
 }
 
-fn oid(id: &FileId) -> Bson {
+pub(crate) fn oid(id: &FileId) -> Bson {
     Bson::ObjectId(ObjectId::from_bytes(id.bytes()))
 }
 
@@ -254,6 +260,33 @@ impl MediaStore {
         Ok(Some((info, stream)))
     }
 
+    /// The file as a blocking `Read + Seek` over its chunks (see `ChunkReader`), or `None`
+    /// when there is no such (complete) file. Its fetches run on the current runtime.
+    pub async fn reader(&self, bucket: Bucket, id: &FileId) -> Result<Option<ChunkReader>, StoreError> {
+        let Some(info) = self.info(bucket, id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ChunkReader::new(tokio::runtime::Handle::current(), self.chunks(bucket), info)))
+    }
+
+    /// Writes a file under `id` chunk by chunk: feed it from a `ChunkWriter`, then `complete`
+    /// it. Leftover chunks of an earlier attempt must be discarded first (`discard_partial`).
+    pub fn chunk_upload(&self, bucket: Bucket, id: FileId) -> ChunkUpload {
+        ChunkUpload {
+            chunks: self.chunks(bucket),
+            files: self.db.collection_with_options(&format!("{}.files", bucket.name()), self.journaled()),
+            id,
+        }
+    }
+
+    fn chunks(&self, bucket: Bucket) -> Collection<Document> {
+        self.db.collection_with_options(&format!("{}.chunks", bucket.name()), self.journaled())
+    }
+
+    fn journaled(&self) -> CollectionOptions {
+        CollectionOptions::builder().write_concern(WriteConcern::builder().journal(true).build()).build()
+    }
+
     /// Bytes `start..=end` of a stored file, read straight from the chunks that hold them
     /// (a few chunks in memory at a time). A missing or short chunk is an error, not silence.
     pub async fn read_range(
@@ -306,7 +339,6 @@ impl MediaStore {
         let mut file = tokio::fs::File::create(path).await?;
         let copied = tokio::io::copy(&mut reader, &mut file).await?;
         file.flush().await?;
-        file.sync_all().await?;
         Ok(Some(copied))
     }
 

@@ -1,16 +1,47 @@
 //! A TCP proxy a test can cut: point a service at it, call `down()` to drop every connection
-//! and refuse new ones (the dependency "goes away"), `up()` to let traffic through again.
+//! and refuse new ones (the dependency "goes away"), `stall()` to keep connections open but
+//! pass nothing (a dependency that hangs), `up()` to let traffic through again.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Up,
+    Stalled,
+    Down,
+}
 
 #[derive(Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
-    up: Arc<watch::Sender<bool>>,
+    up: Arc<watch::Sender<Mode>>,
+}
+
+/// Copies one direction; a stalled link holds what it read until it flows again.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = mode.wait_for(|m| *m == Mode::Down) => return,
+        };
+        match mode.wait_for(|m| *m != Mode::Stalled).await {
+            Ok(m) if *m == Mode::Up => {}
+            _ => return,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -18,24 +49,22 @@ impl Proxy {
     pub async fn start(target: String) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (up, _) = watch::channel(true);
+        let (up, _) = watch::channel(Mode::Up);
         let up = Arc::new(up);
         let state = up.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                if !*state.borrow() {
+                if *state.borrow() == Mode::Down {
                     drop(client);
                     continue;
                 }
                 let target = target.clone();
-                let mut watch = state.subscribe();
+                let mode = state.subscribe();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else { return };
-                    let (mut client, mut server) = (client, server);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watch.wait_for(|up| !*up) => {}
-                    }
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::join!(pump(client_read, server_write, mode.clone()), pump(server_read, client_write, mode));
                 });
             }
         });
@@ -43,11 +72,15 @@ impl Proxy {
     }
 
     pub fn down(&self) {
-        self.up.send_replace(false);
+        self.up.send_replace(Mode::Down);
+    }
+
+    pub fn stall(&self) {
+        self.up.send_replace(Mode::Stalled);
     }
 
     pub fn up(&self) {
-        self.up.send_replace(true);
+        self.up.send_replace(Mode::Up);
     }
 
     /// `url` with its `host:port` replaced by the proxy's.

@@ -207,26 +207,25 @@ pub async fn dependencies_down_at_start() -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn converter_env(p: &Pipeline, work: &Path) -> Vec<(&'static str, String)> {
+fn converter_env(p: &Pipeline) -> Vec<(&'static str, String)> {
     vec![
         ("AMQP_URL", p.urls.amqp_url.clone()),
         ("MONGODB_URI", p.urls.mongo_uri.clone()),
         ("MONGODB_DATABASE", p.sandbox.mongo_database.clone()),
-        ("CONVERTER_WORK_DIR", work.display().to_string()),
         ("CONVERTER_HEALTH_BIND", "127.0.0.1:0".into()),
         ("CONVERTER_CONCURRENCY", "2".into()),
     ]
 }
 
-/// An MP3 being written in the work folder of converter `pid`: it is mid-conversion.
-fn converting(work: &Path, pid: u32) -> anyhow::Result<Option<PathBuf>> {
-    let prefix = format!("run-{pid}-");
-    Ok(tunewire_test_stack::files_under(work)?.into_iter().find(|f| {
-        let in_its_folder =
-            f.parent().and_then(|d| d.file_name()).and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix));
-        let growing = std::fs::metadata(f).is_ok_and(|m| m.len() > 0);
-        in_its_folder && f.extension().is_some_and(|e| e == "mp3") && growing
-    }))
+/// The sandbox's MP3 chunks, and how many of them belong to no stored file.
+async fn audio_chunks(p: &Pipeline) -> anyhow::Result<(u64, u64)> {
+    use mongodb::bson::{Document, doc};
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let chunks = db.collection::<Document>("audio.chunks");
+    let all = chunks.count_documents(doc! {}).await?;
+    let files: Vec<mongodb::bson::Bson> = db.collection::<Document>("audio.files").distinct("_id", doc! {}).await?;
+    let orphans = chunks.count_documents(doc! {"files_id": {"$nin": files}}).await?;
+    Ok((all, orphans))
 }
 
 pub async fn converter_sigkilled() -> anyhow::Result<Report> {
@@ -236,31 +235,32 @@ pub async fn converter_sigkilled() -> anyhow::Result<Report> {
     // Ten minutes each: a few seconds of conversion, long enough to be killed in.
     let clips = burst::make_clips(&p, "kill", 6, 600)?;
     let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
-    let work = p.scratch.join("converter-work");
     for kill in 1..=KILLS {
-        let converter = ServiceProcess::spawn("converter", &converter_env(&p, &work)).await?;
+        // MP3 chunks are stored as they are encoded: chunks that belong to no file yet mean
+        // a conversion is under way.
+        let (_, before) = audio_chunks(&p).await?;
+        let converter = ServiceProcess::spawn("converter", &converter_env(&p)).await?;
         let pid = converter.pid().context("no pid")?;
         let what = format!("converter {kill} to be mid-conversion");
-        let mp3 = eventually(&what, PIPELINE_DEADLINE, || async { converting(&work, pid) }).await?;
+        let orphans = eventually(&what, PIPELINE_DEADLINE, || async {
+            let (_, orphans) = audio_chunks(&p).await?;
+            Ok::<_, anyhow::Error>((orphans > before).then_some(orphans))
+        })
+        .await?;
         converter.kill().await?;
-        println!("  killed converter {kill} (pid {pid}) while it wrote {}", mp3.display());
+        println!("  killed converter {kill} (pid {pid}) with {orphans} MP3 chunks written and no file yet");
     }
     let restarted_at = Instant::now();
-    let converter = ServiceProcess::spawn("converter", &converter_env(&p, &work)).await?;
+    let converter = ServiceProcess::spawn("converter", &converter_env(&p)).await?;
     let accountant = Accountant::connect(&p).await?;
     let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
     require_clean(&tally)?;
     // Killed work was handed back by the broker, not lost with the process.
     let redelivered = p.sandbox.queue_stat("converter.media-uploaded", "redeliver").await?;
     ensure!(redelivered >= KILLS as u64, "only {redelivered} redeliveries after {KILLS} kills");
-    // The dead converters' half-written files went when the last one started.
-    let left: Vec<PathBuf> = tunewire_test_stack::files_under(&work)?
-        .into_iter()
-        .filter(|f| f.file_name().is_none_or(|n| n != ".lock"))
-        .collect();
-    ensure!(left.is_empty(), "work files left behind: {left:?}");
-    let folders = std::fs::read_dir(&work)?.count();
-    ensure!(folders == 1, "{folders} work folders: the dead converters' were not removed");
+    // The dead converters' half-written MP3s were replaced when their jobs were redone.
+    let (chunks, orphans) = audio_chunks(&p).await?;
+    ensure!(orphans == 0, "{orphans} of {chunks} MP3 chunks belong to no file: half-written output left behind");
     ensure!(tunewire_e2e::readiness(&p.http, converter.health).await?.0, "the restarted converter is not ready");
     converter.kill().await?;
     let report = Report {

@@ -122,7 +122,6 @@ impl Gateway {
                         sandbox.amqp_url.clone(),
                         sandbox.stack.mongo_uri.clone(),
                         sandbox.mongo_database.clone(),
-                        scratch.join("work"),
                     )
                 },
                 shutdown.clone(),
