@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(host_port("mongodb://127.0.0.1:27017"), "127.0.0.1:27017");
         let proxy = Proxy {
             addr: "127.0.0.1:9".parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-            up: Arc::new(watch::channel(true).0),
+            up: Arc::new(watch::channel(Mode::Up).0),
         };
         assert_eq!(proxy.url_for("amqp://u:p@127.0.0.1:5672/vh"), "amqp://u:p@127.0.0.1:9/vh");
     }
