@@ -1,147 +1,492 @@
-//! Converter benchmark, printed as figures (`scripts/bench`; not a test):
+//! Converter benchmark on production-shaped input through the real path, printed as figures
+//! (`scripts/bench converter`, which first makes the corpus with `scripts/bench-corpus`). Not a
+//! test: it asserts no timing, but fails when a job ends `media.failed` or misses its deadline.
 //!
-//! 1. A 10-minute H.264/AAC MP4 to 192 kb/s MP3: the converter's code path against
-//!    `ffmpeg -i in.mp4 -vn -ar 44100 -c:a libmp3lame -b:a 192k`, alternating, 5 runs each;
-//!    both medians and their ratio (target <= 1.05).
-//! 2. What loudness normalisation costs on the same file.
-//! 3. 20 one-minute jobs on 1 worker and on 2: the throughput ratio.
-//! 4. Peak RSS of one conversion.
+//! Per corpus file and measured run: the ffmpeg CLI converting it from local disk
+//! (`ffmpeg -v error -y -i IN -vn -ar 44100 -c:a libmp3lame -b:a 192k OUT.mp3`), then the real
+//! path: a SecantusDB server of its own on an empty folder, a RabbitMQ vhost of its own, the file
+//! in GridFS bucket `uploads`, the converter as its own release process
+//! (`CONVERTER_CONCURRENCY=1`), timed from publishing `media.uploaded` to `media.converted`
+//! arriving. Then two copies of the 720p video converted at once (`CONVERTER_CONCURRENCY=2`).
+//!
+//! Targets: stage/CLI ratio <= 1.10 on every file; one conversion's peak RSS (VmHWM) at most
+//! 64 MiB over the idle converter's RSS; the two-at-once run's peak < 160 MiB.
+//!
+//! `TUNEWIRE_BENCH_RUNS=N` (default 1): N alternating runs per file, medians printed.
+//! `TUNEWIRE_BENCH_FILES=a.mp4,b.wav`: only these corpus files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tunewire_converter::transcode::{Request, transcode};
-use tunewire_events::Preset;
-use tunewire_events::contract::TrackTags;
-use tunewire_test_stack::media::h264_aac_mp4;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tunewire_events::contract::{Owner, SourceFile, TrackTags};
+use tunewire_events::topology::{CONVERTER_QUEUE, NOTIFIER_QUEUE};
+use tunewire_events::{Bus, HandleError, Incoming, JobId, MediaConverted, MediaUploaded, Outcome, Preset, UserId};
+use tunewire_media_store::{Bucket, MediaStore, StoredFile};
+use tunewire_test_stack::bench::{FreshMongo, free_port, status_kib};
+use tunewire_test_stack::{Sandbox, eventually, media};
+
+const CONVERTER: &str = env!("CARGO_BIN_EXE_tunewire-converter");
+const CORPUS: [&str; 4] = ["video-720p-10min.mp4", "podcast-2h.m4a", "wav-1gib.wav", "video-1080p-60s.mkv"];
+const TWICE: &str = "video-720p-10min.mp4";
+const RATIO_TARGET: f64 = 1.10;
+const GROWTH_TARGET_MIB: f64 = 64.0;
+const PAIR_PEAK_TARGET_MIB: f64 = 160.0;
 
 fn media_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-media")
 }
 
-fn mp4_of(seconds: u32) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(media_dir())?;
-    let path = media_dir().join(format!("h264-aac-{seconds}s.mp4"));
-    if !path.exists() {
-        h264_aac_mp4(&path, seconds, &[("title", "Bench")])?;
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
-    Ok(path)
 }
 
-fn ours(input: &Path, output: &Path, normalize_loudness: bool) -> anyhow::Result<Duration> {
-    let overrides = TrackTags::default();
-    let request = Request {
-        input,
-        output,
-        preset: Preset::Cbr192,
-        overrides: &overrides,
-        fallback_title: "bench",
-        max_duration_s: 4.0 * 3600.0,
-        normalize_loudness,
-        time_limit: Duration::from_secs(3600),
-    };
-    let started = Instant::now();
-    transcode(&request, &mut |_| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(started.elapsed())
+/// CPU seconds per `/proc/*/stat` tick.
+fn tick_s() -> f64 {
+    let hz = Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| {
+        String::from_utf8(o.stdout).ok().and_then(|s| s.trim().parse::<f64>().ok()).filter(|hz| *hz > 0.0)
+    });
+    1.0 / hz.unwrap_or(100.0)
 }
 
-fn cli(input: &Path, output: &Path) -> anyhow::Result<Duration> {
+/// Ticks from `/proc/PID/stat` (`self` for this process): user + system of the process itself,
+/// or of its children already waited for. CPU time is reported beside wall time because the
+/// machine is shared: it shows whether a slow figure was work or waiting for a core.
+fn cpu_ticks(pid: &str, children: bool) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces: field 3 (state) onwards.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let at = if children { 13 } else { 11 };
+    Some(fields.get(at)?.parse::<u64>().ok()? + fields.get(at + 1)?.parse::<u64>().ok()?)
+}
+
+struct CliRun {
+    wall: Duration,
+    cpu_s: f64,
+    duration_s: f64,
+}
+
+fn cli(input: &Path, output: &Path, tick: f64) -> anyhow::Result<CliRun> {
+    let before = cpu_ticks("self", true).unwrap_or(0);
     let started = Instant::now();
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
         .arg(input)
         .args(["-vn", "-ar", "44100", "-c:a", "libmp3lame", "-b:a", "192k"])
         .arg(output)
-        .status()?;
+        .stdin(Stdio::null())
+        .status()
+        .context("running the ffmpeg CLI")?;
+    let wall = started.elapsed();
     if !status.success() {
-        bail!("ffmpeg failed");
+        bail!("ffmpeg CLI on {} failed: {status}", input.display());
     }
-    Ok(started.elapsed())
+    let cpu_s = cpu_ticks("self", true).unwrap_or(0).saturating_sub(before) as f64 * tick;
+    let probe = media::probe(output)?;
+    let duration_s = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(f64::NAN);
+    Ok(CliRun { wall, cpu_s, duration_s })
 }
 
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
+/// The converter binary as its own process, stopped (SIGTERM) or killed when dropped.
+struct ConverterProcess {
+    child: Child,
+    log: PathBuf,
 }
 
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn main() -> anyhow::Result<()> {
-    tunewire_converter::transcode::init().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let work = std::env::temp_dir().join(format!("tw-bench-convert-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let long = mp4_of(600)?;
-    let minute = mp4_of(60)?;
-
-    // First, while the process is fresh: the peak memory one conversion adds.
-    let before = peak_rss_kib().unwrap_or(0);
-    ours(&long, &work.join("rss.mp3"), false)?;
-    let after = peak_rss_kib().unwrap_or(0);
-    println!(
-        "peak RSS of one 10-minute conversion: +{:.1} MiB (process peak {:.1} MiB)",
-        (after.saturating_sub(before)) as f64 / 1024.0,
-        after as f64 / 1024.0
-    );
-
-    println!("== 10-minute H.264/AAC MP4 -> 192 kb/s MP3, 5 runs each, alternating ==");
-    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
-    for run in 1..=5 {
-        let a = ours(&long, &work.join("ours.mp3"), false)?;
-        let b = cli(&long, &work.join("cli.mp3"))?;
-        println!("run {run}: converter {:>6.2} s   ffmpeg CLI {:>6.2} s", a.as_secs_f64(), b.as_secs_f64());
-        mine.push(a);
-        theirs.push(b);
+impl ConverterProcess {
+    fn spawn(sandbox: &Sandbox, mongo_uri: &str, concurrency: u16, scratch: &Path) -> anyhow::Result<Self> {
+        let log = scratch.join("converter.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(CONVERTER)
+            .env("AMQP_URL", &sandbox.amqp_url)
+            .env("MONGODB_URI", mongo_uri)
+            .env("MONGODB_DATABASE", &sandbox.mongo_database)
+            .env("CONVERTER_HEALTH_BIND", format!("127.0.0.1:{}", free_port()?))
+            .env("CONVERTER_CONCURRENCY", concurrency.to_string())
+            .env("CONVERTER_WORK_DIR", scratch.join("work"))
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {CONVERTER}"))?;
+        Ok(Self { child, log })
     }
-    let (m, t) = (median(mine), median(theirs));
-    println!(
-        "median: converter {:.2} s, ffmpeg CLI {:.2} s, ratio {:.3} (target <= 1.05)",
-        m.as_secs_f64(),
-        t.as_secs_f64(),
-        m.as_secs_f64() / t.as_secs_f64()
-    );
 
-    let loud: Vec<Duration> =
-        (0..3).map(|_| ours(&long, &work.join("loud.mp3"), true)).collect::<anyhow::Result<_>>()?;
-    let l = median(loud);
-    println!(
-        "loudness normalisation: {:.2} s median of 3, {:.2}x plain",
-        l.as_secs_f64(),
-        l.as_secs_f64() / m.as_secs_f64()
-    );
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
 
-    println!("== 20 one-minute jobs ==");
-    let jobs = 20;
-    let mut throughput = Vec::new();
-    for workers in [1usize, 2] {
-        let started = Instant::now();
-        std::thread::scope(|scope| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..workers)
-                .map(|w| {
-                    let (minute, work) = (&minute, &work);
-                    scope.spawn(move || -> anyhow::Result<()> {
-                        for job in (w..jobs).step_by(workers) {
-                            ours(minute, &work.join(format!("job-{job}.mp3")), false)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for handle in handles {
-                handle.join().map_err(|_| anyhow::anyhow!("a worker panicked"))??;
+    /// VmRSS and VmHWM, until the process exits (a zombie has neither).
+    fn memory_kib(&self) -> Option<(u64, u64)> {
+        Some((status_kib(self.pid(), "VmRSS")?, status_kib(self.pid(), "VmHWM")?))
+    }
+
+    /// The end of its log, for an error message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn fail(&self, what: String) -> anyhow::Error {
+        anyhow::anyhow!("{what}\n--- converter log ({}), last lines:\n{}", self.log.display(), self.log_tail())
+    }
+
+    /// SIGTERM, then the converter's own shutdown deadline to exit.
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().context("sending SIGTERM")?;
+        let grace = Duration::from_secs(tunewire_converter::SHUTDOWN_DEADLINE_S + 10);
+        let until = Instant::now() + grace;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
             }
-            Ok(())
-        })?;
-        let elapsed = started.elapsed();
-        let per_minute = jobs as f64 / elapsed.as_secs_f64() * 60.0;
-        println!("{workers} worker(s): {:.1} s, {per_minute:.0} jobs/min", elapsed.as_secs_f64());
-        throughput.push(per_minute);
+            if Instant::now() > until {
+                return Err(self.fail(format!("the converter did not exit within {grace:?} of SIGTERM")));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !status.success() {
+            return Err(self.fail(format!("the converter exited with {status} after SIGTERM")));
+        }
+        Ok(())
     }
-    println!("2 workers vs 1: {:.2}x throughput (2 cores)", throughput[1] / throughput[0]);
-    std::fs::remove_dir_all(&work).context("removing the work folder")?;
+}
+
+impl Drop for ConverterProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct StageRun {
+    /// From the first publish to the last `media.converted`.
+    wall: Duration,
+    /// Each job's own time from the first publish, in arrival order.
+    each: Vec<Duration>,
+    cpu_s: f64,
+    idle_kib: u64,
+    peak_kib: u64,
+    outputs: Vec<MediaConverted>,
+}
+
+fn file_name(path: &Path) -> anyhow::Result<&str> {
+    path.file_name().and_then(|n| n.to_str()).with_context(|| format!("no file name in {}", path.display()))
+}
+
+async fn store_original(store: &MediaStore, path: &Path) -> anyhow::Result<StoredFile> {
+    let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
+    let source = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    let metadata = mongodb::bson::doc! {"owner_id": UserId::new().to_string()};
+    Ok(store.store(Bucket::Uploads, None, file_name(path)?, metadata, source, u64::MAX, None).await?)
+}
+
+/// The real path for `inputs` (converted at once when more than one), on a server, a vhost
+/// and a converter process of their own.
+async fn stage(inputs: &[&Path], concurrency: u16, deadline: Duration, tick: f64) -> anyhow::Result<StageRun> {
+    let mongo = FreshMongo::start().await?;
+    let sandbox = Sandbox::create().await?;
+    let scratch = std::env::temp_dir().join(format!("tw-bench-converter-{}", sandbox.name));
+    std::fs::create_dir_all(&scratch)?;
+    let outcome = stage_in(&sandbox, &mongo, &scratch, inputs, concurrency, deadline, tick).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let cleaned = sandbox.cleanup().await;
+    let run = outcome?;
+    cleaned.context("removing the bench's sandbox")?;
+    Ok(run)
+}
+
+async fn stage_in(
+    sandbox: &Sandbox,
+    mongo: &FreshMongo,
+    scratch: &Path,
+    inputs: &[&Path],
+    concurrency: u16,
+    deadline: Duration,
+    tick: f64,
+) -> anyhow::Result<StageRun> {
+    let bus = Arc::new(Bus::new(sandbox.amqp_url.clone(), "bench"));
+    // Connecting declares the topology, so the converter's queue exists before we publish.
+    let publisher = bus.publisher().await?;
+    // The bench stands where the notifier would: its queue gets both outcomes, and nothing
+    // else consumes it in this vhost.
+    let (arrived, mut outcomes) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let _stop_listening = stop.clone().drop_guard();
+    tokio::spawn({
+        let bus = bus.clone();
+        let handler = move |msg: Incoming<Outcome>| {
+            let arrived = arrived.clone();
+            async move {
+                let _ = arrived.send((Instant::now(), msg.event));
+                Ok::<(), HandleError>(())
+            }
+        };
+        async move { bus.consume(NOTIFIER_QUEUE, 16, handler, stop).await }
+    });
+
+    let store = MediaStore::connect(&mongo.uri, &sandbox.mongo_database).await?;
+    let mut originals = Vec::new();
+    for path in inputs {
+        originals.push((file_name(path)?.to_string(), store_original(&store, path).await?));
+    }
+
+    let mut converter = ConverterProcess::spawn(sandbox, &mongo.uri, concurrency, scratch)?;
+    let consuming = eventually("the converter consumes its queue", Duration::from_secs(120), || async {
+        if converter.memory_kib().is_none() {
+            bail!("the converter exited");
+        }
+        let queues = sandbox.queues().await?;
+        let consumers = queues.iter().find(|q| q["name"] == CONVERTER_QUEUE.name).and_then(|q| q["consumers"].as_u64());
+        Ok(consumers.filter(|n| *n > 0).map(|_| ()))
+    })
+    .await;
+    consuming.map_err(|e| converter.fail(format!("{e:#}")))?;
+    let (idle_kib, mut peak_kib) =
+        converter.memory_kib().ok_or_else(|| converter.fail("the converter exited".into()))?;
+    let pid = converter.pid().to_string();
+    let cpu_before = cpu_ticks(&pid, false).unwrap_or(0);
+
+    let owner = Owner { id: UserId::new(), email: "bench@tunewire.test".parse()? };
+    let mut waiting = HashMap::new();
+    let started = Instant::now();
+    for (filename, original) in originals {
+        let event = MediaUploaded {
+            job_id: JobId::new(),
+            owner: owner.clone(),
+            source: SourceFile {
+                file_id: original.id,
+                filename: filename.clone(),
+                size: original.size,
+                sha256: original.sha256,
+            },
+            preset: Preset::Cbr192,
+            overrides: TrackTags::default(),
+            normalize_loudness: false,
+        };
+        publisher.publish(&event).await?;
+        waiting.insert(event.job_id, filename);
+    }
+
+    let (mut each, mut outputs) = (Vec::new(), Vec::new());
+    let mut poll = tokio::time::interval(Duration::from_millis(50));
+    while !waiting.is_empty() {
+        tokio::select! {
+            next = outcomes.recv() => match next {
+                Some((at, Outcome::Converted(done))) => {
+                    // A redelivered job announces itself again: count each job once.
+                    if waiting.remove(&done.job_id).is_some() {
+                        each.push(at - started);
+                        outputs.push(done);
+                    }
+                }
+                Some((_, Outcome::Failed(failed))) => {
+                    let name = waiting.get(&failed.job_id).map_or("?", String::as_str);
+                    return Err(converter.fail(format!("{name}: media.failed: {}", failed.reason)));
+                }
+                None => bail!("the outcome listener stopped"),
+            },
+            _ = poll.tick() => {
+                let Some((_, hwm)) = converter.memory_kib() else {
+                    return Err(converter.fail("the converter exited during the conversion".into()));
+                };
+                peak_kib = peak_kib.max(hwm);
+                if started.elapsed() > deadline {
+                    let names: Vec<&String> = waiting.values().collect();
+                    return Err(converter.fail(format!("{names:?}: no media.converted within {deadline:?}")));
+                }
+            }
+        }
+    }
+    let cpu_s = cpu_ticks(&pid, false).unwrap_or(0).saturating_sub(cpu_before) as f64 * tick;
+    // The high-water mark just before the process goes: nothing it did is missed.
+    if let Some((_, hwm)) = converter.memory_kib() {
+        peak_kib = peak_kib.max(hwm);
+    }
+    converter.stop().await?;
+    let wall = each.iter().copied().max().unwrap_or_default();
+    Ok(StageRun { wall, each, cpu_s, idle_kib, peak_kib, outputs })
+}
+
+/// A job may take this long before the bench gives up on it: far beyond any plausible
+/// slowness, short of waiting forever on a hung converter.
+fn deadline_for(cli: Duration, jobs: u32) -> Duration {
+    (cli * 20 * jobs).max(Duration::from_secs(300))
+}
+
+struct FileFigures {
+    name: &'static str,
+    stage: Vec<f64>,
+    cli: Vec<f64>,
+    stage_cpu: Vec<f64>,
+    cli_cpu: Vec<f64>,
+    idle_kib: u64,
+    peak_kib: u64,
+    growth_kib: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bench_started = Instant::now();
+    if !CONVERTER.contains("/release/") {
+        bail!("{CONVERTER} is not a release build: run this with `cargo bench` (scripts/bench converter)");
+    }
+    let runs: usize = match std::env::var("TUNEWIRE_BENCH_RUNS") {
+        Ok(n) => n.parse().ok().filter(|n| *n > 0).context("TUNEWIRE_BENCH_RUNS: a positive number")?,
+        Err(_) => 1,
+    };
+    let only = std::env::var("TUNEWIRE_BENCH_FILES").ok();
+    let selected: Vec<&'static str> = CORPUS
+        .into_iter()
+        .filter(|name| only.as_deref().is_none_or(|o| o.split(',').any(|s| s.trim() == *name)))
+        .collect();
+    let mut inputs = Vec::new();
+    for name in &selected {
+        let path = media_dir().join(name);
+        if !path.is_file() {
+            bail!("{} is missing: run scripts/bench-corpus first", path.display());
+        }
+        inputs.push((*name, path));
+    }
+    let scratch = std::env::temp_dir().join(format!("tw-bench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let cli_out = scratch.join("out.mp3");
+    let tick = tick_s();
+    println!("converter: {CONVERTER}");
+    println!(
+        "load average at start: {} (2 shared cores: CPU seconds are printed beside wall times)",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+    );
+
+    println!("== each file through the real path (CONVERTER_CONCURRENCY=1) vs the ffmpeg CLI, {runs} run(s) ==");
+    let mut figures = Vec::new();
+    for (name, path) in &inputs {
+        let mut f = FileFigures {
+            name: *name,
+            stage: vec![],
+            cli: vec![],
+            stage_cpu: vec![],
+            cli_cpu: vec![],
+            idle_kib: 0,
+            peak_kib: 0,
+            growth_kib: 0,
+        };
+        for run in 1..=runs {
+            let (p, o) = (path.clone(), cli_out.clone());
+            let c = tokio::task::spawn_blocking(move || cli(&p, &o, tick)).await??;
+            let s =
+                stage(&[path.as_path()], 1, deadline_for(c.wall, 1), tick).await.with_context(|| name.to_string())?;
+            let out = s.outputs.first().context("no output")?;
+            println!(
+                "run {run} {name:<22} stage {:>7.2} s  CLI {:>7.2} s  ratio {:.3} | CPU: converter {:>7.2} s, CLI {:>7.2} s | RSS idle {:.1} MiB, peak {:.1} MiB (+{:.1}) | MP3 {:.1} s, {:.1} MiB (CLI's {:.1} s)",
+                secs(s.wall),
+                secs(c.wall),
+                secs(s.wall) / secs(c.wall),
+                s.cpu_s,
+                c.cpu_s,
+                mib(s.idle_kib),
+                mib(s.peak_kib),
+                mib(s.peak_kib.saturating_sub(s.idle_kib)),
+                out.output.duration_s,
+                out.output.size as f64 / 1048576.0,
+                c.duration_s,
+            );
+            if (out.output.duration_s - c.duration_s).abs() > 2.0 {
+                println!("  note: the converter's MP3 and the CLI's differ in duration by more than 2 s");
+            }
+            f.stage.push(secs(s.wall));
+            f.cli.push(secs(c.wall));
+            f.stage_cpu.push(s.cpu_s);
+            f.cli_cpu.push(c.cpu_s);
+            if s.peak_kib.saturating_sub(s.idle_kib) >= f.growth_kib {
+                (f.idle_kib, f.peak_kib, f.growth_kib) =
+                    (s.idle_kib, s.peak_kib, s.peak_kib.saturating_sub(s.idle_kib));
+            }
+        }
+        figures.push(f);
+    }
+
+    println!();
+    println!(
+        "{:<22} {:>9} {:>9} {:>7} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "median of runs", "stage s", "CLI s", "ratio", "conv CPU", "CLI CPU", "idle MiB", "peak MiB", "+MiB"
+    );
+    for f in &figures {
+        let ratio = median(&f.stage) / median(&f.cli);
+        let growth = mib(f.growth_kib);
+        println!(
+            "{:<22} {:>9.2} {:>9.2} {:>7.3} {:>8.2} {:>8.2} {:>9.1} {:>9.1} {:>9.1}  ratio {} <= {RATIO_TARGET:.2}, growth {} <= {GROWTH_TARGET_MIB:.0} MiB",
+            f.name,
+            median(&f.stage),
+            median(&f.cli),
+            ratio,
+            median(&f.stage_cpu),
+            median(&f.cli_cpu),
+            mib(f.idle_kib),
+            mib(f.peak_kib),
+            growth,
+            if ratio <= RATIO_TARGET { "meets" } else { "MISSES" },
+            if growth <= GROWTH_TARGET_MIB { "meets" } else { "MISSES" },
+        );
+    }
+    println!("(peak and growth: the run with the largest growth)");
+
+    if let Some((_, path)) = inputs.iter().find(|(name, _)| *name == TWICE) {
+        println!();
+        println!("== two copies of {TWICE} at once (CONVERTER_CONCURRENCY=2, two uploads, two jobs) ==");
+        let one_cli = match figures.iter().find(|f| f.name == TWICE) {
+            Some(f) => median(&f.cli),
+            None => {
+                let (p, o) = (path.clone(), cli_out.clone());
+                secs(tokio::task::spawn_blocking(move || cli(&p, &o, tick)).await??.wall)
+            }
+        };
+        let pair = [path.as_path(), path.as_path()];
+        let deadline = deadline_for(Duration::from_secs_f64(one_cli), 2);
+        let s = stage(&pair, 2, deadline, tick).await.context("two at once")?;
+        let each: Vec<String> = s.each.iter().map(|d| format!("{:.2} s", secs(*d))).collect();
+        println!(
+            "wall {:.2} s (jobs done at {}; one CLI conversion {:.2} s) | CPU: converter {:.2} s",
+            secs(s.wall),
+            each.join(", "),
+            one_cli,
+            s.cpu_s
+        );
+        println!(
+            "RSS idle {:.1} MiB, peak {:.1} MiB (+{:.1}): peak {} < {PAIR_PEAK_TARGET_MIB:.0} MiB",
+            mib(s.idle_kib),
+            mib(s.peak_kib),
+            mib(s.peak_kib.saturating_sub(s.idle_kib)),
+            if mib(s.peak_kib) < PAIR_PEAK_TARGET_MIB { "meets" } else { "MISSES" }
+        );
+    } else {
+        println!("(two at once skipped: {TWICE} is not among TUNEWIRE_BENCH_FILES)");
+    }
+    std::fs::remove_dir_all(&scratch).context("removing the CLI's scratch folder")?;
+    println!("converter bench: {:.1} s", secs(bench_started.elapsed()));
     Ok(())
 }

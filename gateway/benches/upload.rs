@@ -18,6 +18,7 @@ use futures_util::io::AsyncWriteExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
+use tunewire_test_stack::bench::{self, FreshMongo, free_port};
 use tunewire_test_stack::media::ffmpeg;
 use tunewire_test_stack::{Sandbox, eventually};
 
@@ -41,9 +42,7 @@ fn wav_of(bytes: u64, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    bench::status_kib(pid, "VmRSS")
 }
 
 /// Samples a process's RSS every 20 ms until dropped; `peak()` is the highest seen.
@@ -79,45 +78,6 @@ impl Drop for RssSampler {
     }
 }
 
-/// A SecantusDB server of its own on an empty storage folder: the Python server slows as
-/// it serves more data, so every measured run starts from an empty store.
-struct FreshMongo {
-    child: Child,
-    dir: PathBuf,
-    uri: String,
-}
-
-impl FreshMongo {
-    async fn start() -> anyhow::Result<Self> {
-        let server = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.stack/tools/venv/bin/secantusd-py");
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("tw-bench-mongo-{port}"));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(&server)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--cache-size", "256M", "--storage-path"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("{} (scripts/stack up installs it)", server.display()))?;
-        let uri = format!("mongodb://127.0.0.1:{port}");
-        eventually("the fresh MongoDB-wire server answers", Duration::from_secs(60), || async {
-            let client = mongodb::Client::with_uri_str(&uri).await?;
-            Ok(client.database("admin").run_command(mongodb::bson::doc! {"ping": 1}).await.ok().map(|_| ()))
-        })
-        .await?;
-        Ok(Self { child, dir, uri })
-    }
-}
-
-impl Drop for FreshMongo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 struct GatewayProcess {
     child: Child,
     url: String,
@@ -128,10 +88,6 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn spawn_gateway(sandbox: &Sandbox, mongo_uri: &str, auth_url: &str) -> anyhow::Result<GatewayProcess> {
@@ -295,7 +251,6 @@ async fn run(
     println!("== 50 concurrent uploads of 20 MiB, converted by a real converter (concurrency 2) ==");
     let small = wav_of(20 * MIB, "20MiB.wav")?;
     let mongo = FreshMongo::start().await?;
-    let work_dir = std::env::temp_dir().join(format!("tw-bench-{}", sandbox.name));
     tunewire_converter::start(
         tunewire_converter::Config {
             concurrency: 2,
@@ -304,7 +259,6 @@ async fn run(
                 sandbox.amqp_url.clone(),
                 mongo.uri.clone(),
                 sandbox.mongo_database.clone(),
-                work_dir.clone(),
             )
         },
         shutdown.clone(),
@@ -350,6 +304,5 @@ async fn run(
     }
     println!("all 50 converted {:.1} s after the first byte", started.elapsed().as_secs_f64());
     println!("gateway RSS:    {baseline:.1} MiB before, {:.1} MiB peak", sampler.peak_mib());
-    let _ = std::fs::remove_dir_all(work_dir);
     Ok(())
 }

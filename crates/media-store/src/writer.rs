@@ -168,6 +168,9 @@ impl ChunkWriter {
             return Ok(());
         };
         let behind = self.pos / CHUNK_SIZE;
+        if behind <= head_last + 1 {
+            return Ok(());
+        }
         let ready: Vec<u64> = self
             .open
             .range(head_last + 1..behind)
