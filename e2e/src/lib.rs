@@ -154,6 +154,7 @@ impl Pipeline {
         gateway_config.auth_url = format!("http://{}", auth.addr);
         gateway_config.catalog_url = format!("http://{}", catalog.addr);
         gateway_config.link_secret = link_secret.clone();
+        gateway_config.probe_program = tunewire_test_stack::workspace_binary("tunewire-gateway")?;
         gateway_config.max_upload_bytes = 512 << 20;
         // Short, so that the fault suite's stalling client is answered quickly.
         gateway_config.upload_idle_timeout = Duration::from_secs(5);

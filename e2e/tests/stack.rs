@@ -96,7 +96,7 @@ async fn gridfs_stores_and_streams_back_50_mib_intact() -> anyhow::Result<()> {
         .collect();
     let expected = hex::encode(expected.finalize());
     let source = stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
-    let stored = store.store(Bucket::Uploads, None, "probe.bin", Default::default(), source, u64::MAX, None).await?;
+    let stored = store.store(Bucket::Uploads, None, "probe.bin", Default::default(), source, u64::MAX).await?;
     assert_eq!(stored.size, 50 << 20);
     assert_eq!(stored.sha256, expected);
 

@@ -25,10 +25,14 @@ pub struct Config {
     /// An upload that sends nothing for this long is refused (408) and its partial file
     /// removed: a client that declares more than it sends must not hold them forever.
     pub upload_idle_timeout: Duration,
-    /// Where an upload is copied while it streams into GridFS, so FFmpeg can probe it.
-    /// Needs room for the largest upload times the uploads in flight.
-    pub spool_dir: PathBuf,
+    /// The program whose `probe` subcommand judges uploads: this binary (tests point it at
+    /// the built gateway).
+    pub probe_program: PathBuf,
     pub retention: crate::retention::Policy,
+}
+
+fn this_program() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tunewire-gateway"))
 }
 
 impl Config {
@@ -48,7 +52,7 @@ impl Config {
             link_secret_previous: secret("LINK_SECRET_PREVIOUS")?,
             max_upload_bytes: var("MAX_UPLOAD_BYTES", 2u64 << 30)?,
             upload_idle_timeout: Duration::from_secs(var("UPLOAD_IDLE_TIMEOUT_S", 60)?),
-            spool_dir: var("GATEWAY_SPOOL_DIR", std::env::temp_dir())?,
+            probe_program: this_program(),
             retention: crate::retention::Policy {
                 originals: Duration::from_secs(var("RETENTION_ORIGINALS_S", 24 * 3600)?),
                 outputs: Duration::from_secs(var("RETENTION_OUTPUTS_S", 7 * 24 * 3600)?),
@@ -73,7 +77,7 @@ impl Config {
             link_secret_previous: None,
             max_upload_bytes: 2 << 30,
             upload_idle_timeout: Duration::from_secs(60),
-            spool_dir: std::env::temp_dir(),
+            probe_program: this_program(),
             retention: crate::retention::Policy {
                 originals: Duration::from_secs(24 * 3600),
                 outputs: Duration::from_secs(7 * 24 * 3600),

@@ -74,8 +74,6 @@ pub struct Running {
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     probe::init()?;
-    upload::check_spool_dir(&config.spool_dir)
-        .map_err(|e| anyhow::anyhow!("GATEWAY_SPOOL_DIR={} is not writable: {e}", config.spool_dir.display()))?;
     let db = SCHEMA.connect(&config.database_url, 20).await?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
         MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)

@@ -1,7 +1,14 @@
 use tunewire_service_runtime::{health, shutdown, telemetry};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<std::process::ExitCode> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    // The probe child parses untrusted bytes: it starts no runtime and reads no config.
+    if std::env::args().nth(1).as_deref() == Some("probe") {
+        return Ok(tunewire_gateway::probe::child_main(std::env::args().skip(2)));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<std::process::ExitCode> {
     let config = tunewire_gateway::Config::from_env()?;
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return Ok(health::healthcheck(config.bind.port()).await);

@@ -1,8 +1,7 @@
-//! Receiving an upload, multipart or raw body: streamed into GridFS and, at the same time, to
-//! a local spool that FFmpeg probes; refused (and removed) when it is not media with sound;
-//! deduplicated by SHA-256 per owner and preset; recorded as a job with its outbox event.
+//! Receiving an upload, multipart or raw body: streamed into GridFS, then probed by FFmpeg
+//! from there (`probe`); refused (and removed) when it is not media with sound; deduplicated
+//! by SHA-256 per owner and preset; recorded as a job with its outbox event.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -21,7 +20,7 @@ use warp::{Reply, reply::Response};
 
 use crate::caller::Caller;
 use crate::jobs::{self, Created};
-use crate::probe::{self, Verdict};
+use crate::probe::{self, ProbeError, Verdict};
 use crate::routes::State;
 
 /// What the client says about the file besides its bytes.
@@ -169,13 +168,6 @@ async fn receive<S>(state: &State, caller: &Caller, filename: String, body: S) -
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
 {
-    let spool = tempfile::Builder::new()
-        .prefix("tunewire-upload-")
-        .tempfile_in(&state.config.spool_dir)
-        .map_err(|e| ApiError::internal("spool", e))?;
-    let file = spool.as_file().try_clone().map_err(|e| ApiError::internal("spool", e))?;
-    // The store writes whole GridFS chunks (255 KiB) at a time; no extra buffer is needed.
-    let mut spool_writer = tokio::fs::File::from_std(file);
     let metrics = state.metrics.clone();
     let stalled = Arc::new(AtomicBool::new(false));
     let body = idle_limited(body, state.config.upload_idle_timeout, stalled.clone()).inspect_ok(move |chunk| {
@@ -190,7 +182,6 @@ where
             doc! {"owner_id": caller.id.to_string()},
             body,
             state.config.max_upload_bytes,
-            Some(&mut spool_writer),
         )
         .await
         .map_err(|e| match e {
@@ -204,18 +195,17 @@ where
             ),
             other => store_error(other),
         })?;
-    drop(spool_writer);
     let received = Received { stored, filename };
-    let path = spool.path().to_path_buf();
-    // FFmpeg buffers up to its probe size (5 MB) per probe: a few at a time keeps a burst of
-    // uploads ending together from multiplying that.
+    // A few probes at a time: each is a process holding FFmpeg's probe buffers.
     let _permit = state.probes.acquire().await.map_err(|e| ApiError::internal("probe", e))?;
-    let verdict = tokio::task::spawn_blocking(move || {
-        let verdict = probe::probe(&path);
-        drop(spool);
-        verdict
-    })
-    .await;
+    let verdict = match state.store.info(Bucket::Uploads, &received.stored.id).await {
+        Ok(Some(info)) => probe::probe(&state.store, &info, &state.config.probe_program).await,
+        Ok(None) => Err(ProbeError::Store(StoreError::Corrupt {
+            file_id: received.stored.id.clone(),
+            what: "the upload vanished before it was probed".into(),
+        })),
+        Err(e) => Err(ProbeError::Store(e)),
+    };
     let refusal = match verdict {
         Ok(Verdict::Audio { .. }) => return Ok(received),
         Ok(Verdict::NoAudio { format }) => ApiError::new(
@@ -228,7 +218,13 @@ where
             "not_media",
             format!("{} is not an audio or video file FFmpeg can read", received.filename),
         ),
-        Err(e) => ApiError::internal("probe", e),
+        Ok(Verdict::Crashed(what)) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_media",
+            format!("{} could not be read safely: {what}", received.filename),
+        ),
+        Err(ProbeError::Store(e)) => store_error(e),
+        Err(e @ ProbeError::Spawn(_)) => ApiError::internal("probe", e),
     };
     discard(state, &received).await;
     Err(refusal)
@@ -419,11 +415,6 @@ where
     details.loudnorm()?;
     let received = receive(&state, &caller, clean_filename(Some(&filename)), body).await?;
     accept(&state, &caller, received, &details).await
-}
-
-/// Where uploads are spooled for probing; checked at start so a bad setting fails early.
-pub fn check_spool_dir(dir: &Path) -> std::io::Result<()> {
-    tempfile::Builder::new().prefix("tunewire-upload-").tempfile_in(dir).map(drop)
 }
 
 #[cfg(test)]

@@ -251,3 +251,61 @@ async fn uploads_are_accepted_while_rabbitmq_is_away_and_flow_when_it_returns() 
     assert_eq!(ids, expected);
     g.stop().await
 }
+
+/// FFmpeg dying inside a hostile file (simulated: a probe program that aborts on uploads of
+/// one size and is the real probe otherwise) costs that upload a 415, and an upload in
+/// flight at the same moment goes on to be accepted.
+#[tokio::test]
+async fn a_probe_that_crashes_costs_its_upload_and_nothing_else() -> anyhow::Result<()> {
+    const CRASHING_LEN: usize = 4321;
+    let dir = std::env::temp_dir().join(format!("tw-probe-crash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let program = dir.join("probe-that-crashes");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\nif [ \"$2\" = \"{CRASHING_LEN}\" ]; then kill -ABRT $$; fi\nexec '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_tunewire-gateway")
+        ),
+    )?;
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let probe_program = program.clone();
+    let g = Gateway::start_with(Options {
+        tweak: Box::new(move |c| c.probe_program = probe_program),
+        ..Options::default()
+    })
+    .await?;
+    let user = g.user().await?;
+
+    // A real upload, half sent when the other one crashes its probe.
+    let tone = tokio::fs::read(g.tone("in-flight.wav", 4, 11)?).await?;
+    let (half, rest) = tone.split_at(tone.len() / 2);
+    let (feed, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    let body = futures_util::stream::unfold(body, |mut body| async move { body.recv().await.map(|item| (item, body)) });
+    let in_flight = tokio::spawn(
+        g.http
+            .put(g.at("/v1/uploads"))
+            .bearer_auth(&user.token)
+            .header("content-type", "application/octet-stream")
+            .header("x-filename", "in-flight.wav")
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    );
+    feed.send(Ok(half.to_vec())).await?;
+
+    let r = g.upload_bytes(&user.token, vec![7u8; CRASHING_LEN], "hostile.mp4", &[]).await?;
+    assert_eq!(r.status(), 415);
+    let refusal: Value = r.json().await?;
+    assert_eq!(refusal["error"], "not_media");
+    let message = refusal["message"].as_str().unwrap_or_default();
+    assert!(message.contains("could not be read safely"), "{message}");
+
+    feed.send(Ok(rest.to_vec())).await?;
+    drop(feed);
+    let r = in_flight.await??;
+    assert_eq!(r.status(), 202, "{}", r.text().await?);
+    // The crashed upload left nothing behind: one original, the one accepted.
+    assert_eq!(g.gridfs_counts("uploads").await?.0, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    g.stop().await
+}

@@ -141,10 +141,8 @@ impl MediaStore {
         Ok(())
     }
 
-    /// Streams `source` into `bucket`, hashing as it goes, and copying every byte to `tee`
-    /// when given (a local spool to probe). On any failure, or past `max_bytes`, the partial
+    /// Streams `source` into `bucket`, hashing as it goes. On any failure, or past `max_bytes`, the partial
     /// file is removed and nothing is left behind.
-    #[allow(clippy::too_many_arguments)]
     pub async fn store<S, E>(
         &self,
         bucket: Bucket,
@@ -153,7 +151,6 @@ impl MediaStore {
         metadata: Document,
         mut source: S,
         max_bytes: u64,
-        mut tee: Option<&mut (dyn tokio::io::AsyncWrite + Unpin + Send)>,
     ) -> Result<StoredFile, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -163,7 +160,7 @@ impl MediaStore {
         let mut upload = self.bucket(bucket).open_upload_stream(filename).id(oid(&id)).metadata(metadata).await?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        // Receiving (hash, spool) and writing to MongoDB overlap: batches of whole chunks go
+        // Receiving (and hashing) and writing to MongoDB overlap: batches of whole chunks go
         // to the writer over a small channel, so the server always has the next insert ready
         // and the source keeps flowing. At most WRITE_AHEAD + 2 batches live per upload.
         let (batches, to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITE_AHEAD);
@@ -183,18 +180,12 @@ impl MediaStore {
                 if batch.len() >= WRITE_BATCH || (next.is_none() && !batch.is_empty()) {
                     let full = Bytes::from(std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH)));
                     hasher.update(&full);
-                    if let Some(tee) = tee.as_mut() {
-                        tee.write_all(&full).await?;
-                    }
                     if batches.send(full).await.is_err() {
                         // The writer failed; its error is the one to report.
                         return Ok(());
                     }
                 }
                 if next.is_none() {
-                    if let Some(tee) = tee.as_mut() {
-                        tee.flush().await?;
-                    }
                     return Ok(());
                 }
             }
@@ -232,7 +223,7 @@ impl MediaStore {
     ) -> Result<StoredFile, StoreError> {
         let file = tokio::fs::File::open(path).await?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file, 255 * 1024);
-        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX, None).await
+        self.store(bucket, Some(id), filename, metadata, stream, u64::MAX).await
     }
 
     pub async fn info(&self, bucket: Bucket, id: &FileId) -> Result<Option<FileInfo>, StoreError> {

@@ -161,6 +161,17 @@ fn replace_path(url: &str, path: &str) -> String {
     }
 }
 
+/// A binary of the workspace, built beside the running test (`cargo test --workspace`
+/// builds every service's binary): for code that starts one as a child, such as the
+/// gateway's probe.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|deps| deps.parent()).ok_or_else(|| anyhow::anyhow!("no target folder"))?;
+    let path = dir.join(name);
+    anyhow::ensure!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
+    Ok(path)
+}
+
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))

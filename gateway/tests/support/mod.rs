@@ -93,7 +93,7 @@ impl Gateway {
         );
         config.auth_url = format!("http://{}", auth.addr);
         config.link_secret = format!("links-{}", sandbox.name);
-        config.spool_dir = scratch.clone();
+        config.probe_program = env!("CARGO_BIN_EXE_tunewire-gateway").into();
         if options.catalog {
             let catalog = tunewire_catalog_indexer::start(
                 tunewire_catalog_indexer::Config {
