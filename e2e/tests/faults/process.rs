@@ -14,6 +14,10 @@ pub const ROLE_VAR: &str = "TUNEWIRE_FAULTS_ROLE";
 /// Set on a notifier process: it aborts right after the SMTP server accepts its first email.
 pub const CRASH_AFTER_SEND_VAR: &str = "TUNEWIRE_FAULTS_CRASH_AFTER_SEND";
 
+/// Set on a converter process: it aborts as each conversion starts, as FFmpeg would crash
+/// inside a file that breaks it.
+pub const CRASH_IN_TRANSCODE_VAR: &str = "TUNEWIRE_FAULTS_CRASH_IN_TRANSCODE";
+
 /// Printed by a service process that panicked; the suite counts it with its own.
 const PANIC_MARK: &str = "PANICKED: ";
 
@@ -44,6 +48,9 @@ async fn serve(role: &str) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (addr, task) = match role {
         "converter" => {
+            if std::env::var_os(CRASH_IN_TRANSCODE_VAR).is_some() {
+                fail::cfg("converter::transcode", "return").map_err(anyhow::Error::msg)?;
+            }
             let running = tunewire_converter::start(tunewire_converter::Config::from_env()?, shutdown).await?;
             (running.health_addr, running.task)
         }
@@ -103,6 +110,11 @@ impl ServiceProcess {
     pub async fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// Waits, without limit, for the process to end on its own.
+    pub async fn wait(&mut self) -> anyhow::Result<ExitStatus> {
+        Ok(self.child.wait().await?)
     }
 
     /// Waits for the process to end on its own.

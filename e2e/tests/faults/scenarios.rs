@@ -1,7 +1,7 @@
 //! Scenarios 1 to 7 of the fault suite (scenario 8, bad input, is `bad_input`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use tunewire_test_stack::proxy::Proxy;
 use crate::Report;
 use crate::accounting::{Accountant, explain, wait_readiness};
 use crate::burst::{self, Upload};
-use crate::process::{CRASH_AFTER_SEND_VAR, ServiceProcess};
+use crate::process::{CRASH_AFTER_SEND_VAR, CRASH_IN_TRANSCODE_VAR, ServiceProcess};
 
 /// From the end of a fault to every upload accounted for, at most.
 const RECOVERY_DEADLINE: Duration = Duration::from_secs(240);
@@ -300,6 +300,70 @@ async fn all_converted(p: &Pipeline, uploads: &[Upload]) -> anyhow::Result<()> {
     .await?;
     db.close().await;
     Ok(())
+}
+
+/// A file FFmpeg crashes on: every converter that takes the job dies (a failpoint that calls
+/// `abort()` where the transcode starts). The broker hands the job back each time, and the
+/// job fails with a reason before the delivery limit would dead-letter it.
+pub async fn converter_crashes_on_a_file() -> anyhow::Result<Report> {
+    const MAX_CONVERTERS: usize = 10;
+    let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "crash", 1, 2)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    let job_id = sent.uploads.first().map(|u| u.job_id.clone()).context("no upload")?;
+    let db = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    let job_state = || async {
+        let row: (String, Option<String>) = sqlx::query_as("SELECT state, error FROM gateway.jobs WHERE id::text = $1")
+            .bind(&job_id)
+            .fetch_one(&db)
+            .await?;
+        Ok::<_, anyhow::Error>(row)
+    };
+    let mut env = converter_env(&p);
+    env.push((CRASH_IN_TRANSCODE_VAR, "1".into()));
+    let mut crashes = 0usize;
+    let mut survivor = None;
+    for _ in 0..MAX_CONVERTERS {
+        let mut converter = ServiceProcess::spawn("converter", &env).await?;
+        // It either dies on the job, or (once the job has been delivered often enough) fails
+        // it without trying and lives on.
+        let outcome = tokio::select! {
+            status = converter.wait() => Some(status?),
+            failed = eventually("the job to fail", PIPELINE_DEADLINE, || async {
+                Ok(matches!(job_state().await?.0.as_str(), "failed").then_some(()))
+            }) => { failed?; None }
+        };
+        match outcome {
+            Some(status) => {
+                ensure!(!status.success(), "a converter exited cleanly ({status}) instead of crashing");
+                crashes += 1;
+                println!("  converter {crashes} died on the job ({status})");
+            }
+            None => {
+                survivor = Some(converter);
+                break;
+            }
+        }
+    }
+    let converter = survivor.with_context(|| format!("the job was still not failed after {crashes} crashes"))?;
+    let (state, reason) = job_state().await?;
+    let reason = reason.unwrap_or_default();
+    ensure!(state == "failed" && reason.contains("stopped on it"), "job ended {state}: {reason:?}");
+    // Failed with a reason, not dead-lettered; and the uploader was told.
+    let dead = p.depth("converter.media-uploaded.dead").await?.unwrap_or(0);
+    ensure!(dead == 0, "{dead} messages dead-lettered instead of a failed job");
+    p.emails(&email, 1).await?;
+    ensure!(tunewire_e2e::readiness(&p.http, converter.health).await?.0, "the last converter is not ready");
+    converter.kill().await?;
+    db.close().await;
+    let report = Report {
+        uploads: sent.uploads.len(),
+        notes: format!("{crashes} converters crashed on one file; the job failed with {reason:?}"),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
 }
 
 pub async fn notifier_killed_after_send() -> anyhow::Result<Report> {
