@@ -122,6 +122,8 @@ impl ConverterProcess {
             .env("MONGODB_DATABASE", &sandbox.mongo_database)
             .env("CONVERTER_HEALTH_BIND", format!("127.0.0.1:{}", free_port()?))
             .env("CONVERTER_CONCURRENCY", concurrency.to_string())
+            // Converters that stage files on local disk (before 6b17222) do it here, inside the
+            // run's scratch folder that the bench removes; streaming ones ignore it.
             .env("CONVERTER_WORK_DIR", scratch.join("work"))
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
@@ -202,7 +204,7 @@ async fn store_original(store: &MediaStore, path: &Path) -> anyhow::Result<Store
     let file = tokio::fs::File::open(path).await.with_context(|| format!("opening {}", path.display()))?;
     let source = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     let metadata = mongodb::bson::doc! {"owner_id": UserId::new().to_string()};
-    Ok(store.store(Bucket::Uploads, None, file_name(path)?, metadata, source, u64::MAX, None).await?)
+    Ok(store.store(Bucket::Uploads, None, file_name(path)?, metadata, source, u64::MAX).await?)
 }
 
 /// The real path for `inputs` (converted at once when more than one), on a server, a vhost
@@ -386,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = Vec::new();
     for (name, path) in &inputs {
         let mut f = FileFigures {
-            name: *name,
+            name,
             stage: vec![],
             cli: vec![],
             stage_cpu: vec![],
