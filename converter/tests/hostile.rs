@@ -133,18 +133,6 @@ fn a_flac_that_claims_ten_seconds_and_decodes_for_hours_fails_at_the_duration_li
     }
 }
 
-/// The sandbox's MongoDB behind a proxy the test can stall.
-fn direct(uri: &str) -> String {
-    let separator = if uri.contains('?') {
-        "&"
-    } else if uri.trim_start_matches("mongodb://").contains('/') {
-        "?"
-    } else {
-        "/?"
-    };
-    format!("{uri}{separator}directConnection=true")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_blocks_ends_at_the_time_limit() -> anyhow::Result<()> {
     let sandbox = Sandbox::create().await?;
@@ -152,11 +140,14 @@ async fn a_read_that_blocks_ends_at_the_time_limit() -> anyhow::Result<()> {
     let wav = dir.0.join("a.wav");
     media::ffmpeg(&["-f", "lavfi", "-i", "sine=d=30", wav.to_str().context("path")?])?;
     let proxy = Proxy::start(host_port(&sandbox.stack.mongo_uri)).await?;
-    let store = MediaStore::connect(&direct(&proxy.url_for(&sandbox.stack.mongo_uri)), &sandbox.mongo_database).await?;
+    let store = MediaStore::connect(
+        &tunewire_test_stack::direct_connection(&proxy.url_for(&sandbox.stack.mongo_uri)),
+        &sandbox.mongo_database,
+    )
+    .await?;
     let file = tokio::fs::File::open(&wav).await?;
-    let stored = store
-        .store(Bucket::Uploads, None, "a.wav", doc! {}, tokio_util::io::ReaderStream::new(file), u64::MAX, None)
-        .await?;
+    let stored =
+        store.store(Bucket::Uploads, None, "a.wav", doc! {}, tokio_util::io::ReaderStream::new(file), u64::MAX).await?;
     let reader = store.reader(Bucket::Uploads, &stored.id).await?.context("the stored file is not there")?;
     proxy.stall();
 

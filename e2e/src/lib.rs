@@ -114,7 +114,7 @@ impl Pipeline {
         let urls = ServiceUrls {
             database_url: faults.postgres.url_for(&sandbox.database_url),
             amqp_url: faults.rabbitmq.url_for(&sandbox.amqp_url),
-            mongo_uri: direct(&faults.mongodb.url_for(&stack.mongo_uri)),
+            mongo_uri: tunewire_test_stack::direct_connection(&faults.mongodb.url_for(&stack.mongo_uri)),
             smtp_host: faults.smtp.addr.ip().to_string(),
             smtp_port: faults.smtp.addr.port(),
         };
@@ -268,17 +268,6 @@ impl Pipeline {
     pub async fn depth(&self, queue: &str) -> anyhow::Result<Option<u64>> {
         Ok(self.sandbox.queues().await?.iter().find(|q| q["name"] == queue).and_then(|q| q["messages"].as_u64()))
     }
-}
-
-/// The server announces itself as a one-member replica set at its own address, and a
-/// driver that is not told to connect directly follows that address, around the proxy.
-fn direct(mongo_uri: &str) -> String {
-    let separator = match (mongo_uri.contains('?'), mongo_uri.trim_start_matches("mongodb://").contains('/')) {
-        (true, _) => "&",
-        (false, true) => "?",
-        (false, false) => "/?",
-    };
-    format!("{mongo_uri}{separator}directConnection=true")
 }
 
 /// `/readyz` of a service: whether it said ready (200), and its report.

@@ -161,6 +161,17 @@ fn replace_path(url: &str, path: &str) -> String {
     }
 }
 
+/// `mongo_uri` with `directConnection=true`: SecantusDB announces itself as a one-member
+/// replica set at its own address, which a driver would follow around a proxy.
+pub fn direct_connection(mongo_uri: &str) -> String {
+    let separator = match (mongo_uri.contains('?'), mongo_uri.trim_start_matches("mongodb://").contains('/')) {
+        (true, _) => "&",
+        (false, true) => "?",
+        (false, false) => "/?",
+    };
+    format!("{mongo_uri}{separator}directConnection=true")
+}
+
 /// A binary of the workspace, built beside the running test (`cargo test --workspace`
 /// builds every service's binary): for code that starts one as a child, such as the
 /// gateway's probe.
