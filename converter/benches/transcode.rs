@@ -83,6 +83,7 @@ struct CliRun {
     wall: Duration,
     cpu_s: f64,
     duration_s: f64,
+    channels: u64,
 }
 
 fn cli(input: &Path, output: &Path, tick: f64) -> anyhow::Result<CliRun> {
@@ -103,7 +104,8 @@ fn cli(input: &Path, output: &Path, tick: f64) -> anyhow::Result<CliRun> {
     let cpu_s = cpu_ticks("self", true).unwrap_or(0).saturating_sub(before) as f64 * tick;
     let probe = media::probe(output)?;
     let duration_s = probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(f64::NAN);
-    Ok(CliRun { wall, cpu_s, duration_s })
+    let channels = probe["streams"][0]["channels"].as_u64().unwrap_or(0);
+    Ok(CliRun { wall, cpu_s, duration_s, channels })
 }
 
 /// The converter binary as its own process, stopped (SIGTERM) or killed when dropped.
@@ -122,9 +124,6 @@ impl ConverterProcess {
             .env("MONGODB_DATABASE", &sandbox.mongo_database)
             .env("CONVERTER_HEALTH_BIND", format!("127.0.0.1:{}", free_port()?))
             .env("CONVERTER_CONCURRENCY", concurrency.to_string())
-            // Converters that stage files on local disk (before 6b17222) do it here, inside the
-            // run's scratch folder that the bench removes; streaming ones ignore it.
-            .env("CONVERTER_WORK_DIR", scratch.join("work"))
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "text")
             .stdin(Stdio::null())
@@ -404,7 +403,7 @@ async fn main() -> anyhow::Result<()> {
                 stage(&[path.as_path()], 1, deadline_for(c.wall, 1), tick).await.with_context(|| name.to_string())?;
             let out = s.outputs.first().context("no output")?;
             println!(
-                "run {run} {name:<22} stage {:>7.2} s  CLI {:>7.2} s  ratio {:.3} | CPU: converter {:>7.2} s, CLI {:>7.2} s | RSS idle {:.1} MiB, peak {:.1} MiB (+{:.1}) | MP3 {:.1} s, {:.1} MiB (CLI's {:.1} s)",
+                "run {run} {name:<22} stage {:>7.2} s  CLI {:>7.2} s  ratio {:.3} | CPU: converter {:>7.2} s, CLI {:>7.2} s | RSS idle {:.1} MiB, peak {:.1} MiB (+{:.1}) | MP3 {:.1} s, {} ch, {:.1} MiB (CLI's {:.1} s, {} ch)",
                 secs(s.wall),
                 secs(c.wall),
                 secs(s.wall) / secs(c.wall),
@@ -414,11 +413,14 @@ async fn main() -> anyhow::Result<()> {
                 mib(s.peak_kib),
                 mib(s.peak_kib.saturating_sub(s.idle_kib)),
                 out.output.duration_s,
+                out.output.channels,
                 out.output.size as f64 / 1048576.0,
                 c.duration_s,
+                c.channels,
             );
-            if (out.output.duration_s - c.duration_s).abs() > 2.0 {
-                println!("  note: the converter's MP3 and the CLI's differ in duration by more than 2 s");
+            // Not the same work, so the ratio would mislead: say so beside it.
+            if (out.output.duration_s - c.duration_s).abs() > 2.0 || u64::from(out.output.channels) != c.channels {
+                println!("  note: the converter's MP3 and the CLI's differ in duration (> 2 s) or channels");
             }
             f.stage.push(secs(s.wall));
             f.cli.push(secs(c.wall));

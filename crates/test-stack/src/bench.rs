@@ -1,0 +1,68 @@
+//! What the benchmarks share: a MongoDB-wire server of their own per measured run, and a
+//! process's figures from `/proc`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::eventually;
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...); `None` once the process is gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.split(':').next() == Some(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A SecantusDB server of its own on an empty storage folder: the Python server slows as
+/// it serves more data, so every measured run starts from an empty store.
+pub struct FreshMongo {
+    child: Child,
+    dir: PathBuf,
+    pub uri: String,
+}
+
+impl FreshMongo {
+    pub async fn start() -> anyhow::Result<Self> {
+        // Where scripts/stack installs it, which honours the same variable.
+        let stack =
+            std::env::var_os("TUNEWIRE_STACK_DIR").map_or_else(|| workspace_root().join(".stack"), PathBuf::from);
+        let server = stack.join("tools/venv/bin/secantusd-py");
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("tw-bench-mongo-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(&server)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--cache-size", "256M", "--storage-path"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("{} (scripts/stack up installs it)", server.display()))?;
+        // Owned from here, so a server that never answers is still stopped and its folder removed.
+        let mongo = Self { child, dir, uri: format!("mongodb://127.0.0.1:{port}") };
+        eventually("the fresh MongoDB-wire server answers", Duration::from_secs(60), || async {
+            let client = mongodb::Client::with_uri_str(&mongo.uri).await?;
+            Ok(client.database("admin").run_command(mongodb::bson::doc! {"ping": 1}).await.ok().map(|_| ()))
+        })
+        .await?;
+        Ok(mongo)
+    }
+}
+
+impl Drop for FreshMongo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
