@@ -65,10 +65,10 @@ async fn fetch(chunks: Collection<Document>, info: FileInfo, from: u64, sender: 
     let result = async {
         let filter = doc! {"files_id": oid(&info.id), "n": {"$gte": from as i64}};
         let mut cursor = chunks.find(filter).sort(doc! {"n": 1}).batch_size(BATCH).await?;
-        while let Some(chunk) = cursor.try_next().await? {
+        while let Some(mut chunk) = cursor.try_next().await? {
             let n = chunk.get_i32("n").map(i64::from).or_else(|_| chunk.get_i64("n")).unwrap_or(-1);
-            let data = match chunk.get("data") {
-                Some(Bson::Binary(binary)) => Bytes::from(binary.bytes.clone()),
+            let data = match chunk.remove("data") {
+                Some(Bson::Binary(binary)) => Bytes::from(binary.bytes),
                 _ => Bytes::new(),
             };
             if sender.send(Ok((n.max(0) as u64, data))).await.is_err() {
