@@ -36,9 +36,13 @@ pub enum TranscodeError {
     /// The input itself is the problem; retrying cannot help. The text is for the uploader.
     #[error("{0}")]
     BadMedia(String),
-    /// Our side failed (the store, the encoder's set-up); worth another attempt.
+    /// Our side failed (the encoder's set-up, FFmpeg itself); worth a few more attempts.
     #[error("{0}")]
     Internal(String),
+    /// The store failed or stopped answering while the original was read: not the file's
+    /// doing, and not a reason to give up on it.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// Where the MP3 goes: written as it is encoded, except the header, which the muxer fills in
@@ -102,6 +106,9 @@ impl IoFault {
             *slot = Some(io::Error::new(e.kind(), e.to_string()));
         }
     }
+    fn is_set(&self) -> bool {
+        self.0.lock().is_ok_and(|slot| slot.is_some())
+    }
     fn take(&self) -> Option<io::Error> {
         self.0.lock().ok().and_then(|mut slot| slot.take())
     }
@@ -120,26 +127,38 @@ fn output_error(fault: &IoFault, otherwise: TranscodeError) -> TranscodeError {
     output_fault(fault).unwrap_or(otherwise)
 }
 
-/// The source as FFmpeg sees it, with its faults recorded. `Interrupted` is not a fault: it
-/// is the source waiting, and FFmpeg asks again after polling the deadline.
+/// What the source went through: its first fault, and whether it was still waiting for the
+/// store when FFmpeg last heard from it.
+#[derive(Default)]
+struct SourceWatch {
+    fault: IoFault,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+/// The source as FFmpeg sees it, watched. `Interrupted` is not a fault: it is the source
+/// waiting, and FFmpeg asks again after polling the deadline.
 struct Source<R> {
     inner: R,
-    fault: Arc<IoFault>,
+    watch: Arc<SourceWatch>,
 }
 
 impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            if e.kind() != io::ErrorKind::Interrupted {
-                self.fault.record(e);
-            }
-        })
+        let result = self.inner.read(buf);
+        let waiting = matches!(&result, Err(e) if e.kind() == io::ErrorKind::Interrupted);
+        self.watch.waiting.store(waiting, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = &result
+            && !waiting
+        {
+            self.watch.fault.record(e);
+        }
+        result
     }
 }
 
 impl<R: Seek> Seek for Source<R> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.inner.seek(to).inspect_err(|e| self.fault.record(e))
+        self.inner.seek(to).inspect_err(|e| self.watch.fault.record(e))
     }
 }
 
@@ -246,23 +265,43 @@ where
     I: Read + Seek + Send + 'static,
     O: Output,
 {
+    let watch = Arc::new(SourceWatch::default());
+    let outcome = convert(req, Source { inner: input, watch: watch.clone() }, output, progress);
+    // Whatever FFmpeg made of it (an early end of file, a missing stream, a damaged file, the
+    // time limit), a store that failed or stopped answering is the store's doing.
+    if let Some(e) = watch.fault.take() {
+        return Err(TranscodeError::Store(format!("reading the original: {e}")));
+    }
+    if matches!(outcome, Err(TranscodeError::BadMedia(_))) && watch.waiting.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(TranscodeError::Store(format!(
+            "the store stopped answering while the original was read (for more than the {} s limit)",
+            req.time_limit.as_secs()
+        )));
+    }
+    outcome
+}
+
+fn convert<I, O>(
+    req: &Request<'_>,
+    source: Source<I>,
+    output: O,
+    progress: &mut dyn FnMut(f32),
+) -> Result<Report, TranscodeError>
+where
+    I: Read + Seek + Send + 'static,
+    O: Output,
+{
     init()?;
     let started = Instant::now();
     let deadline = started + req.time_limit;
     let time_limit =
         || TranscodeError::BadMedia(format!("converting took longer than the {} s limit", req.time_limit.as_secs()));
-    let source_fault = Arc::new(IoFault::default());
-    // A fault of the source (the store went away) is ours to retry, whatever FFmpeg makes of it.
-    let source_failed =
-        |fault: &IoFault| fault.take().map(|e| TranscodeError::Internal(format!("reading the original: {e}")));
-    let source = Source { inner: input, fault: source_fault.clone() };
+    let watch = source.watch.clone();
     let mut ictx = match tunewire_media_input::open(source, move || Instant::now() >= deadline) {
         Ok(ictx) => ictx,
-        Err(OpenError::Interrupted) => return Err(source_failed(&source_fault).unwrap_or_else(time_limit)),
+        Err(OpenError::Interrupted) => return Err(time_limit()),
         Err(OpenError::Internal(e)) => return Err(TranscodeError::Internal(e.to_string())),
-        Err(e @ OpenError::NotMedia(_)) => {
-            return Err(source_failed(&source_fault).unwrap_or(TranscodeError::BadMedia(e.to_string())));
-        }
+        Err(e @ OpenError::NotMedia(_)) => return Err(TranscodeError::BadMedia(e.to_string())),
     };
 
     let (stream_index, parameters, stream_time_base, stream_meta, codec_name) = {
@@ -500,10 +539,11 @@ where
         match packet.read(&mut ictx) {
             Ok(()) => {}
             Err(ffmpeg::Error::Eof) => break,
-            Err(ffmpeg::Error::Exit) => return Err(source_failed(&source_fault).unwrap_or_else(time_limit)),
+            Err(ffmpeg::Error::Exit) => return Err(time_limit()),
             Err(e) => {
-                if let Some(fault) = source_failed(&source_fault) {
-                    return Err(fault);
+                // A store fault is sticky: nothing more will be read.
+                if watch.fault.is_set() {
+                    return Err(TranscodeError::Internal(e.to_string()));
                 }
                 read_errors += 1;
                 if read_errors > MAX_READ_ERRORS {

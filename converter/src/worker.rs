@@ -124,10 +124,15 @@ impl Worker {
         let audio_id = audio_file_id(job_id);
 
         if let Some(info) = self.store.info(Bucket::Audio, &audio_id).await.or_retry("looking for an earlier output")? {
-            if let Some(converted) = converted_from_stored(&event, &info) {
+            // Announced again only when it is whole: a files document can outlive its chunks.
+            let chunks =
+                self.store.chunk_count(Bucket::Audio, &audio_id).await.or_retry("counting the output's chunks")?;
+            let whole = chunks == info.length.div_ceil(u64::from(info.chunk_size.max(1)));
+            if let Some(converted) = converted_from_stored(&event, &info).filter(|_| whole) {
                 info!(%job_id, "already converted; announcing it again");
                 return msg.publisher.publish(&converted).await.or_retry("republishing media.converted");
             }
+            warn!(%job_id, chunks, length = info.length, "an earlier output is unreadable or incomplete; converting again");
             self.store.delete(Bucket::Audio, &audio_id).await.or_retry("removing an unreadable earlier output")?;
         }
         let discarded =
@@ -186,6 +191,9 @@ impl Worker {
         let report = match outcome {
             Ok(Ok(report)) => report,
             Ok(Err(TranscodeError::BadMedia(reason))) => return fail(&msg.publisher, &event, reason).await,
+            // The store's trouble, not the file's: retried like any outage, never counted
+            // against the job.
+            Ok(Err(TranscodeError::Store(e))) => return Err(HandleError::Retry(format!("transcoding: {e}"))),
             // Given back to the broker a few times (it may be this machine: memory, a store
             // that went away), then the job fails with the reason rather than waiting in a
             // dead-letter queue.
@@ -213,12 +221,12 @@ impl Worker {
         if output.bitrate == 0 && output.duration_s > 0.0 {
             output.bitrate = (report.size as f64 * 8.0 / output.duration_s) as u32;
         }
-        if let Err(e) = upload.complete(report.size, &name, output_metadata(job_id, &output, &report.tags)).await {
-            if let Err(abort) = upload.abort().await {
-                warn!(%job_id, error = %abort, "could not remove a partial output");
-            }
-            return Err(HandleError::Retry(format!("storing the MP3: {e}")));
-        }
+        // Not aborted on failure: the files document may have been written without our
+        // hearing of it, and the next attempt finds (and checks) it or replaces the chunks.
+        upload
+            .complete(report.size, &name, output_metadata(job_id, &output, &report.tags))
+            .await
+            .or_retry("storing the MP3")?;
         info!(%job_id, duration_s = report.duration_s, took_ms = started.elapsed().as_millis() as u64, size = report.size, "converted");
         let converted = MediaConverted {
             job_id,

@@ -41,6 +41,9 @@ pub enum ProbeError {
     Store(#[from] StoreError),
     #[error("the probe could not be started ({0})")]
     Spawn(io::Error),
+    /// The store did not answer the probe's reads in time: not the file's doing.
+    #[error("the media store did not answer while the upload was probed")]
+    StoreStalled,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +57,9 @@ pub fn init() -> Result<(), ProbeInitError> {
 
 /// Longer than any honest file's headers take to read.
 const TIME_LIMIT: Duration = Duration::from_secs(10);
-/// The child's address space: FFmpeg's probe buffers a few MiB; this is far above that and
-/// far below what would hurt the pod.
-const MEMORY_LIMIT: u64 = 1 << 30;
+/// The child's heap and private mappings (`RLIMIT_DATA`): FFmpeg's probe buffers a few MiB
+/// and the idle child about 32; this is well above that and well below the pod's limit.
+const MEMORY_LIMIT: u64 = 128 << 20;
 /// The largest range the child may ask for at once.
 const MAX_READ: u32 = 1 << 20;
 const STORE_FAILED: u32 = u32::MAX;
@@ -83,7 +86,7 @@ fn verdict_of(kind: u8, format: String) -> Option<Verdict> {
 /// Runs in the child: limits it can set before any byte is parsed.
 fn limit_child() -> io::Result<()> {
     let limits = [
-        (libc::RLIMIT_AS, MEMORY_LIMIT),
+        (libc::RLIMIT_DATA, MEMORY_LIMIT),
         (libc::RLIMIT_CPU, TIME_LIMIT.as_secs()),
         (libc::RLIMIT_FSIZE, 0),
         (libc::RLIMIT_CORE, 0),
@@ -116,6 +119,7 @@ pub async fn probe(store: &MediaStore, info: &FileInfo, program: &Path) -> Resul
     let (Some(mut answers), Some(mut requests)) = (child.stdin.take(), child.stdout.take()) else {
         return Err(ProbeError::Spawn(io::Error::other("the probe's pipes were not opened")));
     };
+    let in_store = std::sync::atomic::AtomicBool::new(false);
     let serve = async {
         let mut store_failure = None;
         loop {
@@ -162,6 +166,9 @@ pub async fn probe(store: &MediaStore, info: &FileInfo, program: &Path) -> Resul
         Ok(Err(_)) => (None, None),
         Err(_) => {
             let _ = child.kill().await;
+            if in_store.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(ProbeError::StoreStalled);
+            }
             return Ok(Verdict::Crashed(format!("reading it took longer than {} s", TIME_LIMIT.as_secs())));
         }
     };

@@ -224,6 +224,7 @@ where
             format!("{} could not be read safely: {what}", received.filename),
         ),
         Err(ProbeError::Store(e)) => store_error(e),
+        Err(e @ ProbeError::StoreStalled) => ApiError::unavailable("media_store_unavailable", e),
         Err(e @ ProbeError::Spawn(_)) => ApiError::internal("probe", e),
     };
     discard(state, &received).await;

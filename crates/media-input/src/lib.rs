@@ -37,9 +37,15 @@ pub enum OpenError {
     Internal(ffmpeg::Error),
 }
 
+/// No single allocation FFmpeg makes for an upload may be larger: a picture, a tag or a
+/// sample table that claims more is a file built to exhaust memory.
+pub const MAX_ALLOCATION: usize = 64 << 20;
+
 /// FFmpeg's global state; safe to call any number of times.
 pub fn init() -> Result<(), ffmpeg::Error> {
     ffmpeg::init()?;
+    // SAFETY: sets one process-wide integer; FFmpeg reads it on each allocation.
+    unsafe { ffmpeg::ffi::av_max_alloc(MAX_ALLOCATION) };
     ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
     Ok(())
 }

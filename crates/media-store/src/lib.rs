@@ -361,6 +361,11 @@ impl MediaStore {
         Ok(())
     }
 
+    /// How many chunks are stored under `id`.
+    pub async fn chunk_count(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {
+        Ok(self.chunks(bucket).count_documents(doc! {"files_id": oid(id)}).await?)
+    }
+
     /// Removes chunks written under `id` by an upload that never completed (a crash between
     /// chunks and the files document), so the id can be written again.
     pub async fn discard_partial(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {

@@ -4,7 +4,7 @@
 //! whatever the file's size.
 //!
 //! Reads block the calling thread (run it on a blocking thread, never on the runtime). A read
-//! that waits longer than `WAIT_SLICE` returns `ErrorKind::Interrupted` with nothing consumed,
+//! that waits longer than `WAIT_SLICE` returns `ErrorKind::Interrupted` with nothing read,
 //! so the caller can look at its clock or cancellation and call again: FFmpeg's custom I/O
 //! does exactly that between attempts.
 
@@ -113,8 +113,10 @@ impl ChunkReader {
         let Some(ahead) = self.ahead.as_mut() else {
             return Err(io::Error::other("no chunk fetch is running"));
         };
+        // One slice for the whole call, skipped chunks included, so the caller hears back in time.
+        let until = tokio::time::Instant::now() + WAIT_SLICE;
         loop {
-            let received = self.runtime.block_on(async { tokio::time::timeout(WAIT_SLICE, ahead.chunks.recv()).await });
+            let received = self.runtime.block_on(async { tokio::time::timeout_at(until, ahead.chunks.recv()).await });
             let fetched = match received {
                 Err(_) => return Err(io::ErrorKind::Interrupted.into()),
                 Ok(None) => {
