@@ -11,8 +11,8 @@
 //!
 //! The pipes carry frames. Child to gateway: `R`, offset (u64 LE), length (u32 LE) asks
 //! for bytes; `V`, kind (u8), name length (u8), name gives the verdict. Gateway to child: a
-//! length (u32 LE) and that many bytes, fewer at the end of the file, `u32::MAX` when the
-//! store failed.
+//! length (u32 LE) and that many bytes, fewer at the end of the file. When the store fails,
+//! the gateway ends the child rather than answer.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -62,7 +62,6 @@ const TIME_LIMIT: Duration = Duration::from_secs(10);
 const MEMORY_LIMIT: u64 = 128 << 20;
 /// The largest range the child may ask for at once.
 const MAX_READ: u32 = 1 << 20;
-const STORE_FAILED: u32 = u32::MAX;
 const READ: u8 = b'R';
 const VERDICT: u8 = b'V';
 
@@ -121,11 +120,10 @@ pub async fn probe(store: &MediaStore, info: &FileInfo, program: &Path) -> Resul
     };
     let in_store = std::sync::atomic::AtomicBool::new(false);
     let serve = async {
-        let mut store_failure = None;
         loop {
             let mut tag = [0u8; 1];
             if requests.read_exact(&mut tag).await.is_err() {
-                return Ok((None, store_failure));
+                return Ok((None, None));
             }
             match tag[0] {
                 READ => {
@@ -134,17 +132,18 @@ pub async fn probe(store: &MediaStore, info: &FileInfo, program: &Path) -> Resul
                     let offset = u64::from_le_bytes(frame[..8].try_into().unwrap_or_default());
                     let len = u32::from_le_bytes(frame[8..].try_into().unwrap_or_default()).min(MAX_READ);
                     let end = offset.saturating_add(u64::from(len)).min(info.length);
+                    in_store.store(true, std::sync::atomic::Ordering::Relaxed);
                     let bytes =
                         if offset >= end { Ok(Vec::new()) } else { read_range(store, info, offset, end - 1).await };
+                    in_store.store(false, std::sync::atomic::Ordering::Relaxed);
                     match bytes {
                         Ok(bytes) => {
                             answers.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
                             answers.write_all(&bytes).await?;
                         }
-                        Err(e) => {
-                            store_failure = Some(e);
-                            answers.write_all(&STORE_FAILED.to_le_bytes()).await?;
-                        }
+                        // FFmpeg may read on past a failed read; the verdict would be the
+                        // store's, not the file's, so there is nothing more to ask it.
+                        Err(e) => return Ok((None, Some(e))),
                     }
                     answers.flush().await?;
                 }
@@ -154,9 +153,9 @@ pub async fn probe(store: &MediaStore, info: &FileInfo, program: &Path) -> Resul
                     let mut name = vec![0u8; usize::from(frame[1])];
                     requests.read_exact(&mut name).await?;
                     let verdict = verdict_of(frame[0], String::from_utf8_lossy(&name).into_owned());
-                    return Ok((verdict, store_failure));
+                    return Ok((verdict, None));
                 }
-                _ => return Ok((None, store_failure)),
+                _ => return Ok((None, None)),
             }
         }
     };
@@ -172,10 +171,11 @@ pub async fn probe(store: &MediaStore, info: &FileInfo, program: &Path) -> Resul
             return Ok(Verdict::Crashed(format!("reading it took longer than {} s", TIME_LIMIT.as_secs())));
         }
     };
-    let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     if let Some(e) = store_failure {
+        let _ = child.kill().await;
         return Err(ProbeError::Store(e));
     }
+    let status = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
     match (verdict, status) {
         (Some(verdict), _) => Ok(verdict),
         (None, Ok(Ok(status))) => Ok(Verdict::Crashed(format!("FFmpeg stopped on it ({status})"))),
@@ -218,9 +218,6 @@ impl<R: Read, W: Write> Read for PipeSource<R, W> {
         let mut len = [0u8; 4];
         self.answers.read_exact(&mut len)?;
         let len = u32::from_le_bytes(len);
-        if len == STORE_FAILED {
-            return Err(io::Error::other("the gateway could not read the upload"));
-        }
         if len > want {
             return Err(io::Error::other("the gateway answered more than was asked"));
         }
