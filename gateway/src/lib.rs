@@ -73,7 +73,6 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    probe::init()?;
     let db = SCHEMA.connect(&config.database_url, 20).await?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
         MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)

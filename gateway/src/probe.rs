@@ -46,15 +46,6 @@ pub enum ProbeError {
     StoreStalled,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("FFmpeg could not be initialised: {0}")]
-pub struct ProbeInitError(#[from] ffmpeg_next::Error);
-
-pub fn init() -> Result<(), ProbeInitError> {
-    tunewire_media_input::init()?;
-    Ok(())
-}
-
 /// Longer than any honest file's headers take to read.
 const TIME_LIMIT: Duration = Duration::from_secs(10);
 /// The child's heap and private mappings (`RLIMIT_DATA`): FFmpeg's probe buffers a few MiB
@@ -245,7 +236,7 @@ pub fn child_main(mut args: impl Iterator<Item = String>) -> ExitCode {
         eprintln!("usage: tunewire-gateway probe LENGTH (run by the gateway, not by hand)");
         return ExitCode::from(2);
     };
-    if init().is_err() {
+    if tunewire_media_input::init().is_err() {
         return ExitCode::from(1);
     }
     let source = PipeSource { answers: io::stdin(), requests: io::stdout(), pos: 0, length };
