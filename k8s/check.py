@@ -9,6 +9,9 @@ the rendered objects to the project's rules:
   runs as non-root without privilege escalation, and names an image with a pinned tag;
 - the five services probe /healthz and /readyz, keep a read-only root filesystem, and give
   `terminationGracePeriodSeconds` = their SHUTDOWN_DEADLINE_S (src/lib.rs) + 5;
+- their readiness probe sets `timeoutSeconds` explicitly, at least 500 ms above the time
+  `/readyz` gives its checks (READINESS_DEADLINE_MS, crates/service-runtime/src/health.rs), so
+  a slow dependency reads as "not ready" rather than a probe timing out;
 - their startup probe allows longer than they wait for a dependency at start
   (DEPENDENCY_PATIENCE, crates/service-runtime/src/startup.rs);
 - every environment variable a service gets is a setting it reads (parsed from its
@@ -84,6 +87,12 @@ def dependency_patience() -> int | None:
     return int(found.group(1)) if found else None
 
 
+def readiness_deadline_ms() -> int | None:
+    source = (ROOT / "crates" / "service-runtime" / "src" / "health.rs").read_text()
+    found = re.search(r"pub const READINESS_DEADLINE_MS: u64 = (\d+);", source)
+    return int(found.group(1)) if found else None
+
+
 def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
@@ -127,6 +136,14 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
     probes = {p: container.get(p, {}).get("httpGet", {}).get("path") for p in ("livenessProbe", "readinessProbe")}
     if probes != {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}:
         problem(at, f"probes should be /healthz and /readyz, not {probes}")
+    readiness = container.get("readinessProbe", {})
+    deadline_ms = readiness_deadline_ms()
+    if deadline_ms is None:
+        problem(at, "crates/service-runtime/src/health.rs has no READINESS_DEADLINE_MS")
+    elif "timeoutSeconds" not in readiness:
+        problem(at, "the readinessProbe leaves timeoutSeconds at the 1 s default; set it explicitly")
+    elif readiness["timeoutSeconds"] * 1000 < deadline_ms + 500:
+        problem(at, f"the readinessProbe times out after {readiness['timeoutSeconds']} s, too close to the {deadline_ms} ms /readyz gives its checks")
     # The service serves /healthz only once it has its dependencies, which it waits for.
     startup = container.get("startupProbe", {})
     patience = dependency_patience()

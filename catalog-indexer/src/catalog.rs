@@ -38,15 +38,53 @@ async fn upsert_album(tx: &mut Transaction<'_, Postgres>, artist_id: i64, title:
     .await
 }
 
-/// Writes the track, its artist, album and tags in one transaction.
+/// Serialises the changes to one job's track (its addition and its removal) across
+/// handlers and replicas, until the transaction ends.
+async fn lock_job(tx: &mut Transaction<'_, Postgres>, job: uuid::Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))").bind(job).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Whether the job was deleted or expired (its track must not come back).
+pub async fn is_removed(db: &PgPool, job: uuid::Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM catalog.removed_jobs WHERE job_id = $1)")
+        .bind(job)
+        .fetch_one(db)
+        .await
+}
+
+/// Forgets the job's track (tags and Last.fm backlog go with it) and remembers why, so that
+/// its `media.converted` arriving later adds nothing.
+pub async fn remove(db: &PgPool, job: uuid::Uuid, reason: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    lock_job(&mut tx, job).await?;
+    sqlx::query("INSERT INTO catalog.removed_jobs (job_id, reason) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING")
+        .bind(job)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM catalog.tracks WHERE job_id = $1").bind(job).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Writes the track, its artist, album and tags in one transaction; `false` (and nothing
+/// written) when the job was removed.
 pub async fn upsert(
     db: &PgPool,
     event: &MediaConverted,
     title: &str,
     tags: &[Tag],
     source: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
+    lock_job(&mut tx, event.job_id.as_uuid()).await?;
+    let removed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM catalog.removed_jobs WHERE job_id = $1)")
+        .bind(event.job_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await?;
+    if removed {
+        return Ok(false);
+    }
     let artist_id = match &event.tags.artist {
         Some(artist) => Some(upsert_artist(&mut tx, artist).await?),
         None => None,
@@ -74,7 +112,8 @@ pub async fn upsert(
     .execute(&mut *tx)
     .await?;
     insert_tags(&mut tx, event.job_id.as_uuid(), tags, source).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(true)
 }
 
 async fn insert_tags(

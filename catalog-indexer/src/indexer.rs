@@ -1,11 +1,14 @@
 //! Handling one `media.converted`: tags from Last.fm (optional), the catalog rows, the index
-//! document, then `media.catalogued` for the gateway.
+//! document, then `media.catalogued` for the gateway; and `media.deleted`/`media.expired`:
+//! the track leaves the catalog and the index, for good.
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 use tracing::{info, warn};
-use tunewire_events::{HandleError, HandleResultExt, Incoming, MediaCatalogued, MediaConverted};
+use tunewire_events::{
+    CatalogChange, HandleError, HandleResultExt, Incoming, JobId, MediaCatalogued, MediaConverted, Publisher,
+};
 
 use crate::catalog;
 use crate::lastfm::Tag;
@@ -33,8 +36,30 @@ impl Indexer {
         }
     }
 
-    pub async fn handle(self: Arc<Self>, msg: Incoming<MediaConverted>) -> Result<(), HandleError> {
-        let event = msg.event;
+    pub async fn handle(self: Arc<Self>, msg: Incoming<CatalogChange>) -> Result<(), HandleError> {
+        match msg.event {
+            CatalogChange::Converted(event) => self.add(event, &msg.publisher).await,
+            CatalogChange::Deleted(event) => self.remove(event.job_id, "deleted").await,
+            CatalogChange::Expired(event) => self.remove(event.job_id, "expired").await,
+        }
+    }
+
+    async fn unindex(&self, job_id: JobId) -> Result<(), HandleError> {
+        let index = self.index.clone();
+        tokio::task::spawn_blocking(move || index.remove(&job_id.to_string()))
+            .await
+            .or_retry("unindexing (task)")?
+            .or_retry("unindexing")
+    }
+
+    async fn remove(&self, job_id: JobId, reason: &str) -> Result<(), HandleError> {
+        catalog::remove(&self.db, job_id.as_uuid(), reason).await.or_retry("removing the track")?;
+        self.unindex(job_id).await?;
+        info!(%job_id, reason, "track removed from the catalog");
+        Ok(())
+    }
+
+    async fn add(&self, event: MediaConverted, publisher: &Publisher) -> Result<(), HandleError> {
         let title = event.tags.title.clone().unwrap_or_else(|| event.source_filename.clone());
         let (mut tags, source, later) = self.tags(&event, &title).await;
         if let Some(genre) = &event.tags.genre {
@@ -43,7 +68,10 @@ impl Indexer {
                 tags.push(Tag { name: genre, weight: 100 });
             }
         }
-        catalog::upsert(&self.db, &event, &title, &tags, source).await.or_retry("writing the catalog")?;
+        if !catalog::upsert(&self.db, &event, &title, &tags, source).await.or_retry("writing the catalog")? {
+            info!(job_id = %event.job_id, "the job was deleted or expired; not cataloguing it");
+            return Ok(());
+        }
         if let (Some(reason), Some(artist)) = (later, &event.tags.artist) {
             tag_lookup::defer(&self.db, event.job_id, artist, &title, &reason)
                 .await
@@ -67,8 +95,12 @@ impl Indexer {
         .await
         .or_retry("indexing (task)")?
         .or_retry("indexing")?;
+        // A removal that committed while this document was on its way: take it out again.
+        if catalog::is_removed(&self.db, event.job_id.as_uuid()).await.or_retry("checking for a removal")? {
+            return self.unindex(event.job_id).await;
+        }
         info!(job_id = %event.job_id, tags = tags.len(), "catalogued");
         let catalogued = MediaCatalogued { job_id: event.job_id, tags: tags.into_iter().map(|t| t.name).collect() };
-        msg.publisher.publish(&catalogued).await.or_retry("publishing media.catalogued")
+        publisher.publish(&catalogued).await.or_retry("publishing media.catalogued")
     }
 }

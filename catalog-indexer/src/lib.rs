@@ -29,11 +29,24 @@ use search_index::SearchIndex;
 struct Dependencies {
     db: PgPool,
     bus: Arc<Bus>,
+    index: Arc<SearchIndex>,
     tags: Arc<tag_lookup::TagLookup>,
 }
 
+/// Ready means search answers: that takes the index alone. PostgreSQL and RabbitMQ feed the
+/// catalog; without them new tracks wait, and search still serves what is indexed.
 impl Readiness for Dependencies {
     fn checks(&self) -> Vec<(&'static str, Check)> {
+        let index = self.index.clone();
+        vec![(
+            "search_index",
+            Box::pin(
+                async move { tokio::task::spawn_blocking(move || index.check()).await.map_err(|e| e.to_string())? },
+            ),
+        )]
+    }
+
+    fn optional_checks(&self) -> Vec<(&'static str, Check)> {
         let (db, bus) = (self.db.clone(), self.bus.clone());
         vec![
             (
@@ -220,7 +233,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .and(warp::query::<SearchParams>())
         .and(warp::any().map(move || search_index.clone()))
         .and_then(search);
-    let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone(), tags }), Registry::default());
+    let health = HealthRoutes::new(
+        Arc::new(Dependencies { db, bus: bus.clone(), index: index.clone(), tags }),
+        Registry::default(),
+    );
     let routes = search_route.or(health.routes()).unify().recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;

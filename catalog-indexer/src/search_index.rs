@@ -125,11 +125,23 @@ impl SearchIndex {
     /// Blocking: call from a blocking thread.
     pub fn upsert(&self, track: &TrackDoc<'_>) -> tantivy::Result<()> {
         let doc = self.document(track);
+        self.change(&track.job_id, Some(doc))
+    }
+
+    /// Removes the track's document; returns once searches no longer find it. Blocking.
+    pub fn remove(&self, job_id: &str) -> tantivy::Result<()> {
+        self.change(job_id, None)
+    }
+
+    /// Replaces (or, with no document, removes) a job's document, through the group commit.
+    fn change(&self, job_id: &str, doc: Option<TantivyDocument>) -> tantivy::Result<()> {
         let mut commits = self.commits.lock().map_err(poisoned)?;
         {
             let writer = self.writer.lock().map_err(poisoned)?;
-            writer.delete_term(Term::from_field_text(self.fields.job_id, &track.job_id));
-            writer.add_document(doc)?;
+            writer.delete_term(Term::from_field_text(self.fields.job_id, job_id));
+            if let Some(doc) = doc {
+                writer.add_document(doc)?;
+            }
         }
         commits.added += 1;
         commits.oldest_pending.get_or_insert_with(Instant::now);
@@ -255,6 +267,12 @@ impl SearchIndex {
         writer.commit()?;
         drop(writer);
         self.reader.reload()
+    }
+
+    /// Whether the index can be searched: a searcher can be taken and its segments read.
+    pub fn check(&self) -> Result<(), String> {
+        let searcher = self.reader.searcher();
+        searcher.segment_readers().iter().try_for_each(|s| s.get_store_reader(0).map(|_| ())).map_err(|e| e.to_string())
     }
 
     pub fn is_empty(&self) -> bool {

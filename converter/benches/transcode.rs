@@ -309,6 +309,7 @@ async fn stage_in(
                     let name = waiting.get(&failed.job_id).map_or("?", String::as_str);
                     return Err(converter.fail(format!("{name}: media.failed: {}", failed.reason)));
                 }
+                Some((_, Outcome::Deleted(_))) => {}
                 None => bail!("the outcome listener stopped"),
             },
             _ = poll.tick() => {

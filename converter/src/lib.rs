@@ -13,8 +13,8 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
-use tunewire_events::topology::CONVERTER_QUEUE;
-use tunewire_media_store::MediaStore;
+use tunewire_events::topology::{CONVERTER_LIFECYCLE_QUEUE, CONVERTER_QUEUE};
+use tunewire_media_store::{ATTEMPT_HEARTBEAT, ATTEMPT_STALE_AFTER, Bucket, MediaStore};
 use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
 use warp::Filter;
 
@@ -45,6 +45,22 @@ pub struct Running {
     pub task: JoinHandle<()>,
 }
 
+/// Removes the MP3s of attempts whose converter died (see `tunewire_media_store::outputs`).
+/// Every replica sweeps; a sweep removes an attempt only once, whoever runs it.
+async fn sweep_stale_attempts(store: MediaStore, shutdown: CancellationToken) {
+    loop {
+        match store.sweep_stale_attempts(Bucket::Audio, ATTEMPT_STALE_AFTER).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!(swept, "removed the output of attempts whose converter died"),
+            Err(e) => tracing::warn!(error = %e, code = e.code(), "could not sweep dead attempts"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ATTEMPT_HEARTBEAT * 2) => {}
+        }
+    }
+}
+
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     transcode::init()?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
@@ -60,13 +76,24 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;
-    let health = HealthRoutes::new(Arc::new(Dependencies { bus: bus.clone(), store }), Registry::default());
+    let health =
+        HealthRoutes::new(Arc::new(Dependencies { bus: bus.clone(), store: store.clone() }), Registry::default());
     let server = health::spawn_server(listener, health.routes().recover(http_error::recover), shutdown.clone());
 
+    let sweeper = tokio::spawn(sweep_stale_attempts(store.clone(), shutdown.clone()));
     let concurrency = config.concurrency;
+    let forgetter = worker.clone();
+    let deletions_bus = bus.clone();
+    let deletions_shutdown = shutdown.clone();
+    let deletions = tokio::spawn(async move {
+        let handler = move |msg| forgetter.clone().forget(msg);
+        deletions_bus.consume(CONVERTER_LIFECYCLE_QUEUE, 16, handler, deletions_shutdown).await;
+    });
     let task = tokio::spawn(async move {
         let handler = move |msg| worker.clone().handle(msg);
         bus.consume(CONVERTER_QUEUE, concurrency, handler, shutdown).await;
+        let _ = deletions.await;
+        let _ = sweeper.await;
         let _ = server.await;
     });
     Ok(Running { health_addr, task })

@@ -1,21 +1,22 @@
 //! Handling one `media.uploaded`: transcode on a blocking thread from the original's GridFS
-//! chunks to the MP3's, as they are read and encoded, and announce the outcome. Idempotent:
-//! the MP3's id is derived from the job id, so a redelivered job finds its finished output
-//! (and republishes) or the debris of a crash (and replaces it).
+//! chunks to the MP3's, as they are read and encoded, and announce the outcome. Idempotent
+//! and safe with two converters on one job (see `tunewire_media_store::outputs`): each
+//! attempt writes under a fresh id, the first whole MP3 claims the job, and a redelivered
+//! job finds the claimed output and announces it again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{Document, doc};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tunewire_events::contract::{AudioOutput, TrackTags};
 use tunewire_events::{
-    FileId, HandleError, HandleResultExt, Incoming, JobId, MediaConverted, MediaFailed, MediaProgress, MediaUploaded,
-    Publisher,
+    FileId, HandleError, HandleResultExt, Incoming, JobId, MediaConverted, MediaDeleted, MediaFailed, MediaProgress,
+    MediaUploaded, Publisher,
 };
-use tunewire_media_store::{Bucket, ChunkWriter, FileInfo, MediaStore};
+use tunewire_media_store::{ATTEMPT_HEARTBEAT, Bucket, ChunkWriter, Claim, FileInfo, MediaStore};
 
 use crate::transcode::{self, TranscodeError};
 
@@ -28,14 +29,6 @@ const INTERNAL_ERROR_ATTEMPTS: u32 = 3;
 /// outages that hand work back are not mistaken for crashes; below the queue's delivery
 /// limit, so the job fails with a reason instead of being dead-lettered.
 const CRASH_DELIVERIES: u32 = 6;
-
-/// The MP3 of a job always has the same GridFS id.
-pub fn audio_file_id(job: JobId) -> FileId {
-    let digest = Sha256::digest(format!("tunewire-audio:{job}").as_bytes());
-    let mut bytes = [0u8; 12];
-    bytes.copy_from_slice(&digest[..12]);
-    FileId::from_bytes(bytes)
-}
 
 pub struct Worker {
     pub store: MediaStore,
@@ -117,49 +110,149 @@ async fn forward_progress(job_id: JobId, mut progress: watch::Receiver<f32>, pub
     }
 }
 
-impl Worker {
-    pub async fn handle(self: Arc<Self>, msg: Incoming<MediaUploaded>) -> Result<(), HandleError> {
-        let event = msg.event;
-        let job_id = event.job_id;
-        let audio_id = audio_file_id(job_id);
+/// How one attempt at a job ended, when it did not fail in a way worth retrying.
+// One per handled message, moved once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    /// Its MP3 is the job's output.
+    Claimed(MediaConverted),
+    /// The file cannot be converted; `media.failed` went out.
+    Failed,
+    /// Another attempt's MP3 was claimed first.
+    Beaten(FileId),
+    /// The job was deleted meanwhile; nothing of it is kept or announced.
+    Forgotten,
+}
 
-        if let Some(info) = self.store.info(Bucket::Audio, &audio_id).await.or_retry("looking for an earlier output")? {
-            // Announced again only when it is whole: a files document can outlive its chunks.
-            let chunks =
-                self.store.chunk_count(Bucket::Audio, &audio_id).await.or_retry("counting the output's chunks")?;
-            let whole = chunks == info.length.div_ceil(u64::from(info.chunk_size.max(1)));
-            if let Some(converted) = converted_from_stored(&event, &info).filter(|_| whole) {
-                info!(%job_id, "already converted; announcing it again");
-                return msg.publisher.publish(&converted).await.or_retry("republishing media.converted");
-            }
-            warn!(%job_id, chunks, length = info.length, "an earlier output is unreadable or incomplete; converting again");
-            self.store.delete(Bucket::Audio, &audio_id).await.or_retry("removing an unreadable earlier output")?;
+/// Keeps the attempt's heartbeat until dropped; cancels `stop` if the attempt was swept
+/// (taken for dead), so that it stops writing.
+async fn keep_alive(store: MediaStore, attempt: FileId, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ATTEMPT_HEARTBEAT) => {}
         }
-        let discarded =
-            self.store.discard_partial(Bucket::Audio, &audio_id).await.or_retry("clearing a partial output")?;
-        if discarded > 0 {
-            warn!(%job_id, chunks = discarded, "removed a half-written output left by a crash");
+        match store.heartbeat(Bucket::Audio, &attempt).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(file_id = %attempt, "this attempt was swept as dead; stopping it");
+                stop.cancel();
+                return;
+            }
+            Err(e) => warn!(file_id = %attempt, error = %e, "could not renew the attempt's heartbeat"),
+        }
+    }
+}
+
+impl Worker {
+    /// Announces a claimed output again when it is whole; `false` when it is not (gone, or
+    /// chunks missing).
+    async fn announce_stored(
+        &self,
+        publisher: &Publisher,
+        event: &MediaUploaded,
+        file: &FileId,
+    ) -> Result<bool, HandleError> {
+        let Some(info) = self.store.info(Bucket::Audio, file).await.or_retry("looking for an earlier output")? else {
+            return Ok(false);
+        };
+        if !self.store.is_whole(Bucket::Audio, &info).await.or_retry("checking the earlier output's chunks")? {
+            return Ok(false);
+        }
+        let Some(converted) = converted_from_stored(event, &info) else { return Ok(false) };
+        info!(job_id = %event.job_id, file_id = %file, "already converted; announcing it again");
+        publisher.publish(&converted).await.or_retry("republishing media.converted")?;
+        Ok(true)
+    }
+
+    /// Removes an attempt's own file and record (never another attempt's); what fails here
+    /// is left to the sweep of stale attempts.
+    async fn discard_attempt(&self, job_id: JobId, attempt: &FileId) {
+        if let Err(e) = self.store.delete(Bucket::Audio, attempt).await {
+            warn!(%job_id, file_id = %attempt, error = %e, "could not remove this attempt's output; the sweep will");
+            return;
+        }
+        if let Err(e) = self.store.end_attempt(Bucket::Audio, attempt).await {
+            warn!(%job_id, file_id = %attempt, error = %e, "could not close this attempt; the sweep will");
+        }
+    }
+
+    /// `media.deleted`: the job's MP3 goes, and none is kept from a conversion still running.
+    pub async fn forget(self: Arc<Self>, msg: Incoming<MediaDeleted>) -> Result<(), HandleError> {
+        let job_id = msg.event.job_id;
+        self.store.forget_job(Bucket::Audio, job_id).await.or_retry("forgetting a deleted job")?;
+        info!(%job_id, "job deleted; its MP3 is removed and no conversion of it will be kept");
+        Ok(())
+    }
+
+    pub async fn handle(self: Arc<Self>, msg: Incoming<MediaUploaded>) -> Result<(), HandleError> {
+        let event = &msg.event;
+        let job_id = event.job_id;
+        if self.store.is_forgotten(Bucket::Audio, job_id).await.or_retry("checking for a deletion")? {
+            info!(%job_id, "the job was deleted; not converting it");
+            return Ok(());
+        }
+
+        if let Some(existing) =
+            self.store.output_of(Bucket::Audio, job_id).await.or_retry("looking for an earlier output")?
+        {
+            if self.announce_stored(&msg.publisher, event, &existing).await? {
+                return Ok(());
+            }
+            warn!(%job_id, file_id = %existing, "the claimed output is gone or incomplete; converting again");
+            self.store.release_output(Bucket::Audio, job_id, &existing).await.or_retry("releasing a broken output")?;
+            self.store.delete(Bucket::Audio, &existing).await.or_retry("removing a broken output")?;
         }
 
         if msg.deliveries >= CRASH_DELIVERIES {
             let reason =
                 format!("this file could not be converted (the converter stopped on it {} times)", msg.deliveries);
-            return fail(&msg.publisher, &event, reason).await;
+            return fail(&msg.publisher, event, reason).await;
         }
         let Some(source) =
             self.store.reader(Bucket::Uploads, &event.source.file_id).await.or_retry("opening the original")?
         else {
-            return fail(&msg.publisher, &event, "the uploaded file is no longer stored".into()).await;
+            return fail(&msg.publisher, event, "the uploaded file is no longer stored".into()).await;
         };
 
-        info!(%job_id, deliveries = msg.deliveries, "converting");
+        let attempt = self.store.begin_attempt(Bucket::Audio, job_id).await.or_retry("registering the attempt")?;
+        let outcome = self.convert(&msg, source, &attempt).await;
+        if !matches!(outcome, Ok(Attempt::Claimed(_))) {
+            self.discard_attempt(job_id, &attempt).await;
+        }
+        match outcome? {
+            Attempt::Claimed(converted) => {
+                msg.publisher.publish(&converted).await.or_retry("publishing media.converted")
+            }
+            Attempt::Failed | Attempt::Forgotten => Ok(()),
+            Attempt::Beaten(winner) => match self.announce_stored(&msg.publisher, event, &winner).await? {
+                true => Ok(()),
+                false => Err(HandleError::Retry("the output another attempt claimed is not readable".into())),
+            },
+        }
+    }
+
+    /// Converts into the attempt's file and claims it.
+    async fn convert(
+        &self,
+        msg: &Incoming<MediaUploaded>,
+        source: tunewire_media_store::ChunkReader,
+        attempt: &FileId,
+    ) -> Result<Attempt, HandleError> {
+        let event = &msg.event;
+        let job_id = event.job_id;
+        info!(%job_id, deliveries = msg.deliveries, file_id = %attempt, "converting");
+        // Stops writing when the message can no longer be acked or the attempt was swept.
+        let stop = msg.lost.child_token();
+        let heartbeat = tokio::spawn(keep_alive(self.store.clone(), attempt.clone(), stop.clone()));
+        let _stop_heartbeat = stop.clone().drop_guard();
         let (progress_tx, progress_rx) = watch::channel(0f32);
         let forwarder = tokio::spawn(forward_progress(job_id, progress_rx, msg.publisher.clone()));
         let (preset, overrides, max_duration_s) = (event.preset, event.overrides.clone(), self.max_duration_s);
         let time_limit = self.time_limit;
         let normalize_loudness = event.normalize_loudness;
         let fallback_title = stem(&event.source.filename).to_string();
-        let upload = self.store.chunk_upload(Bucket::Audio, audio_id.clone());
+        let upload = self.store.chunk_upload(Bucket::Audio, attempt.clone());
         let (chunks, incoming) = tokio::sync::mpsc::channel(ChunkWriter::CHANNEL);
         let started = std::time::Instant::now();
         let converting = tokio::task::spawn_blocking(move || {
@@ -177,20 +270,25 @@ impl Worker {
                 progress_tx.send_replace(p);
             })
         });
-        let (inserted, outcome) = futures_util::future::join(upload.run(incoming), converting).await;
+        // Stopping drops the receiver: the transcoder's next write fails and it ends.
+        let writing = async {
+            tokio::select! {
+                inserted = upload.run(incoming) => inserted.map_err(|e| format!("storing the MP3: {e}")),
+                _ = stop.cancelled() => Err("stopped: the job's message was handed back to the broker, or this attempt was taken for dead".into()),
+            }
+        };
+        let (inserted, outcome) = futures_util::future::join(writing, converting).await;
         forwarder.abort();
-        if !matches!((&outcome, &inserted), (Ok(Ok(_)), Ok(_)))
-            && let Err(e) = upload.abort().await
-        {
-            warn!(%job_id, error = %e, "could not remove a partial output");
+        if stop.is_cancelled() {
+            warn!(%job_id, file_id = %attempt, "stopped converting: the message went back to the broker or the attempt was taken for dead");
         }
-        // The store failing explains whatever the transcoder made of it.
-        if let Err(e) = inserted {
-            return Err(HandleError::Retry(format!("storing the MP3: {e}")));
-        }
+        // The store failing, or the attempt stopped, explains whatever the transcoder made of it.
+        inserted.map_err(HandleError::Retry)?;
         let report = match outcome {
             Ok(Ok(report)) => report,
-            Ok(Err(TranscodeError::BadMedia(reason))) => return fail(&msg.publisher, &event, reason).await,
+            Ok(Err(TranscodeError::BadMedia(reason))) => {
+                return fail(&msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+            }
             // The store's trouble, not the file's: retried like any outage, never counted
             // against the job.
             Ok(Err(TranscodeError::Store(e))) => return Err(HandleError::Retry(format!("transcoding: {e}"))),
@@ -199,36 +297,69 @@ impl Worker {
             // dead-letter queue.
             Ok(Err(TranscodeError::Internal(e))) if msg.deliveries + 1 >= INTERNAL_ERROR_ATTEMPTS => {
                 let reason = format!("this file could not be converted ({e}; tried {INTERNAL_ERROR_ATTEMPTS} times)");
-                return fail(&msg.publisher, &event, reason).await;
+                return fail(&msg.publisher, event, reason).await.map(|()| Attempt::Failed);
             }
             Ok(Err(TranscodeError::Internal(e))) => return Err(HandleError::Requeue(format!("transcoding: {e}"))),
             Err(panic) => {
                 warn!(%job_id, error = %panic, "the transcoder panicked");
-                return fail(&msg.publisher, &event, "this file could not be converted (internal error)".into()).await;
+                let reason = "this file could not be converted (internal error)".to_string();
+                return fail(&msg.publisher, event, reason).await.map(|()| Attempt::Failed);
             }
         };
 
         let mut output = AudioOutput {
-            file_id: audio_id.clone(),
-            size: 0,
+            file_id: attempt.clone(),
+            size: report.size,
             duration_s: report.duration_s,
             bitrate: report.bitrate,
             sample_rate: report.sample_rate,
             channels: report.channels,
         };
         let name = format!("{}.mp3", stem(&event.source.filename));
-        output.size = report.size;
         if output.bitrate == 0 && output.duration_s > 0.0 {
             output.bitrate = (report.size as f64 * 8.0 / output.duration_s) as u32;
         }
-        // Not aborted on failure: the files document may have been written without our
-        // hearing of it, and the next attempt finds (and checks) it or replaces the chunks.
         upload
             .complete(report.size, &name, output_metadata(job_id, &output, &report.tags))
             .await
             .or_retry("storing the MP3")?;
+        // Claimed only while this attempt is alive (a sweep spares a fresh heartbeat) and its
+        // file is whole.
+        heartbeat.abort();
+        if !self.store.heartbeat(Bucket::Audio, attempt).await.or_retry("renewing the attempt")? {
+            return Err(HandleError::Retry("this attempt was taken for dead while it finished".into()));
+        }
+        let info = self.store.info(Bucket::Audio, attempt).await.or_retry("reading the stored MP3")?;
+        let whole = match &info {
+            Some(info) => self.store.is_whole(Bucket::Audio, info).await.or_retry("checking the stored MP3")?,
+            None => false,
+        };
+        if !whole {
+            return Err(HandleError::Retry("the stored MP3 is missing chunks".into()));
+        }
+        match self.store.claim_output(Bucket::Audio, job_id, attempt).await.or_retry("claiming the job's output")? {
+            Claim::Won => {}
+            Claim::Lost(winner) => {
+                info!(%job_id, file_id = %winner, "another attempt finished this job first");
+                return Ok(Attempt::Beaten(winner));
+            }
+        }
+        // A deletion that came while this attempt worked: it may have found nothing to
+        // remove yet, so the file is removed here (the claim is made before this check, the
+        // deletion's mark before its look at the claim: one of the two sees the other).
+        if self.store.is_forgotten(Bucket::Audio, job_id).await.or_retry("checking for a deletion")? {
+            self.store
+                .release_output(Bucket::Audio, job_id, attempt)
+                .await
+                .or_retry("releasing a deleted job's output")?;
+            info!(%job_id, "the job was deleted while it converted; its MP3 is not kept");
+            return Ok(Attempt::Forgotten);
+        }
+        if let Err(e) = self.store.end_attempt(Bucket::Audio, attempt).await {
+            warn!(%job_id, error = %e, "could not close the attempt; the sweep will");
+        }
         info!(%job_id, duration_s = report.duration_s, took_ms = started.elapsed().as_millis() as u64, size = report.size, "converted");
-        let converted = MediaConverted {
+        Ok(Attempt::Claimed(MediaConverted {
             job_id,
             owner: event.owner.clone(),
             source_filename: event.source.filename.clone(),
@@ -236,21 +367,13 @@ impl Worker {
             output,
             tags: report.tags,
             source_facts: report.source,
-        };
-        msg.publisher.publish(&converted).await.or_retry("publishing media.converted")
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn audio_id_is_stable_per_job_and_distinct_across_jobs() {
-        let job = JobId::new();
-        assert_eq!(audio_file_id(job), audio_file_id(job));
-        assert_ne!(audio_file_id(job), audio_file_id(JobId::new()));
-    }
 
     #[test]
     fn stem_strips_folders_and_extension() {

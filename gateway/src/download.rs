@@ -126,7 +126,7 @@ pub async fn serve(
         .await
         .map_err(|e| ApiError::unavailable(e.code(), e))?
         .ok_or_else(|| ApiError::not_found("file"))?;
-    // The id is derived from the job, and a job's MP3 never changes: the id is a strong tag.
+    // A job's MP3 is written once under an id of its own and never changes: the id is a strong tag.
     let etag = format!("\"{file_id}\"");
     let header_str = |name| request.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let mut response = warp::Reply::into_response(warp::reply());

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use tunewire_events::contract::JobUpdate;
-use tunewire_events::{Event, JobId, MediaUploaded, UserId};
+use tunewire_events::{Event, JobId, MediaDeleted, MediaExpired, MediaUploaded, UserId};
 
 use crate::caller::Caller;
 
@@ -17,10 +17,21 @@ pub enum Created {
 
 const LIVE_STATES: &str = "('queued', 'converting', 'converted')";
 
+/// Queues `event` in the outbox, in the caller's transaction.
+async fn enqueue<E: Event>(tx: &mut sqlx::PgConnection, event: &E) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_vec(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query("INSERT INTO gateway.outbox (id, routing_key, payload) VALUES ($1, $2, $3)")
+        .bind(uuid::Uuid::new_v4())
+        .bind(E::ROUTING_KEY)
+        .bind(&payload)
+        .execute(tx)
+        .await
+        .map(drop)
+}
+
 /// Creates the job and queues its `media.uploaded` in the outbox, atomically; or finds the
 /// live job with the same owner, SHA-256 and preset and queues nothing.
 pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<Created, sqlx::Error> {
-    let payload = serde_json::to_vec(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     // A live duplicate can stop being live (failed, expired) between the insert and the
     // lookup; then the insert is simply tried again.
     for _ in 0..3 {
@@ -42,12 +53,7 @@ pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<Created, sqlx:
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_some() {
-            sqlx::query("INSERT INTO gateway.outbox (id, routing_key, payload) VALUES ($1, $2, $3)")
-                .bind(uuid::Uuid::new_v4())
-                .bind(MediaUploaded::ROUTING_KEY)
-                .bind(&payload)
-                .execute(&mut *tx)
-                .await?;
+            enqueue(&mut tx, event).await?;
             tx.commit().await?;
             return Ok(Created::New);
         }
@@ -198,8 +204,28 @@ pub async fn files(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Job
     Ok(row.map(|(source_file_id, output_file_id)| JobFiles { source_file_id, output_file_id }))
 }
 
+/// Deletes the job and queues `media.deleted`, atomically: every service drops what it holds
+/// of the job, and work still running on it keeps nothing.
 pub async fn delete(db: &PgPool, id: JobId) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM gateway.jobs WHERE id = $1").bind(id.as_uuid()).execute(db).await.map(drop)
+    let mut tx = db.begin().await?;
+    let deleted = sqlx::query("DELETE FROM gateway.jobs WHERE id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
+    if deleted.rows_affected() > 0 {
+        enqueue(&mut tx, &MediaDeleted { job_id: id }).await?;
+    }
+    tx.commit().await
+}
+
+/// Of these originals, those retention may remove: their job is over (converted, failed,
+/// expired) or there is no job for them. A queued or converting job keeps its original.
+pub async fn removable_sources(db: &PgPool, file_ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT f.file_id FROM unnest($1::text[]) AS f (file_id)
+         WHERE NOT EXISTS (SELECT 1 FROM gateway.jobs j
+                           WHERE j.source_file_id = f.file_id AND j.state IN ('queued', 'converting'))",
+    )
+    .bind(file_ids)
+    .fetch_all(db)
+    .await
 }
 
 /// Retention removed these originals.
@@ -211,15 +237,22 @@ pub async fn sources_removed(db: &PgPool, file_ids: &[String]) -> Result<(), sql
         .map(drop)
 }
 
-/// Retention removed these MP3s: their jobs are `expired`.
+/// Retention removes these MP3s: their jobs are `expired`, and `media.expired` tells the
+/// catalog to forget their tracks.
 pub async fn outputs_expired(db: &PgPool, file_ids: &[String]) -> Result<u64, sqlx::Error> {
-    sqlx::query(
-        "UPDATE gateway.jobs SET state = 'expired', updated_at = now() WHERE output_file_id = ANY($1) AND state = 'converted'",
+    let mut tx = db.begin().await?;
+    let expired: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE gateway.jobs SET state = 'expired', updated_at = now() WHERE output_file_id = ANY($1) AND state = 'converted'
+         RETURNING id",
     )
     .bind(file_ids)
-    .execute(db)
-    .await
-    .map(|r| r.rows_affected())
+    .fetch_all(&mut *tx)
+    .await?;
+    for job in &expired {
+        enqueue(&mut tx, &MediaExpired { job_id: JobId::from(*job) }).await?;
+    }
+    tx.commit().await?;
+    Ok(expired.len() as u64)
 }
 
 /// Applies a pipeline event. States only move forward, so redelivered or reordered events

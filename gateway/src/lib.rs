@@ -39,9 +39,12 @@ struct Dependencies {
     store: MediaStore,
 }
 
+/// Ready means uploads and downloads can be served: PostgreSQL and MongoDB. RabbitMQ down
+/// only delays events (the outbox holds them), so it is a note, not a reason to leave the
+/// Service.
 impl Readiness for Dependencies {
     fn checks(&self) -> Vec<(&'static str, Check)> {
-        let (db, bus, store) = (self.db.clone(), self.bus.clone(), self.store.clone());
+        let (db, store) = (self.db.clone(), self.store.clone());
         vec![
             (
                 "postgres",
@@ -49,9 +52,13 @@ impl Readiness for Dependencies {
                     async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
                 ),
             ),
-            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
             ("mongodb", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
         ]
+    }
+
+    fn optional_checks(&self) -> Vec<(&'static str, Check)> {
+        let bus = self.bus.clone();
+        vec![("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) }))]
     }
 }
 
@@ -103,6 +110,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )),
     };
+    let relay_metrics = metrics.clone();
     let health =
         HealthRoutes::new(Arc::new(Dependencies { db: db.clone(), bus: bus.clone(), store: store.clone() }), registry);
     let api = routes::routes(state)
@@ -114,7 +122,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     let server = health::spawn_server(listener, api, shutdown.clone());
-    let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, shutdown.clone()));
+    let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, relay_metrics, shutdown.clone()));
     let retention = tokio::spawn(retention::run(db.clone(), store, config.retention, shutdown.clone()));
     let task = tokio::spawn(async move {
         let handler = move |msg| job_state::handle(db.clone(), msg);

@@ -2,6 +2,8 @@
 //! out, uploads in flight. Routes are labelled by template (`/v1/jobs/{id}`), never by the
 //! raw path, so the series stay few.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,6 +32,9 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub uploads_in_flight: Gauge,
+    pub outbox_depth: Gauge,
+    pub outbox_oldest_age: Gauge<f64, AtomicU64>,
+    pub outbox_relay_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -45,6 +50,9 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             uploads_in_flight: Gauge::default(),
+            outbox_depth: Gauge::default(),
+            outbox_oldest_age: Gauge::default(),
+            outbox_relay_failures: Counter::default(),
         };
         registry.register("http_requests", "HTTP requests answered", metrics.requests.clone());
         registry.register_with_unit(
@@ -56,6 +64,22 @@ impl Metrics {
         registry.register_with_unit("upload", "Upload bytes received", Unit::Bytes, metrics.bytes_in.clone());
         registry.register_with_unit("download", "Download bytes sent", Unit::Bytes, metrics.bytes_out.clone());
         registry.register("uploads_in_flight", "Uploads being received", metrics.uploads_in_flight.clone());
+        registry.register(
+            "outbox_events",
+            "Events committed and not yet confirmed by RabbitMQ",
+            metrics.outbox_depth.clone(),
+        );
+        registry.register_with_unit(
+            "outbox_oldest_event_age",
+            "Age of the oldest event waiting in the outbox",
+            Unit::Seconds,
+            metrics.outbox_oldest_age.clone(),
+        );
+        registry.register(
+            "outbox_relay_failures",
+            "Relay rounds that failed (RabbitMQ or PostgreSQL unavailable, a confirm timed out)",
+            metrics.outbox_relay_failures.clone(),
+        );
         metrics
     }
 

@@ -1,5 +1,8 @@
-//! The outbox relay: publishes events committed with their jobs, then deletes them. At least
-//! once: a crash between confirm and delete publishes an event again, which consumers absorb.
+//! The outbox relay: publishes events committed with their jobs, then deletes them. Every
+//! gateway runs one; they share the work by leasing rows in a short transaction, publish
+//! outside it (a broker that blocks publishers holds no row lock and no transaction), and
+//! delete what the broker confirmed. At least once: a crash between confirm and delete, or a
+//! lease that ran out mid-publish, publishes an event again, which consumers absorb.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,31 +14,99 @@ use tracing::warn;
 use tunewire_events::Bus;
 use tunewire_events::consumer::retry_delay;
 
+use crate::metrics::Metrics;
+
 const BATCH: i64 = 100;
 /// A safety net: new rows also wake the relay at once through `Notify`.
 const POLL: Duration = Duration::from_millis(500);
+/// The longest one publish (the send and the broker's confirm) may take; a broker under a
+/// memory or disk alarm blocks publishers without a word.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows stay with the relay that leased them this long. Above a batch's publishing time in
+/// the ordinary case; past it another gateway may publish them again (at least once).
+const LEASE: Duration = Duration::from_secs(60);
 
-async fn relay_batch(db: &PgPool, bus: &Bus) -> anyhow::Result<usize> {
-    let mut tx = db.begin().await?;
-    let rows: Vec<(uuid::Uuid, String, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, routing_key, payload FROM gateway.outbox ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] tunewire_events::BusError),
+    #[error("rabbitmq did not confirm a {routing_key} event within {}s", CONFIRM_TIMEOUT.as_secs())]
+    ConfirmTimeout { routing_key: String },
+}
+
+/// Leases up to a batch of rows nobody holds, oldest first.
+async fn lease(db: &PgPool) -> Result<Vec<(uuid::Uuid, String, Vec<u8>)>, sqlx::Error> {
+    let mut rows: Vec<(uuid::Uuid, String, Vec<u8>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "UPDATE gateway.outbox SET leased_until = now() + make_interval(secs => $2)
+         WHERE id IN (SELECT id FROM gateway.outbox WHERE leased_until IS NULL OR leased_until < now()
+                      ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         RETURNING id, routing_key, payload, created_at",
     )
     .bind(BATCH)
-    .fetch_all(&mut *tx)
+    .bind(LEASE.as_secs_f64())
+    .fetch_all(db)
     .await?;
+    rows.sort_by_key(|row| row.3);
+    Ok(rows.into_iter().map(|(id, key, payload, _)| (id, key, payload)).collect())
+}
+
+/// Publishes one leased batch; returns how many rows it held. Confirmed rows are deleted even
+/// when a later one fails; the rest are released for the next try.
+async fn relay_batch(db: &PgPool, bus: &Bus) -> Result<usize, RelayError> {
+    let rows = lease(db).await?;
     if rows.is_empty() {
         return Ok(0);
     }
-    let publisher = bus.publisher().await?;
-    for (id, routing_key, payload) in &rows {
-        publisher.publish_raw(routing_key, payload, &id.to_string()).await?;
-        sqlx::query("DELETE FROM gateway.outbox WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    let mut confirmed = Vec::with_capacity(rows.len());
+    let mut failure = None;
+    match tokio::time::timeout(CONFIRM_TIMEOUT, bus.publisher()).await {
+        Err(_) => failure = Some(RelayError::Bus(tunewire_events::BusError::ConnectTimeout)),
+        Ok(Err(e)) => failure = Some(e.into()),
+        Ok(Ok(publisher)) => {
+            for (id, routing_key, payload) in &rows {
+                let published =
+                    tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_raw(routing_key, payload, &id.to_string()))
+                        .await;
+                match published {
+                    Ok(Ok(())) => confirmed.push(*id),
+                    Ok(Err(e)) => {
+                        failure = Some(e.into());
+                        break;
+                    }
+                    Err(_) => {
+                        failure = Some(RelayError::ConfirmTimeout { routing_key: routing_key.clone() });
+                        break;
+                    }
+                }
+            }
+        }
     }
-    tx.commit().await?;
+    sqlx::query("DELETE FROM gateway.outbox WHERE id = ANY($1)").bind(&confirmed).execute(db).await?;
+    if let Some(e) = failure {
+        let unsent: Vec<uuid::Uuid> = rows.iter().map(|r| r.0).filter(|id| !confirmed.contains(id)).collect();
+        sqlx::query("UPDATE gateway.outbox SET leased_until = NULL WHERE id = ANY($1)")
+            .bind(&unsent)
+            .execute(db)
+            .await?;
+        return Err(e);
+    }
     Ok(rows.len())
 }
 
-pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Outbox depth and the age of its oldest event, for `/metrics`.
+async fn measure(db: &PgPool, metrics: &Metrics) -> Result<(), sqlx::Error> {
+    let (depth, oldest_s): (i64, Option<f64>) =
+        sqlx::query_as("SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 FROM gateway.outbox")
+            .fetch_one(db)
+            .await?;
+    metrics.outbox_depth.set(depth);
+    metrics.outbox_oldest_age.set(oldest_s.unwrap_or(0.0).max(0.0));
+    Ok(())
+}
+
+pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
         match relay_batch(&db, &bus).await {
@@ -43,8 +114,12 @@ pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, shutdown: Cancell
             Ok(_) => failures = 0,
             Err(e) => {
                 failures += 1;
+                metrics.outbox_relay_failures.inc();
                 warn!(error = %e, failures, "outbox relay failed; events stay queued in PostgreSQL");
             }
+        }
+        if let Err(e) = measure(&db, &metrics).await {
+            warn!(error = %e, "could not measure the outbox");
         }
         let pause = if failures == 0 { POLL } else { retry_delay(failures.min(5)) };
         tokio::select! {

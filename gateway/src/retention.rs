@@ -1,7 +1,8 @@
 //! The retention sweep: originals and MP3s older than their configured age are removed from
-//! GridFS; jobs whose MP3 went are `expired`. It works from GridFS's own upload dates, so files
-//! no job points to any more (a deleted job's late MP3) are removed too. Every replica may
-//! sweep: removing a removed file is a no-op.
+//! GridFS; jobs whose MP3 went are `expired` (and `media.expired` goes out). It works from
+//! GridFS's own upload dates, so files no job points to any more are removed too; the
+//! original of a job still queued or converting is kept. Every replica may sweep: removing a
+//! removed file is a no-op.
 
 use std::time::Duration;
 
@@ -32,12 +33,14 @@ const BATCH: i64 = 500;
 pub async fn sweep(db: &PgPool, store: &MediaStore, policy: &Policy) -> Result<(usize, usize), SweepError> {
     let now = chrono::Utc::now();
     let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    let originals = store.stored_before(Bucket::Uploads, now - age(policy.originals), BATCH).await?;
+    let old = store.stored_before(Bucket::Uploads, now - age(policy.originals), BATCH).await?;
+    let ids: Vec<String> = old.iter().map(|id| id.to_string()).collect();
+    let removable = jobs::removable_sources(db, &ids).await?;
+    let originals: Vec<_> = old.into_iter().filter(|id| removable.contains(&id.to_string())).collect();
     for id in &originals {
         store.delete(Bucket::Uploads, id).await?;
     }
-    let ids: Vec<String> = originals.iter().map(|id| id.to_string()).collect();
-    jobs::sources_removed(db, &ids).await?;
+    jobs::sources_removed(db, &removable).await?;
 
     let outputs = store.stored_before(Bucket::Audio, now - age(policy.outputs), BATCH).await?;
     let ids: Vec<String> = outputs.iter().map(|id| id.to_string()).collect();

@@ -347,7 +347,7 @@ async fn list_jobs(caller: Caller, query: HashMap<String, String>, state: State)
     Ok(warp::reply::json(&json!({"jobs": page, "next_cursor": next.map(|c| c.encode())})).into_response())
 }
 
-/// Removes the job's original and MP3 from GridFS, then the job.
+/// Removes the job's original and MP3 from GridFS, then the job (and tells the pipeline).
 async fn delete_job(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let files = jobs::files(&state.db, id, &caller)
@@ -361,6 +361,7 @@ async fn delete_job(id: String, caller: Caller, state: State) -> Result<Response
         state.store.delete(bucket, &file_id).await.map_err(|e| ApiError::unavailable(e.code(), e))?;
     }
     jobs::delete(&state.db, id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    state.outbox_wake.notify_one();
     tracing::info!(job_id = %id, by = %caller.id, "job deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

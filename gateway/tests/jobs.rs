@@ -126,6 +126,21 @@ async fn job_events_stream_state_and_progress_until_the_job_ends() -> anyhow::Re
     g.stop().await
 }
 
+/// Takes messages off `queue` (standing in for its consumer) until one equals `expected`.
+async fn wait_for_message(g: &Gateway, queue: &str, expected: Value) -> anyhow::Result<()> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    eventually(&format!("{expected} in {queue}"), support::DEADLINE, || {
+        let (seen, more, expected) = (seen.clone(), g.sandbox.take(queue, 10), expected.clone());
+        async move {
+            let more = more.await?;
+            let mut all = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            all.extend(more);
+            Ok(all.contains(&expected).then_some(()))
+        }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn deleting_a_job_removes_its_original_and_its_mp3() -> anyhow::Result<()> {
     let g = Gateway::start_with(Options { converter: true, ..Default::default() }).await?;
@@ -144,6 +159,11 @@ async fn deleting_a_job_removes_its_original_and_its_mp3() -> anyhow::Result<()>
     assert_eq!(r.status(), 404);
     let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
     assert_eq!(r.status(), 404);
+    // The pipeline hears of it (the notifier's and the catalog's queues; the converter's own
+    // is consumed by the converter running here).
+    for queue in ["notifier.outcomes", "catalog-indexer.media-converted"] {
+        wait_for_message(&g, queue, serde_json::json!({"job_id": id})).await?;
+    }
     g.stop().await
 }
 
@@ -160,6 +180,8 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
     .await?;
     let user = g.user().await?;
     let id = g.accepted(&user.token, &g.tone("t.wav", 1, 1)?, &[]).await?;
+    // No converter here: this one stays queued, and retention must leave its original alone.
+    let queued = g.accepted(&user.token, &g.tone("q.wav", 1, 2)?, &[]).await?;
     // Stand in for the converter: an MP3 in the audio bucket and its `media.converted`.
     let job_id = id.parse()?;
     let mp3 = g.scratch.join("out.mp3");
@@ -184,11 +206,22 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
     };
     g.bus.publisher().await?.publish(&event).await?;
     let job = g.wait_for_state(&user.token, &id, "expired").await?;
-    eventually("originals and MP3s removed", support::DEADLINE, || async {
+    eventually("the converted job's original and MP3 removed", support::DEADLINE, || async {
         let (uploads, audio) = (g.gridfs_counts("uploads").await?, g.gridfs_counts("audio").await?);
-        Ok((uploads == (0, 0) && audio == (0, 0)).then_some(()))
+        Ok((uploads.0 == 1 && audio == (0, 0)).then_some(()))
     })
     .await?;
+    let still_queued = g.job(&user.token, &queued).await?;
+    assert_eq!(still_queued["state"], "queued");
+    let db = sqlx::PgPool::connect(&g.sandbox.database_url).await?;
+    let original: String = sqlx::query_scalar("SELECT source_file_id FROM gateway.jobs WHERE id = $1::uuid")
+        .bind(&queued)
+        .fetch_one(&db)
+        .await?;
+    let kept = g.store.info(Bucket::Uploads, &original.parse()?).await?;
+    assert!(kept.is_some(), "retention removed the original of a job still queued");
+    // The catalog is told the expired track is gone.
+    wait_for_message(&g, "catalog-indexer.media-converted", serde_json::json!({"job_id": id})).await?;
     let file = job["output"]["file_id"].as_str().context("file id")?;
     let r = g.http.get(g.at(&format!("/v1/files/{file}"))).bearer_auth(&user.token).send().await?;
     assert_eq!(r.status(), 410);

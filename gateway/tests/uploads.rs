@@ -228,6 +228,17 @@ async fn uploads_are_accepted_while_rabbitmq_is_away_and_flow_when_it_returns() 
     let db = sqlx::PgPool::connect(&g.sandbox.database_url).await?;
     let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.outbox").fetch_one(&db).await?;
     assert_eq!(waiting, 3);
+    // And the gateway stays in its Service: ready, saying what is missing.
+    let ready = g.http.get(g.at("/readyz")).send().await?;
+    assert_eq!(ready.status(), 200);
+    let report: Value = ready.json().await?;
+    assert!(report["notes"]["rabbitmq"].is_string(), "no rabbitmq note in {report}");
+    assert_ne!(report["checks"]["rabbitmq"], "ok");
+    eventually("the outbox's depth in /metrics", support::DEADLINE, || async {
+        let text = g.http.get(g.at("/metrics")).send().await?.text().await?;
+        Ok(text.lines().any(|l| l == "outbox_events 3").then_some(()))
+    })
+    .await?;
     proxy.up();
     let delivered = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
     eventually("the outbox drained", support::DEADLINE, || {

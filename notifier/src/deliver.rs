@@ -154,12 +154,29 @@ impl Notifier {
         }
     }
 
+    /// A deleted job is mailed nothing more: its deliveries are settled as cancelled, so an
+    /// outcome arriving later finds them done. One mid-send goes out (it cannot be recalled).
+    async fn cancel(&self, job: JobId) -> Result<(), HandleError> {
+        sqlx::query(
+            "INSERT INTO notifier.deliveries (job_id, kind, recipient, status)
+             SELECT $1, kind, '', 'cancelled' FROM unnest(ARRAY['converted', 'failed']) AS kind
+             ON CONFLICT (job_id, kind) DO NOTHING",
+        )
+        .bind(job.as_uuid())
+        .execute(&self.db)
+        .await
+        .or_retry("cancelling the job's emails")?;
+        info!(job_id = %job, "job deleted; no email will be sent for it");
+        Ok(())
+    }
+
     pub async fn handle(self: Arc<Self>, msg: Incoming<Outcome>) -> Result<(), HandleError> {
+        let _one_at_a_time = self.one_at_a_time.lock().await;
         let (job, kind, owner) = match &msg.event {
             Outcome::Converted(c) => (c.job_id, "converted", &c.owner),
             Outcome::Failed(f) => (f.job_id, "failed", &f.owner),
+            Outcome::Deleted(d) => return self.cancel(d.job_id).await,
         };
-        let _one_at_a_time = self.one_at_a_time.lock().await;
         match self.claim(job, kind, owner.email.as_str()).await? {
             Claim::Won => {}
             Claim::Done => {
@@ -199,6 +216,7 @@ impl Notifier {
                 self.templates.converted(c, &link, expires)
             }
             Outcome::Failed(f) => self.templates.failed(f),
+            Outcome::Deleted(_) => return Sent::Recorded,
         }
         .or_abort("rendering the email");
         let content = match content {

@@ -37,6 +37,10 @@ pub struct Incoming<E> {
     /// consumers that crashed or gave it back, not retries in place.
     pub deliveries: u32,
     pub publisher: Publisher,
+    /// Cancelled when the channel this message came on is gone: the broker has put the
+    /// message back (another consumer may hold it already) and this one can no longer be
+    /// acknowledged, so long work on it should stop.
+    pub lost: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -141,6 +145,7 @@ impl Bus {
             .basic_consume(spec.name.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         info!(queue = spec.name, prefetch, "consuming");
+        let lost = CancellationToken::new();
         let mut in_flight = JoinSet::new();
         let result = loop {
             tokio::select! {
@@ -155,6 +160,7 @@ impl Bus {
                             spec,
                             channel: channel.clone(),
                             shutdown: shutdown.clone(),
+                            lost: lost.clone(),
                         };
                         in_flight.spawn(handle_delivery(context, delivery, handler.clone()));
                     }
@@ -164,6 +170,9 @@ impl Bus {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         };
+        if result.is_err() {
+            lost.cancel();
+        }
         // Messages being handled finish (and are acked) before the connection goes.
         while in_flight.join_next().await.is_some() {}
         let _ = connection.close(200, "consumer stopped".into()).await;
@@ -177,14 +186,15 @@ struct DeliveryContext {
     spec: QueueSpec,
     channel: lapin::Channel,
     shutdown: CancellationToken,
+    lost: CancellationToken,
 }
 
 /// Decodes the delivery and runs the handler once; `attempt` counts earlier attempts.
 async fn attempt_once<E, H, Fut>(
     bus: &Bus,
     delivery: &Delivery,
-    attempt: u32,
-    deliveries: u32,
+    (attempt, deliveries): (u32, u32),
+    lost: &CancellationToken,
     handler: &H,
 ) -> Result<(), HandleError>
 where
@@ -197,7 +207,7 @@ where
         .map_err(|e| HandleError::Abort(format!("malformed {routing_key} message: {e}")))?;
     let publisher = bus.publisher().await.map_err(|e| HandleError::Retry(format!("no publishing session: {e}")))?;
     // The handler runs in its own task so that a panic is contained and answered.
-    match tokio::spawn(handler(Incoming { event, attempt, deliveries, publisher })).await {
+    match tokio::spawn(handler(Incoming { event, attempt, deliveries, publisher, lost: lost.clone() })).await {
         Ok(outcome) => outcome,
         Err(join) => Err(HandleError::Abort(format!("{routing_key} handler panicked: {join}"))),
     }
@@ -209,13 +219,13 @@ where
     H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
-    let DeliveryContext { bus, spec, channel, shutdown } = context;
+    let DeliveryContext { bus, spec, channel, shutdown, lost } = context;
     let deliveries = delivery_count(delivery.properties.headers());
     let routing_key = delivery.routing_key.to_string();
     let first_try = std::time::Instant::now();
     let mut attempt = deliveries;
     let outcome = loop {
-        let outcome = attempt_once(&bus, &delivery, attempt, deliveries, &handler).await;
+        let outcome = attempt_once(&bus, &delivery, (attempt, deliveries), &lost, &handler).await;
         let Err(HandleError::Retry(reason)) = &outcome else { break outcome };
         let delay = retry_delay(attempt);
         // Past the budget, at shutdown, or with the channel gone (the broker has already put

@@ -163,6 +163,19 @@ pub struct MediaCatalogued {
     pub tags: Vec<String>,
 }
 
+/// `media.deleted`: the owner deleted the job. Whatever any service holds of it goes (the MP3,
+/// the catalog row, the search document), and no work on it finishes (no MP3 kept, no email).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaDeleted {
+    pub job_id: JobId,
+}
+
+/// `media.expired`: retention removed the job's MP3; the catalog forgets the track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaExpired {
+    pub job_id: JobId,
+}
+
 /// What a consumer can decode from a delivery: one event type, or an enum of several
 /// told apart by routing key.
 pub trait Message: Sized + Send + 'static {
@@ -186,12 +199,22 @@ pub enum JobUpdate {
     Catalogued(MediaCatalogued),
 }
 
-/// How a job ended, for the notifier.
+/// How a job ended, for the notifier, or that it is gone.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Converted(MediaConverted),
     Failed(MediaFailed),
+    Deleted(MediaDeleted),
+}
+
+/// What the catalog follows: tracks to add, and tracks to forget.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum CatalogChange {
+    Converted(MediaConverted),
+    Deleted(MediaDeleted),
+    Expired(MediaExpired),
 }
 
 fn decode_as<E: Event>(payload: &[u8]) -> Result<E, String> {
@@ -215,6 +238,18 @@ impl Message for Outcome {
         match routing_key {
             MediaConverted::ROUTING_KEY => decode_as(payload).map(Outcome::Converted),
             MediaFailed::ROUTING_KEY => decode_as(payload).map(Outcome::Failed),
+            MediaDeleted::ROUTING_KEY => decode_as(payload).map(Outcome::Deleted),
+            other => Err(format!("unexpected routing key {other:?}")),
+        }
+    }
+}
+
+impl Message for CatalogChange {
+    fn decode(routing_key: &str, payload: &[u8]) -> Result<Self, String> {
+        match routing_key {
+            MediaConverted::ROUTING_KEY => decode_as(payload).map(CatalogChange::Converted),
+            MediaDeleted::ROUTING_KEY => decode_as(payload).map(CatalogChange::Deleted),
+            MediaExpired::ROUTING_KEY => decode_as(payload).map(CatalogChange::Expired),
             other => Err(format!("unexpected routing key {other:?}")),
         }
     }
@@ -236,6 +271,8 @@ event!(MediaProgress, "media.progress");
 event!(MediaConverted, "media.converted");
 event!(MediaFailed, "media.failed");
 event!(MediaCatalogued, "media.catalogued");
+event!(MediaDeleted, "media.deleted");
+event!(MediaExpired, "media.expired");
 
 #[cfg(test)]
 mod tests {

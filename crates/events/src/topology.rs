@@ -27,16 +27,23 @@ impl QueueSpec {
 
 pub const CONVERTER_QUEUE: QueueSpec =
     QueueSpec { name: "converter.media-uploaded", routing_keys: &["media.uploaded"] };
-pub const CATALOG_INDEXER_QUEUE: QueueSpec =
-    QueueSpec { name: "catalog-indexer.media-converted", routing_keys: &["media.converted"] };
+/// Deletions reach the converter on a queue of their own: on its work queue they would wait
+/// behind the conversions they are meant to stop (prefetch is the converter's concurrency).
+pub const CONVERTER_LIFECYCLE_QUEUE: QueueSpec =
+    QueueSpec { name: "converter.media-deleted", routing_keys: &["media.deleted"] };
+pub const CATALOG_INDEXER_QUEUE: QueueSpec = QueueSpec {
+    name: "catalog-indexer.media-converted",
+    routing_keys: &["media.converted", "media.deleted", "media.expired"],
+};
 pub const NOTIFIER_QUEUE: QueueSpec =
-    QueueSpec { name: "notifier.outcomes", routing_keys: &["media.converted", "media.failed"] };
+    QueueSpec { name: "notifier.outcomes", routing_keys: &["media.converted", "media.failed", "media.deleted"] };
 pub const GATEWAY_QUEUE: QueueSpec = QueueSpec {
     name: "gateway.job-state",
     routing_keys: &["media.progress", "media.converted", "media.failed", "media.catalogued"],
 };
 
-pub const ALL_QUEUES: [QueueSpec; 4] = [CONVERTER_QUEUE, CATALOG_INDEXER_QUEUE, NOTIFIER_QUEUE, GATEWAY_QUEUE];
+pub const ALL_QUEUES: [QueueSpec; 5] =
+    [CONVERTER_QUEUE, CONVERTER_LIFECYCLE_QUEUE, CATALOG_INDEXER_QUEUE, NOTIFIER_QUEUE, GATEWAY_QUEUE];
 
 /// Deliveries before the broker dead-letters a message (first delivery included).
 pub const DELIVERY_LIMIT: i64 = 10;

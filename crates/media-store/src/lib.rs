@@ -2,9 +2,11 @@
 //! Everything streams; a file is never held whole in memory. Writes are journaled (`j: true`)
 //! so an acknowledged file survives a server crash.
 
+mod outputs;
 mod reader;
 mod writer;
 
+pub use outputs::{ATTEMPT_HEARTBEAT, ATTEMPT_STALE_AFTER, Claim};
 pub use reader::ChunkReader;
 pub use writer::{CHUNK_SIZE, ChunkUpload, ChunkWriter, WriteError};
 
@@ -261,7 +263,7 @@ impl MediaStore {
     }
 
     /// Writes a file under `id` chunk by chunk: feed it from a `ChunkWriter`, then `complete`
-    /// it. Leftover chunks of an earlier attempt must be discarded first (`discard_partial`).
+    /// it. `id` must be fresh (see `begin_attempt`): nothing else may write under it.
     pub fn chunk_upload(&self, bucket: Bucket, id: FileId) -> ChunkUpload {
         ChunkUpload {
             chunks: self.chunks(bucket),
@@ -355,7 +357,7 @@ impl MediaStore {
 
     /// Removes a file and its chunks; a file that is not there is not an error.
     pub async fn delete(&self, bucket: Bucket, id: &FileId) -> Result<(), StoreError> {
-        self.discard_partial(bucket, id).await?;
+        self.delete_chunks(bucket, id).await?;
         let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
         files.delete_one(doc! {"_id": oid(id)}).await?;
         Ok(())
@@ -366,9 +368,8 @@ impl MediaStore {
         Ok(self.chunks(bucket).count_documents(doc! {"files_id": oid(id)}).await?)
     }
 
-    /// Removes chunks written under `id` by an upload that never completed (a crash between
-    /// chunks and the files document), so the id can be written again.
-    pub async fn discard_partial(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {
+    /// Removes every chunk stored under `id`.
+    async fn delete_chunks(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {
         let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
         Ok(chunks.delete_many(doc! {"files_id": oid(id)}).await?.deleted_count)
     }

@@ -6,6 +6,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use warp::http::StatusCode;
@@ -14,9 +17,22 @@ use warp::{Filter, Rejection, Reply};
 /// One dependency check: `Ok` when it answers, `Err` saying what is wrong.
 pub type Check = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// What a service's readiness depends on.
+/// Every check of one `/readyz` answers within this, together (they run at once). Below
+/// the readiness probes' `timeoutSeconds` in the manifests (k8s/check.py holds them to it),
+/// so a slow dependency reads as "not ready", never as a probe timing out.
+pub const READINESS_DEADLINE_MS: u64 = 1500;
+
+/// What a service's readiness depends on: "ready" means it can serve its inbound traffic.
 pub trait Readiness: Send + Sync + 'static {
+    /// Dependencies without which the service cannot serve what it is routed.
     fn checks(&self) -> Vec<(&'static str, Check)>;
+
+    /// Dependencies whose absence delays work but does not stop the serving (the gateway
+    /// keeps taking uploads while RabbitMQ is down: the outbox holds their events). A
+    /// failure is a note in `/readyz` and a metric, and leaves the service ready.
+    fn optional_checks(&self) -> Vec<(&'static str, Check)> {
+        Vec::new()
+    }
 
     /// Degradations worth telling an operator that do not make the service unready (an
     /// optional dependency missing or refusing us), shown in `/readyz` as `notes`.
@@ -25,15 +41,29 @@ pub trait Readiness: Send + Sync + 'static {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabel {
+    dependency: String,
+}
+
 #[derive(Clone)]
 pub struct HealthRoutes {
     readiness: Arc<dyn Readiness>,
     registry: Arc<Mutex<Registry>>,
+    dependency_up: Family<DependencyLabel, Gauge>,
 }
 
 impl HealthRoutes {
-    pub fn new(readiness: Arc<dyn Readiness>, registry: Registry) -> Self {
-        Self { readiness, registry: Arc::new(Mutex::new(registry)) }
+    /// Registers `dependency_up` (1 when the dependency answered the last `/readyz`, 0 when
+    /// not) in `registry`, which `/metrics` serves.
+    pub fn new(readiness: Arc<dyn Readiness>, mut registry: Registry) -> Self {
+        let dependency_up = Family::<DependencyLabel, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "Whether the dependency answered the last readiness check (1) or not (0)",
+            dependency_up.clone(),
+        );
+        Self { readiness, registry: Arc::new(Mutex::new(registry)), dependency_up }
     }
 
     pub fn routes(
@@ -41,10 +71,10 @@ impl HealthRoutes {
     ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static {
         let healthz =
             warp::path!("healthz").and(warp::get()).map(|| warp::reply::json(&json!({"status": "ok"})).into_response());
-        let readiness = self.readiness.clone();
+        let (readiness, gauge) = (self.readiness.clone(), self.dependency_up.clone());
         let readyz = warp::path!("readyz").and(warp::get()).then(move || {
-            let readiness = readiness.clone();
-            async move { ready_response(readiness.as_ref()).await }
+            let (readiness, gauge) = (readiness.clone(), gauge.clone());
+            async move { ready_response(readiness.as_ref(), &gauge).await }
         });
         let registry = self.registry.clone();
         let metrics = warp::path!("metrics").and(warp::get()).map(move || {
@@ -62,22 +92,41 @@ impl HealthRoutes {
     }
 }
 
-async fn ready_response(readiness: &dyn Readiness) -> warp::reply::Response {
-    let mut report = serde_json::Map::new();
-    let mut ready = true;
-    for (name, check) in readiness.checks() {
-        let outcome = tokio::time::timeout(Duration::from_secs(3), check)
+async fn run_checks(checks: Vec<(&'static str, Check)>) -> Vec<(&'static str, Result<(), String>)> {
+    let deadline = Duration::from_millis(READINESS_DEADLINE_MS);
+    futures_util::future::join_all(checks.into_iter().map(|(name, check)| async move {
+        let outcome = tokio::time::timeout(deadline, check)
             .await
-            .unwrap_or_else(|_| Err("no answer within 3 s".into()));
-        if let Err(e) = &outcome {
+            .unwrap_or_else(|_| Err(format!("no answer within {READINESS_DEADLINE_MS} ms")));
+        (name, outcome)
+    }))
+    .await
+}
+
+async fn ready_response(readiness: &dyn Readiness, gauge: &Family<DependencyLabel, Gauge>) -> warp::reply::Response {
+    let (required, optional) =
+        futures_util::future::join(run_checks(readiness.checks()), run_checks(readiness.optional_checks())).await;
+    let mut report = serde_json::Map::new();
+    let mut notes = serde_json::Map::new();
+    let mut ready = true;
+    for (name, outcome) in &required {
+        if let Err(e) = outcome {
             ready = false;
             tracing::warn!(dependency = name, error = %e, "not ready");
         }
-        report.insert(name.into(), json!(outcome.err().unwrap_or_else(|| "ok".into())));
     }
+    for (name, outcome) in required.iter().chain(&optional) {
+        gauge.get_or_create(&DependencyLabel { dependency: name.to_string() }).set(i64::from(outcome.is_ok()));
+        report.insert(name.to_string(), json!(outcome.as_ref().err().map_or("ok", String::as_str)));
+    }
+    for (name, outcome) in &optional {
+        if let Err(e) = outcome {
+            tracing::warn!(dependency = name, error = %e, "an optional dependency is down; still ready");
+            notes.insert(name.to_string(), json!(format!("unavailable, work waits for it: {e}")));
+        }
+    }
+    notes.extend(readiness.notes().into_iter().map(|(name, note)| (name.to_string(), json!(note))));
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let notes: serde_json::Map<String, serde_json::Value> =
-        readiness.notes().into_iter().map(|(name, note)| (name.to_string(), json!(note))).collect();
     let body = json!({"status": if ready { "ready" } else { "not ready" }, "checks": report, "notes": notes});
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }

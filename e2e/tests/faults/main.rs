@@ -38,7 +38,11 @@ type ScenarioFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = any
 const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("converter_sigkilled_mid_conversion_three_times", || Box::pin(scenarios::converter_sigkilled())),
     ("converter_crashes_on_a_file", || Box::pin(scenarios::converter_crashes_on_a_file())),
-    ("rabbitmq_stopped_30s_during_a_burst_of_50", || Box::pin(scenarios::rabbitmq_stopped())),
+    ("rabbitmq_stopped_60s_during_a_burst_of_50", || Box::pin(scenarios::rabbitmq_stopped())),
+    ("one_job_delivered_to_two_converters_at_once", || Box::pin(scenarios::one_job_delivered_to_two_converters())),
+    ("rabbitmq_restarted_while_two_converters_work", || {
+        Box::pin(scenarios::rabbitmq_restarted_while_two_converters_work())
+    }),
     ("mongodb_stopped_and_restarted_during_a_burst", || Box::pin(scenarios::mongodb_restarted())),
     ("postgresql_restarted_during_a_burst", || Box::pin(scenarios::postgresql_restarted())),
     ("smtp_unreachable_60s", || Box::pin(scenarios::smtp_unreachable())),

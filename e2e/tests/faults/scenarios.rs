@@ -1,4 +1,4 @@
-//! Scenarios 1 to 7 of the fault suite (scenario 8, bad input, is `bad_input`).
+//! The fault suite's scenarios, but for bad input (`bad_input`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -34,6 +34,18 @@ enum Dependency {
     Smtp,
 }
 
+impl Dependency {
+    /// As `/readyz` names it.
+    fn name(self) -> &'static str {
+        match self {
+            Dependency::Postgres => "postgres",
+            Dependency::Rabbitmq => "rabbitmq",
+            Dependency::Mongodb => "mongodb",
+            Dependency::Smtp => "smtp",
+        }
+    }
+}
+
 fn proxy(p: &Pipeline, which: Dependency) -> &Proxy {
     match which {
         Dependency::Postgres => &p.faults.postgres,
@@ -47,9 +59,11 @@ fn proxy(p: &Pipeline, which: Dependency) -> &Proxy {
 fn dependents(p: &Pipeline, which: Dependency) -> Vec<(&'static str, SocketAddr)> {
     let h = &p.health;
     let all = [
-        ("gateway", h.gateway, [true, true, true, false]),
+        // RabbitMQ down only delays the gateway's events (the outbox holds them), and search
+        // serves from its index alone: neither leaves its Service for it.
+        ("gateway", h.gateway, [true, false, true, false]),
         ("auth", h.auth, [true, false, false, false]),
-        ("catalog-indexer", h.catalog, [true, true, false, false]),
+        ("catalog-indexer", h.catalog, [false, false, false, false]),
         ("converter", h.converter, [false, true, true, false]),
         ("notifier", h.notifier, [true, true, false, true]),
     ];
@@ -88,6 +102,42 @@ struct Outage {
     /// The dependency goes away once this many uploads are accepted.
     cut_after: usize,
     down_for: Duration,
+    /// Every upload is answered 202 throughout: the dependency is not on the upload's path.
+    uploads_never_refused: bool,
+    /// Services that must stay ready throughout (and say what is missing in their notes).
+    stay_ready: &'static [&'static str],
+}
+
+fn health_addr(p: &Pipeline, name: &str) -> Option<SocketAddr> {
+    match name {
+        "gateway" => p.health.gateway,
+        "catalog-indexer" => p.health.catalog,
+        _ => None,
+    }
+}
+
+/// Polls the `/readyz` of services that must stay ready until `until` is cancelled; returns
+/// how many answers said "not ready", and whether any noted `dependency` missing.
+async fn watch_ready(
+    p: &Pipeline,
+    names: &[&str],
+    dependency: &str,
+    until: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<(usize, bool)> {
+    let addrs: Vec<SocketAddr> = names.iter().filter_map(|n| health_addr(p, n)).collect();
+    let (mut unready, mut noted) = (0, false);
+    while !until.is_cancelled() {
+        for addr in &addrs {
+            let (ready, report) = tunewire_e2e::readiness(&p.http, *addr).await?;
+            unready += usize::from(!ready);
+            noted |= report["notes"].get(dependency).is_some();
+        }
+        tokio::select! {
+            _ = until.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    Ok((unready, noted))
 }
 
 /// Cuts one dependency mid-burst for a while, checks that the services that need it say
@@ -97,6 +147,7 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
     let (email, token) = p.user().await?;
     let clips = burst::make_clips(&p, o.prefix, o.uploads, 3)?;
     let accepted = Arc::new(AtomicUsize::new(0));
+    let outage_over = tokio_util::sync::CancellationToken::new();
     let fault = async {
         eventually("uploads before the fault", PIPELINE_DEADLINE, || async {
             Ok((accepted.load(Ordering::SeqCst) >= o.cut_after).then_some(()))
@@ -107,17 +158,42 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
             Break::Server(name) => stack("stop", name).await?,
         }
         let down_at = Instant::now();
-        let noticed = wait_readiness(&p, &dependents(&p, o.which), false, Duration::from_secs(20)).await;
-        tokio::time::sleep(o.down_for.saturating_sub(down_at.elapsed())).await;
+        let watching = watch_ready(&p, o.stay_ready, o.which.name(), outage_over.clone());
+        let noticed = async {
+            let noticed = wait_readiness(&p, &dependents(&p, o.which), false, Duration::from_secs(20)).await;
+            tokio::time::sleep(o.down_for.saturating_sub(down_at.elapsed())).await;
+            outage_over.cancel();
+            noticed
+        };
+        let (watched, noticed) = tokio::join!(watching, noticed);
         match o.how {
             Break::Network => proxy(&p, o.which).up(),
             Break::Server(name) => stack("start", name).await?,
         }
         noticed?;
+        let (unready, noted) = watched?;
+        ensure!(
+            unready == 0,
+            "{:?} said \"not ready\" {unready} time(s) while only {} was down",
+            o.stay_ready,
+            o.which.name()
+        );
+        ensure!(
+            o.stay_ready.is_empty() || noted,
+            "{:?} never noted {} missing in /readyz",
+            o.stay_ready,
+            o.which.name()
+        );
         anyhow::Ok(Instant::now())
     };
     let (sent, up_at) = tokio::join!(burst::send(&p, &token, &clips, accepted.clone()), fault);
     let (sent, up_at) = (sent?, up_at?);
+    ensure!(
+        !o.uploads_never_refused || sent.refused_then_retried == 0,
+        "{} upload(s) were refused while only {} was down",
+        sent.refused_then_retried,
+        o.which.name()
+    );
     let accountant = Accountant::connect(&p).await?;
     let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
     require_clean(&tally)?;
@@ -143,7 +219,9 @@ pub async fn rabbitmq_stopped() -> anyhow::Result<Report> {
         prefix: "mq",
         uploads: 50,
         cut_after: 10,
-        down_for: Duration::from_secs(30),
+        down_for: Duration::from_secs(60),
+        uploads_never_refused: true,
+        stay_ready: &["gateway", "catalog-indexer"],
     })
     .await
 }
@@ -156,6 +234,8 @@ pub async fn mongodb_restarted() -> anyhow::Result<Report> {
         uploads: 20,
         cut_after: 5,
         down_for: Duration::from_secs(20),
+        uploads_never_refused: false,
+        stay_ready: &[],
     })
     .await
 }
@@ -168,6 +248,8 @@ pub async fn postgresql_restarted() -> anyhow::Result<Report> {
         uploads: 20,
         cut_after: 5,
         down_for: Duration::from_secs(20),
+        uploads_never_refused: false,
+        stay_ready: &[],
     })
     .await
 }
@@ -181,6 +263,8 @@ pub async fn smtp_unreachable() -> anyhow::Result<Report> {
         uploads: 20,
         cut_after: 5,
         down_for: Duration::from_secs(60),
+        uploads_never_refused: true,
+        stay_ready: &[],
     })
     .await
 }
@@ -258,9 +342,8 @@ pub async fn converter_sigkilled() -> anyhow::Result<Report> {
     // Killed work was handed back by the broker, not lost with the process.
     let redelivered = p.sandbox.queue_stat("converter.media-uploaded", "redeliver").await?;
     ensure!(redelivered >= KILLS as u64, "only {redelivered} redeliveries after {KILLS} kills");
-    // The dead converters' half-written MP3s were replaced when their jobs were redone.
-    let (chunks, orphans) = audio_chunks(&p).await?;
-    ensure!(orphans == 0, "{orphans} of {chunks} MP3 chunks belong to no file: half-written output left behind");
+    // The dead converters' half-written MP3s are swept once their heartbeats go stale.
+    wait_for_no_debris(&p).await?;
     ensure!(tunewire_e2e::readiness(&p.http, converter.health).await?.0, "the restarted converter is not ready");
     converter.kill().await?;
     let report = Report {
@@ -450,6 +533,147 @@ pub async fn poison_messages() -> anyhow::Result<Report> {
     let report = Report {
         uploads: sent.uploads.len(),
         notes: "16 bad messages, each dead-lettered once; the pipeline kept working".into(),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+fn one_at_a_time_converter_env(p: &Pipeline) -> Vec<(&'static str, String)> {
+    let mut env = converter_env(p);
+    env.retain(|(k, _)| *k != "CONVERTER_CONCURRENCY");
+    env.push(("CONVERTER_CONCURRENCY", "1".into()));
+    env
+}
+
+/// How many distinct MP3s are being written right now (chunks under an attempt's id).
+async fn attempts_writing(p: &Pipeline) -> anyhow::Result<usize> {
+    use mongodb::bson::{Document, doc};
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let live: Vec<mongodb::bson::Bson> = db.collection::<Document>("audio_attempts").distinct("_id", doc! {}).await?;
+    let writing: Vec<mongodb::bson::Bson> =
+        db.collection::<Document>("audio.chunks").distinct("files_id", doc! {"files_id": {"$in": live}}).await?;
+    Ok(writing.len())
+}
+
+/// Downloads each upload's MP3 through the gateway and decodes it to the end: it must decode
+/// without an error to within a second of `seconds`.
+async fn mp3s_decode_whole(p: &Pipeline, token: &str, uploads: &[Upload], seconds: f64) -> anyhow::Result<()> {
+    for upload in uploads {
+        let job: serde_json::Value = p.job(token, &upload.job_id).await?.error_for_status()?.json().await?;
+        let file_id = job["output"]["file_id"].as_str().with_context(|| format!("{}: no output", upload.title))?;
+        let resp = p.http.get(format!("{}/v1/files/{file_id}", p.gateway)).bearer_auth(token).send().await?;
+        ensure!(resp.status() == 200, "{}: download answered {}", upload.title, resp.status());
+        let path = p.scratch.join(format!("{}.mp3", upload.job_id));
+        tokio::fs::write(&path, resp.bytes().await?).await?;
+        let decoded = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&path)
+            .args(["-f", "null", "-"])
+            .output()?;
+        let errors = String::from_utf8_lossy(&decoded.stderr);
+        ensure!(
+            decoded.status.success() && errors.trim().is_empty(),
+            "{}: the MP3 does not decode: {errors}",
+            upload.title
+        );
+        let probed = tunewire_test_stack::media::probe(&path)?;
+        let duration: f64 = probed["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+        ensure!((duration - seconds).abs() < 1.0, "{}: the MP3 lasts {duration} s, not {seconds} s", upload.title);
+    }
+    Ok(())
+}
+
+/// No attempt left registered, no chunk without a file: whatever the losers and the dead
+/// wrote is gone (the sweep takes what a dead converter left, after its heartbeat went stale).
+async fn wait_for_no_debris(p: &Pipeline) -> anyhow::Result<()> {
+    eventually("no MP3 debris left", Duration::from_secs(90), || async {
+        let (chunks, orphans) = audio_chunks(p).await?;
+        let attempts = attempts_writing(p).await?;
+        Ok((orphans == 0 && attempts == 0).then_some(chunks))
+    })
+    .await?;
+    Ok(())
+}
+
+pub async fn one_job_delivered_to_two_converters() -> anyhow::Result<Report> {
+    const SECONDS: u32 = 600;
+    let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "twice", 1, SECONDS)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    // The job's one message, taken off the queue and put back twice.
+    let taken = eventually("the job's message in the converter's queue", PIPELINE_DEADLINE, || async {
+        Ok(p.sandbox.take("converter.media-uploaded", 1).await?.pop())
+    })
+    .await?;
+    let converters = [
+        ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
+        ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
+    ];
+    let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "duplicator").publisher().await?;
+    let payload = serde_json::to_vec(&taken)?;
+    for _ in 0..2 {
+        publisher.publish_raw("media.uploaded", &payload, &uuid::Uuid::new_v4().to_string()).await?;
+    }
+    eventually("both converters writing the job's MP3", PIPELINE_DEADLINE, || async {
+        Ok((attempts_writing(&p).await? == 2).then_some(()))
+    })
+    .await?;
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    mp3s_decode_whole(&p, &token, &sent.uploads, f64::from(SECONDS)).await?;
+    wait_for_no_debris(&p).await?;
+    for converter in converters {
+        converter.kill().await?;
+    }
+    let report = Report {
+        uploads: sent.uploads.len(),
+        notes:
+            "one message delivered to two converters at once: both converted, one MP3 claimed the job, it decodes whole"
+                .into(),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+pub async fn rabbitmq_restarted_while_two_converters_work() -> anyhow::Result<Report> {
+    const SECONDS: u32 = 600;
+    let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    let converters = [
+        ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
+        ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
+    ];
+    let clips = burst::make_clips(&p, "held", 2, SECONDS)?;
+    let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
+    eventually("both converters mid-conversion", PIPELINE_DEADLINE, || async {
+        Ok((attempts_writing(&p).await? == 2).then_some(()))
+    })
+    .await?;
+    // Cut at once (both still converting), then the server restarted behind the cut.
+    p.faults.rabbitmq.down();
+    let still_writing = attempts_writing(&p).await?;
+    stack("stop", "rabbitmq").await?;
+    stack("start", "rabbitmq").await?;
+    p.faults.rabbitmq.up();
+    let up_at = Instant::now();
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &sent.uploads, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    mp3s_decode_whole(&p, &token, &sent.uploads, f64::from(SECONDS)).await?;
+    wait_for_no_debris(&p).await?;
+    for converter in converters {
+        converter.kill().await?;
+    }
+    let report = Report {
+        uploads: sent.uploads.len(),
+        recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(up_at)),
+        notes: format!(
+            "rabbitmq cut and restarted while two converters converted 10-minute inputs ({still_writing} MP3s being written at the cut); every MP3 decodes whole"
+        ),
         ..Report::default()
     };
     p.stop().await?;
