@@ -212,6 +212,64 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Waits until the gateway's outbox holds events the relay could not get confirmed, and
+/// records the most seen.
+async fn outbox_holds_events(p: &Pipeline, held: &AtomicUsize) -> anyhow::Result<()> {
+    let db = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    eventually("events waiting in the outbox", Duration::from_secs(25), || async {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.outbox").fetch_one(&db).await?;
+        held.fetch_max(waiting as usize, Ordering::SeqCst);
+        Ok((waiting > 0).then_some(()))
+    })
+    .await
+}
+
+pub async fn rabbitmq_blocks_publishers() -> anyhow::Result<Report> {
+    const BLOCKED_FOR: Duration = Duration::from_secs(30);
+    let p = Pipeline::start().await?;
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "alarm", 20, 3)?;
+    let before = burst::send(&p, &token, &clips[..5], Arc::new(AtomicUsize::new(0))).await?;
+    stack("memory-alarm", "on").await?;
+    let blocked_at = Instant::now();
+    let outage_over = tokio_util::sync::CancellationToken::new();
+    let held = AtomicUsize::new(0);
+    let during = async {
+        let sent = burst::send(&p, &token, &clips[5..], Arc::new(AtomicUsize::new(0))).await;
+        // Every upload answered while publishing is blocked: their events wait in the outbox.
+        let holding = outbox_holds_events(&p, &held).await;
+        tokio::time::sleep(BLOCKED_FOR.saturating_sub(blocked_at.elapsed())).await;
+        outage_over.cancel();
+        (sent, holding)
+    };
+    let watching = watch_ready(&p, &["gateway", "catalog-indexer"], "rabbitmq", outage_over.clone());
+    let ((during, holding), watched) = tokio::join!(during, watching);
+    stack("memory-alarm", "off").await?;
+    let up_at = Instant::now();
+    let during = during?;
+    holding?;
+    let (unready, _) = watched?;
+    ensure!(unready == 0, "the gateway or the indexer said \"not ready\" {unready} time(s) under the alarm");
+    let refused = before.refused_then_retried + during.refused_then_retried;
+    ensure!(refused == 0, "{refused} upload(s) were refused while the broker blocked publishers");
+    let uploads: Vec<Upload> = before.uploads.into_iter().chain(during.uploads).collect();
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &uploads, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    let report = Report {
+        uploads: uploads.len(),
+        recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(up_at)),
+        notes: format!(
+            "rabbitmq blocked publishers (memory alarm) for {} s; up to {} events waited in the outbox; 0 refused",
+            BLOCKED_FOR.as_secs(),
+            held.load(Ordering::SeqCst)
+        ),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
 pub async fn rabbitmq_stopped() -> anyhow::Result<Report> {
     outage(Outage {
         which: Dependency::Rabbitmq,
@@ -674,6 +732,106 @@ pub async fn rabbitmq_restarted_while_two_converters_work() -> anyhow::Result<Re
         notes: format!(
             "rabbitmq cut and restarted while two converters converted 10-minute inputs ({still_writing} MP3s being written at the cut); every MP3 decodes whole"
         ),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
+
+/// What is left of a job anywhere in the pipeline: MP3 files and claims, catalog rows,
+/// search hits (through the gateway), and emails about it.
+async fn remains_of(p: &Pipeline, token: &str, email: &str, job_id: &str, title: &str) -> anyhow::Result<Vec<String>> {
+    use mongodb::bson::{Document, doc};
+    let mut remains = Vec::new();
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let mp3s = db.collection::<Document>("audio.files").count_documents(doc! {"metadata.job_id": job_id}).await?;
+    let claims = db.collection::<Document>("audio_outputs").count_documents(doc! {"_id": job_id}).await?;
+    let pg = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM catalog.tracks WHERE job_id = $1::uuid")
+        .bind(job_id)
+        .fetch_one(&pg)
+        .await?;
+    let hits: serde_json::Value = p
+        .http
+        .get(format!("{}/v1/search", p.gateway))
+        .query(&[("q", title)])
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let hits = hits["hits"].as_array().map_or(0, |h| h.iter().filter(|h| h["job_id"] == job_id).count());
+    let suffix = format!(": {title}");
+    let mails = tunewire_test_stack::maildev::messages_to(&p.sandbox.stack.maildev_url, email).await?;
+    let emails = mails.iter().filter(|m| m["subject"].as_str().is_some_and(|s| s.ends_with(&suffix))).count();
+    for (what, n) in [
+        ("MP3 files", mp3s),
+        ("output claims", claims),
+        ("catalog rows", rows as u64),
+        ("search hits", hits as u64),
+        ("emails", emails as u64),
+    ] {
+        if n > 0 {
+            remains.push(format!("{title}: {n} {what}"));
+        }
+    }
+    Ok(remains)
+}
+
+pub async fn jobs_deleted_before_and_while_converting() -> anyhow::Result<Report> {
+    let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    let delete = |id: String| {
+        let (http, url, token) = (p.http.clone(), format!("{}/v1/jobs/{id}", p.gateway), token.clone());
+        async move {
+            let status = http.delete(url).bearer_auth(token).send().await?.status();
+            ensure!(status == 204, "DELETE answered {status}");
+            anyhow::Ok(())
+        }
+    };
+    // One deleted while it waits in the queue (no converter yet).
+    let waiting = burst::make_clips(&p, "gone-queued", 1, 2)?;
+    let waiting = burst::send(&p, &token, &waiting, Arc::new(AtomicUsize::new(0))).await?.uploads;
+    delete(waiting[0].job_id.clone()).await?;
+    // One deleted mid-conversion.
+    let converting = burst::make_clips(&p, "gone-converting", 1, 1800)?;
+    let converting = burst::send(&p, &token, &converting, Arc::new(AtomicUsize::new(0))).await?.uploads;
+    let converter = ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?;
+    let job = &converting[0].job_id;
+    eventually("the second job converting", PIPELINE_DEADLINE, || async {
+        let state: serde_json::Value = p.job(&token, job).await?.json().await?;
+        Ok((state["state"] == "converting" && attempts_writing(&p).await? > 0).then_some(()))
+    })
+    .await?;
+    delete(job.clone()).await?;
+    // Its conversion ends (its attempt closes) and every queue drains, and stays so for
+    // longer than the management API takes to refresh; then nothing of either job may be
+    // anywhere.
+    let quiet_since = std::sync::Mutex::new(None::<Instant>);
+    eventually("the deleted conversion over and the queues drained", RECOVERY_DEADLINE, || async {
+        let attempts = attempts_writing(&p).await?;
+        let busy = p.sandbox.queues().await?.iter().any(|q| {
+            q["messages_ready"].as_u64().unwrap_or(0) + q["messages_unacknowledged"].as_u64().unwrap_or(0) > 0
+        });
+        let mut since = quiet_since.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        if attempts > 0 || busy {
+            *since = None;
+            return Ok(None);
+        }
+        Ok((since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(12)).then_some(()))
+    })
+    .await?;
+    let mut remains = Vec::new();
+    for upload in waiting.iter().chain(&converting) {
+        remains.extend(remains_of(&p, &token, &email, &upload.job_id, &upload.title).await?);
+    }
+    ensure!(remains.is_empty(), "deleted jobs left things behind: {remains:?}");
+    converter.kill().await?;
+    let report = Report {
+        uploads: 2,
+        notes: "one job deleted while queued, one while converting: no MP3, catalog row, search hit or email left"
+            .into(),
         ..Report::default()
     };
     p.stop().await?;
