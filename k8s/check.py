@@ -12,6 +12,8 @@ the rendered objects to the project's rules:
 - their readiness probe sets `timeoutSeconds` explicitly, at least 500 ms above the time
   `/readyz` gives its checks (READINESS_DEADLINE_MS, crates/service-runtime/src/health.rs), so
   a slow dependency reads as "not ready" rather than a probe timing out;
+- the gateway's readiness probe is the one the fault suite's balancer judges replicas by
+  (GATEWAY_READINESS_PROBE, e2e/src/lib.rs);
 - their startup probe allows longer than they wait for a dependency at start
   (DEPENDENCY_PATIENCE, crates/service-runtime/src/startup.rs);
 - every environment variable a service gets is a setting it reads (parsed from its
@@ -93,6 +95,16 @@ def readiness_deadline_ms() -> int | None:
     return int(found.group(1)) if found else None
 
 
+def suite_gateway_probe() -> tuple[int, int, int] | None:
+    source = (ROOT / "e2e" / "src" / "lib.rs").read_text()
+    found = re.search(
+        r"GATEWAY_READINESS_PROBE: Probe\s*=\s*Probe\s*\{\s*period: Duration::from_secs\((\d+)\),\s*"
+        r"timeout: Duration::from_secs\((\d+)\),\s*failure_threshold: (\d+)",
+        source,
+    )
+    return tuple(int(g) for g in found.groups()) if found else None
+
+
 def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
@@ -144,6 +156,13 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
         problem(at, "the readinessProbe leaves timeoutSeconds at the 1 s default; set it explicitly")
     elif readiness["timeoutSeconds"] * 1000 < deadline_ms + 500:
         problem(at, f"the readinessProbe times out after {readiness['timeoutSeconds']} s, too close to the {deadline_ms} ms /readyz gives its checks")
+    if service == "gateway":
+        stated = (readiness.get("periodSeconds", 10), readiness.get("timeoutSeconds", 1), readiness.get("failureThreshold", 3))
+        suite = suite_gateway_probe()
+        if suite is None:
+            problem(at, "e2e/src/lib.rs has no GATEWAY_READINESS_PROBE")
+        elif suite != stated:
+            problem(at, f"the fault suite's balancer probes the gateway as {suite}, the manifest as {stated} (period, timeout, threshold)")
     # The service serves /healthz only once it has its dependencies, which it waits for.
     startup = container.get("startupProbe", {})
     patience = dependency_patience()

@@ -141,7 +141,7 @@ async fn fill(
 ) -> Result<(), BacklogError> {
     catalog::add_tags(db, job, tags, source).await?;
     if let Some(track) = catalog::track_doc(db, job).await? {
-        let index = index.clone();
+        let writer = index.clone();
         let tag_names = track.tags.clone();
         tokio::task::spawn_blocking(move || {
             let doc = TrackDoc {
@@ -152,11 +152,20 @@ async fn fill(
                 album: track.album.as_deref(),
                 tags: track.tags,
             };
-            index.upsert(&doc)
+            writer.upsert(&doc)
         })
         .await
         .map_err(|e| BacklogError::Index(e.to_string()))?
         .map_err(|e| BacklogError::Index(e.to_string()))?;
+        // A removal that committed after the track was read: take the document out again.
+        if catalog::is_removed(db, job).await? {
+            let index = index.clone();
+            tokio::task::spawn_blocking(move || index.remove(&job.to_string()))
+                .await
+                .map_err(|e| BacklogError::Index(e.to_string()))?
+                .map_err(|e| BacklogError::Index(e.to_string()))?;
+            return Ok(());
+        }
         let publisher = bus.publisher().await.map_err(|e| BacklogError::Publish(e.to_string()))?;
         publisher
             .publish(&MediaCatalogued { job_id: JobId::from(job), tags: tag_names })

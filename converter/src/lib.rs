@@ -30,7 +30,7 @@ impl Readiness for Dependencies {
     fn checks(&self) -> Vec<(&'static str, Check)> {
         let (bus, store) = (self.bus.clone(), self.store.clone());
         vec![
-            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
+            ("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) })),
             ("mongodb", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
         ]
     }

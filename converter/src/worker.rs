@@ -86,6 +86,26 @@ fn converted_from_stored(event: &MediaUploaded, info: &FileInfo) -> Option<Media
     })
 }
 
+/// Publishes `media.failed`, unless the job is gone or another copy of its message already
+/// stored an output (then that one is announced instead): a job fails only when no attempt
+/// converted it.
+async fn fail_unless_done(
+    store: &MediaStore,
+    publisher: &Publisher,
+    event: &MediaUploaded,
+    reason: String,
+) -> Result<(), HandleError> {
+    let job_id = event.job_id;
+    if store.is_forgotten(Bucket::Audio, job_id).await.or_retry("checking for a deletion")? {
+        return Ok(());
+    }
+    if let Some(winner) = store.output_of(Bucket::Audio, job_id).await.or_retry("looking for an output")? {
+        info!(%job_id, file_id = %winner, %reason, "this attempt failed, but another converted the job");
+        return Err(HandleError::Retry("another attempt converted this job; announcing its output".into()));
+    }
+    fail(publisher, event, reason).await
+}
+
 async fn fail(publisher: &Publisher, event: &MediaUploaded, reason: String) -> Result<(), HandleError> {
     info!(job_id = %event.job_id, %reason, "conversion failed for good");
     let failed = MediaFailed {
@@ -189,6 +209,8 @@ impl Worker {
         let event = &msg.event;
         let job_id = event.job_id;
         if self.store.is_forgotten(Bucket::Audio, job_id).await.or_retry("checking for a deletion")? {
+            // An earlier attempt may have claimed an output before it learnt of the deletion.
+            self.store.forget_job(Bucket::Audio, job_id).await.or_retry("forgetting a deleted job")?;
             info!(%job_id, "the job was deleted; not converting it");
             return Ok(());
         }
@@ -207,18 +229,33 @@ impl Worker {
         if msg.deliveries >= CRASH_DELIVERIES {
             let reason =
                 format!("this file could not be converted (the converter stopped on it {} times)", msg.deliveries);
-            return fail(&msg.publisher, event, reason).await;
+            return fail_unless_done(&self.store, &msg.publisher, event, reason).await;
         }
         let Some(source) =
             self.store.reader(Bucket::Uploads, &event.source.file_id).await.or_retry("opening the original")?
         else {
-            return fail(&msg.publisher, event, "the uploaded file is no longer stored".into()).await;
+            return fail_unless_done(
+                &self.store,
+                &msg.publisher,
+                event,
+                "the uploaded file is no longer stored".into(),
+            )
+            .await;
         };
 
         let attempt = self.store.begin_attempt(Bucket::Audio, job_id).await.or_retry("registering the attempt")?;
         let outcome = self.convert(&msg, source, &attempt).await;
         if !matches!(outcome, Ok(Attempt::Claimed(_))) {
-            self.discard_attempt(job_id, &attempt).await;
+            // The job's output is never discarded, even when a later step failed: a copy of
+            // the message may have announced it already. When that cannot be known, the
+            // sweep (which spares a claimed file) decides later.
+            match self.store.output_of(Bucket::Audio, job_id).await {
+                Ok(claimed) if claimed.as_ref() != Some(&attempt) => self.discard_attempt(job_id, &attempt).await,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(%job_id, error = %e, "could not tell whether this attempt is the job's output; leaving it to the sweep")
+                }
+            }
         }
         match outcome? {
             Attempt::Claimed(converted) => {
@@ -270,12 +307,16 @@ impl Worker {
                 progress_tx.send_replace(p);
             })
         });
-        // Stopping drops the receiver: the transcoder's next write fails and it ends.
+        // Stopping closes the channel (the transcoder's next write fails and it ends) once
+        // the insert under way is answered, so nothing is written after the attempt is cleared.
         let writing = async {
-            tokio::select! {
-                inserted = upload.run(incoming) => inserted.map_err(|e| format!("storing the MP3: {e}")),
-                _ = stop.cancelled() => Err("stopped: the job's message was handed back to the broker, or this attempt was taken for dead".into()),
-            }
+            upload.run_until(incoming, stop.cancelled()).await.map_err(|e| match e {
+                tunewire_media_store::StoreError::Stopped => {
+                    "stopped: the job's message was handed back to the broker, or this attempt was taken for dead"
+                        .to_string()
+                }
+                e => format!("storing the MP3: {e}"),
+            })
         };
         let (inserted, outcome) = futures_util::future::join(writing, converting).await;
         forwarder.abort();
@@ -287,7 +328,7 @@ impl Worker {
         let report = match outcome {
             Ok(Ok(report)) => report,
             Ok(Err(TranscodeError::BadMedia(reason))) => {
-                return fail(&msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+                return fail_unless_done(&self.store, &msg.publisher, event, reason).await.map(|()| Attempt::Failed);
             }
             // The store's trouble, not the file's: retried like any outage, never counted
             // against the job.
@@ -297,13 +338,13 @@ impl Worker {
             // dead-letter queue.
             Ok(Err(TranscodeError::Internal(e))) if msg.deliveries + 1 >= INTERNAL_ERROR_ATTEMPTS => {
                 let reason = format!("this file could not be converted ({e}; tried {INTERNAL_ERROR_ATTEMPTS} times)");
-                return fail(&msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+                return fail_unless_done(&self.store, &msg.publisher, event, reason).await.map(|()| Attempt::Failed);
             }
             Ok(Err(TranscodeError::Internal(e))) => return Err(HandleError::Requeue(format!("transcoding: {e}"))),
             Err(panic) => {
                 warn!(%job_id, error = %panic, "the transcoder panicked");
                 let reason = "this file could not be converted (internal error)".to_string();
-                return fail(&msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+                return fail_unless_done(&self.store, &msg.publisher, event, reason).await.map(|()| Attempt::Failed);
             }
         };
 
@@ -343,6 +384,13 @@ impl Worker {
                 info!(%job_id, file_id = %winner, "another attempt finished this job first");
                 return Ok(Attempt::Beaten(winner));
             }
+        }
+        // Swept between the renewal above and the claim (a store that stalled for longer than
+        // the heartbeat allows): the sweep may have found no claim and removed the file, so the
+        // claim goes back and the job is converted again.
+        if !self.store.heartbeat(Bucket::Audio, attempt).await.or_retry("renewing the attempt")? {
+            self.store.release_output(Bucket::Audio, job_id, attempt).await.or_retry("giving back the claim")?;
+            return Err(HandleError::Retry("this attempt was taken for dead while it claimed the job".into()));
         }
         // A deletion that came while this attempt worked: it may have found nothing to
         // remove yet, so the file is removed here (the claim is made before this check, the

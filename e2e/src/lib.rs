@@ -1,7 +1,9 @@
 //! The whole pipeline, every hop real: the five services run in-process on random ports
-//! against a private sandbox of the local stack; only Last.fm is a local fake. Every service
-//! reaches PostgreSQL, RabbitMQ, MongoDB and SMTP through a TCP proxy of its own that a test
-//! can cut (`Pipeline::faults`), while the test itself talks to the stack directly.
+//! against a private sandbox of the local stack; only Last.fm is a local fake. Production's
+//! shape: two replicas of the gateway, the converter and the notifier, the gateways behind a
+//! balancer that routes like a Kubernetes Service (to replicas whose readiness probe passes).
+//! Every service reaches PostgreSQL, RabbitMQ, MongoDB and SMTP through a TCP proxy that a
+//! test can cut (`Pipeline::faults`), while the test itself talks to the stack directly.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tunewire_test_stack::balancer::{Balancer, Probe};
 use tunewire_test_stack::proxy::{Proxy, host_port};
 use tunewire_test_stack::{Sandbox, eventually, maildev};
 
 pub const PIPELINE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The gateway's readiness probe as `k8s/base/gateway.yaml` states it (k8s/check.py holds
+/// the two equal): the balancer judges replicas as a kubelet would.
+pub const GATEWAY_READINESS_PROBE: Probe =
+    Probe { period: Duration::from_secs(10), timeout: Duration::from_secs(2), failure_threshold: 2 };
 
 /// What a test changes about the pipeline it starts.
 #[derive(Debug, Clone)]
@@ -27,6 +35,8 @@ pub struct Options {
     pub notifier_claim_lease_s: u64,
     /// Every dependency is unreachable when the services start, and comes back after this long.
     pub down_at_start: Option<Duration>,
+    /// Replicas of the gateway, and of the converter and notifier when they run in-process.
+    pub replicas: usize,
 }
 
 impl Default for Options {
@@ -37,6 +47,7 @@ impl Default for Options {
             max_duration_s: 4.0 * 3600.0,
             notifier_claim_lease_s: 120,
             down_at_start: None,
+            replicas: 2,
         }
     }
 }
@@ -59,19 +70,21 @@ pub struct ServiceUrls {
     pub smtp_port: u16,
 }
 
-/// Each service's HTTP address, for `/readyz`.
+/// Each service's HTTP addresses (one per replica), for `/readyz`.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    pub gateway: Option<SocketAddr>,
-    pub auth: Option<SocketAddr>,
-    pub catalog: Option<SocketAddr>,
-    pub converter: Option<SocketAddr>,
-    pub notifier: Option<SocketAddr>,
+    pub gateway: Vec<SocketAddr>,
+    pub auth: Vec<SocketAddr>,
+    pub catalog: Vec<SocketAddr>,
+    pub converter: Vec<SocketAddr>,
+    pub notifier: Vec<SocketAddr>,
 }
 
 pub struct Pipeline {
     pub sandbox: Sandbox,
+    /// The balancer's URL: what a client of the public API reaches.
     pub gateway: String,
+    pub balancer: Balancer,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
     pub scratch: PathBuf,
@@ -130,7 +143,7 @@ impl Pipeline {
 
         let auth =
             tunewire_auth::start(tunewire_auth::Config::local(urls.database_url.clone()), shutdown.clone()).await?;
-        health.auth = Some(auth.addr);
+        health.auth.push(auth.addr);
         let catalog = tunewire_catalog_indexer::start(
             tunewire_catalog_indexer::Config {
                 lastfm_api_key: Some("test-key".into()),
@@ -144,7 +157,7 @@ impl Pipeline {
             shutdown.clone(),
         )
         .await?;
-        health.catalog = Some(catalog.addr);
+        health.catalog.push(catalog.addr);
         let mut gateway_config = tunewire_gateway::Config::local(
             urls.database_url.clone(),
             urls.amqp_url.clone(),
@@ -158,10 +171,13 @@ impl Pipeline {
         gateway_config.max_upload_bytes = 512 << 20;
         // Short, so that the fault suite's stalling client is answered quickly.
         gateway_config.upload_idle_timeout = Duration::from_secs(5);
-        let gateway = tunewire_gateway::start(gateway_config, shutdown.clone()).await?;
-        health.gateway = Some(gateway.addr);
-        let gateway_url = format!("http://{}", gateway.addr);
-        if options.converter {
+        for _ in 0..options.replicas.max(1) {
+            let gateway = tunewire_gateway::start(gateway_config.clone(), shutdown.clone()).await?;
+            health.gateway.push(gateway.addr);
+        }
+        let balancer = Balancer::start(&health.gateway, GATEWAY_READINESS_PROBE).await?;
+        let gateway_url = format!("http://{}", balancer.addr);
+        for _ in 0..options.replicas.max(1) * usize::from(options.converter) {
             let converter = tunewire_converter::start(
                 tunewire_converter::Config {
                     concurrency: 2,
@@ -175,9 +191,9 @@ impl Pipeline {
                 shutdown.clone(),
             )
             .await?;
-            health.converter = Some(converter.health_addr);
+            health.converter.push(converter.health_addr);
         }
-        if options.notifier {
+        for _ in 0..options.replicas.max(1) * usize::from(options.notifier) {
             let mut notifier_config = tunewire_notifier::Config::local(
                 urls.database_url.clone(),
                 urls.amqp_url.clone(),
@@ -188,11 +204,12 @@ impl Pipeline {
             notifier_config.public_url = gateway_url.clone();
             notifier_config.claim_lease_s = options.notifier_claim_lease_s;
             let notifier = tunewire_notifier::start(notifier_config, shutdown.clone()).await?;
-            health.notifier = Some(notifier.health_addr);
+            health.notifier.push(notifier.health_addr);
         }
         Ok(Self {
             sandbox,
             gateway: gateway_url,
+            balancer,
             http: reqwest::Client::new(),
             shutdown,
             scratch,

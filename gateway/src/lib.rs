@@ -58,7 +58,7 @@ impl Readiness for Dependencies {
 
     fn optional_checks(&self) -> Vec<(&'static str, Check)> {
         let bus = self.bus.clone();
-        vec![("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) }))]
+        vec![("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) }))]
     }
 }
 

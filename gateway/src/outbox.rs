@@ -109,6 +109,9 @@ async fn measure(db: &PgPool, metrics: &Metrics) -> Result<(), sqlx::Error> {
 pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut failures = 0u32;
     loop {
+        if let Err(e) = measure(&db, &metrics).await {
+            warn!(error = %e, "could not measure the outbox");
+        }
         match relay_batch(&db, &bus).await {
             Ok(n) if n as i64 == BATCH => continue,
             Ok(_) => failures = 0,
@@ -117,9 +120,6 @@ pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, metrics: Arc<Metr
                 metrics.outbox_relay_failures.inc();
                 warn!(error = %e, failures, "outbox relay failed; events stay queued in PostgreSQL");
             }
-        }
-        if let Err(e) = measure(&db, &metrics).await {
-            warn!(error = %e, "could not measure the outbox");
         }
         let pause = if failures == 0 { POLL } else { retry_delay(failures.min(5)) };
         tokio::select! {

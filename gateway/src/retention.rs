@@ -52,8 +52,17 @@ pub async fn sweep(db: &PgPool, store: &MediaStore, policy: &Policy) -> Result<(
     Ok((originals.len(), outputs.len()))
 }
 
+/// Chunks of an upload cut off by a gateway that died mid-way (no files document) are removed
+/// after this long: far above the time an upload may take.
+const ORPHAN_GRACE: Duration = Duration::from_secs(6 * 3600);
+
 pub async fn run(db: PgPool, store: MediaStore, policy: Policy, shutdown: CancellationToken) {
     loop {
+        match store.sweep_orphan_chunks(Bucket::Uploads, ORPHAN_GRACE).await {
+            Ok(0) => {}
+            Ok(files) => tracing::info!(files, "removed the chunks of uploads that were cut off"),
+            Err(e) => tracing::warn!(error = %e, "orphan chunk sweep failed; retrying next round"),
+        }
         match sweep(&db, &store, &policy).await {
             Ok((0, 0)) => {}
             Ok((originals, outputs)) => tracing::info!(originals, outputs, "retention removed files"),

@@ -347,21 +347,25 @@ async fn list_jobs(caller: Caller, query: HashMap<String, String>, state: State)
     Ok(warp::reply::json(&json!({"jobs": page, "next_cursor": next.map(|c| c.encode())})).into_response())
 }
 
-/// Removes the job's original and MP3 from GridFS, then the job (and tells the pipeline).
+/// Deletes the job and queues `media.deleted` together (so no service keeps working on it,
+/// whatever happens next), then removes its original and MP3 from GridFS. A file that cannot
+/// be removed now is left to retention, which removes files no job points to.
 async fn delete_job(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let files = jobs::files(&state.db, id, &caller)
         .await
         .map_err(|e| ApiError::unavailable("database_unavailable", e))?
         .ok_or_else(|| ApiError::not_found("job"))?;
+    jobs::delete(&state.db, id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    state.outbox_wake.notify_one();
     let mut to_remove = vec![(Bucket::Uploads, files.source_file_id)];
     to_remove.extend(files.output_file_id.map(|f| (Bucket::Audio, f)));
     for (bucket, file_id) in to_remove {
         let Ok(file_id) = file_id.parse() else { continue };
-        state.store.delete(bucket, &file_id).await.map_err(|e| ApiError::unavailable(e.code(), e))?;
+        if let Err(e) = state.store.delete(bucket, &file_id).await {
+            tracing::warn!(job_id = %id, %file_id, error = %e, "could not remove a deleted job's file; retention will");
+        }
     }
-    jobs::delete(&state.db, id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
-    state.outbox_wake.notify_one();
     tracing::info!(job_id = %id, by = %caller.id, "job deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

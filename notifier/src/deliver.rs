@@ -128,7 +128,10 @@ impl Notifier {
     }
 
     async fn settle(&self, job: JobId, kind: &str, status: &str, detail: Option<String>) -> Result<(), HandleError> {
-        sqlx::query("UPDATE notifier.deliveries SET status = $3, detail = $4 WHERE job_id = $1 AND kind = $2")
+        // Only a claim still ours: a cancelled delivery stays cancelled.
+        sqlx::query(
+            "UPDATE notifier.deliveries SET status = $3, detail = $4 WHERE job_id = $1 AND kind = $2 AND status = 'sending'",
+        )
             .bind(job.as_uuid())
             .bind(kind)
             .bind(status)
@@ -155,12 +158,14 @@ impl Notifier {
     }
 
     /// A deleted job is mailed nothing more: its deliveries are settled as cancelled, so an
-    /// outcome arriving later finds them done. One mid-send goes out (it cannot be recalled).
+    /// outcome arriving later finds them done, and a send in progress that fails is not
+    /// retried. One already in the SMTP conversation goes out (it cannot be recalled).
     async fn cancel(&self, job: JobId) -> Result<(), HandleError> {
         sqlx::query(
             "INSERT INTO notifier.deliveries (job_id, kind, recipient, status)
              SELECT $1, kind, '', 'cancelled' FROM unnest(ARRAY['converted', 'failed']) AS kind
-             ON CONFLICT (job_id, kind) DO NOTHING",
+             ON CONFLICT (job_id, kind) DO UPDATE SET status = 'cancelled'
+             WHERE notifier.deliveries.status = 'sending'",
         )
         .bind(job.as_uuid())
         .execute(&self.db)

@@ -56,7 +56,7 @@ impl Readiness for Dependencies {
                     async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
                 ),
             ),
-            ("rabbitmq", Box::pin(async move { bus.check().await.map_err(|e| e.to_string()) })),
+            ("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) })),
             (
                 "smtp",
                 Box::pin(async move {

@@ -26,13 +26,15 @@ pub enum BusError {
     ConnectTimeout,
     #[error("the consumer of {queue} was cancelled by the broker")]
     ConsumerCancelled { queue: String },
+    #[error("no connection to rabbitmq is up (consumers and the publisher reconnect by themselves)")]
+    NotConnected,
 }
 
 impl BusError {
     /// A stable machine code for logs and API errors.
     pub fn code(&self) -> &'static str {
         match self {
-            BusError::Amqp(_) | BusError::ConnectTimeout => "amqp_unavailable",
+            BusError::Amqp(_) | BusError::ConnectTimeout | BusError::NotConnected => "amqp_unavailable",
             BusError::Nacked { .. } => "amqp_nacked",
             BusError::Unroutable { .. } => "amqp_unroutable",
             BusError::Encode(_) => "event_encoding",
@@ -105,13 +107,20 @@ pub struct Bus {
     url: String,
     name: Arc<str>,
     session: Mutex<Option<Session>>,
+    /// Consumer sessions connected right now.
+    pub(crate) consuming: std::sync::atomic::AtomicUsize,
 }
 
 impl Bus {
     /// Does not connect: the first publish or consume does, so a service starts (and says
     /// "not ready") while RabbitMQ is down.
     pub fn new(url: impl Into<String>, service_name: &str) -> Self {
-        Self { url: url.into(), name: service_name.into(), session: Mutex::new(None) }
+        Self {
+            url: url.into(),
+            name: service_name.into(),
+            session: Mutex::new(None),
+            consuming: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// Opens a connection and declares the whole topology on it.
@@ -142,9 +151,21 @@ impl Bus {
         Ok(publisher)
     }
 
-    /// Whether the publishing session is up right now (for `/readyz`); connects if needed.
-    pub async fn check(&self) -> Result<(), BusError> {
-        self.publisher().await.map(|_| ())
+    /// Whether this process is connected to RabbitMQ right now (for `/readyz`): a consumer
+    /// session, or the publishing session, is up. Never connects: a probe must not open a
+    /// connection, and consumers and the publisher reconnect by themselves.
+    pub fn status(&self) -> Result<(), BusError> {
+        if self.consuming.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Ok(());
+        }
+        match self.session.try_lock() {
+            Ok(session)
+                if session.as_ref().is_some_and(|s| s.connection.status().connected() && s.publisher.is_open()) =>
+            {
+                Ok(())
+            }
+            _ => Err(BusError::NotConnected),
+        }
     }
 
     pub(crate) fn service_name(&self) -> &str {

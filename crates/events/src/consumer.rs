@@ -145,6 +145,7 @@ impl Bus {
             .basic_consume(spec.name.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
             .await?;
         info!(queue = spec.name, prefetch, "consuming");
+        let connected = Connected::count(&self.consuming);
         let lost = CancellationToken::new();
         let mut in_flight = JoinSet::new();
         let result = loop {
@@ -170,6 +171,7 @@ impl Bus {
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
             }
         };
+        drop(connected);
         if result.is_err() {
             lost.cancel();
         }
@@ -177,6 +179,22 @@ impl Bus {
         while in_flight.join_next().await.is_some() {}
         let _ = connection.close(200, "consumer stopped".into()).await;
         result
+    }
+}
+
+/// Counts a consumer session as connected for as long as it lives.
+struct Connected<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Connected<'a> {
+    fn count(counter: &'a std::sync::atomic::AtomicUsize) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

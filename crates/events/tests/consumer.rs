@@ -34,7 +34,7 @@ async fn in_queue(sandbox: &Sandbox) -> anyhow::Result<Option<u64>> {
 async fn a_retried_message_is_retried_in_place_and_not_redelivered() -> anyhow::Result<()> {
     let sandbox = Sandbox::create().await?;
     let bus = Arc::new(Bus::new(sandbox.amqp_url.clone(), "consumer-test"));
-    bus.check().await?;
+    bus.publisher().await?;
     publish_one(&bus).await?;
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let shutdown = CancellationToken::new();
@@ -67,7 +67,7 @@ async fn a_retried_message_is_retried_in_place_and_not_redelivered() -> anyhow::
 async fn a_message_being_retried_at_shutdown_goes_back_to_the_queue() -> anyhow::Result<()> {
     let sandbox = Sandbox::create().await?;
     let bus = Arc::new(Bus::new(sandbox.amqp_url.clone(), "consumer-test"));
-    bus.check().await?;
+    bus.publisher().await?;
     publish_one(&bus).await?;
     let tried = CancellationToken::new();
     let shutdown = CancellationToken::new();

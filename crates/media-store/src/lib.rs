@@ -57,6 +57,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("file {file_id} is corrupt: {what}")]
     Corrupt { file_id: FileId, what: String },
+    #[error("the write was stopped")]
+    Stopped,
 }
 
 impl StoreError {
@@ -67,6 +69,7 @@ impl StoreError {
             StoreError::Source(_) => "upload_interrupted",
             StoreError::Io(_) => "local_io",
             StoreError::Corrupt { .. } => "media_store_corrupt",
+            StoreError::Stopped => "write_stopped",
         }
     }
 }
@@ -361,6 +364,30 @@ impl MediaStore {
         let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
         files.delete_one(doc! {"_id": oid(id)}).await?;
         Ok(())
+    }
+
+    /// Removes chunks that belong to no file and were written more than `grace` ago (by the
+    /// creation time in their file's ObjectId): uploads cut off by a process that died
+    /// mid-way. `grace` must exceed the longest a file can take to write. Returns how many
+    /// files' chunks went.
+    pub async fn sweep_orphan_chunks(&self, bucket: Bucket, grace: std::time::Duration) -> Result<u64, StoreError> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(grace)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as u32);
+        let mut newest_allowed = [0u8; 12];
+        newest_allowed[..4].copy_from_slice(&cutoff.to_be_bytes());
+        let old = doc! {"files_id": {"$lt": ObjectId::from_bytes(newest_allowed)}};
+        let candidates: Vec<Bson> = self.chunks(bucket).distinct("files_id", old).await?;
+        let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+        let mut swept = 0;
+        for id in candidates.into_iter().take(1000) {
+            if files.find_one(doc! {"_id": id.clone()}).await?.is_none() {
+                self.chunks(bucket).delete_many(doc! {"files_id": id}).await?;
+                swept += 1;
+            }
+        }
+        Ok(swept)
     }
 
     /// How many chunks are stored under `id`.

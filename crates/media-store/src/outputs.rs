@@ -12,9 +12,11 @@
 //! that finishes later checks after claiming and removes its own file. Each side writes
 //! before it reads the other's mark, so one of them always sees the other.
 //!
-//! A sweep deletes the attempt's record before its chunks, and only while the heartbeat is
-//! stale; a worker refreshes its heartbeat (and so learns whether it was swept) just before it
-//! claims. So a claimed output's chunks are never swept.
+//! A sweep first marks the attempt swept (only while its heartbeat is stale), then reads the
+//! claim, removes the file unless it is claimed, and only then drops the record, so a sweep
+//! cut short is finished by the next one. A worker renews its heartbeat (which fails once
+//! the attempt is marked) after it claims; if that fails it gives the claim back and starts
+//! again, since the sweep may have found no claim and removed the file.
 
 use std::time::Duration;
 
@@ -102,7 +104,10 @@ impl MediaStore {
     pub async fn heartbeat(&self, bucket: Bucket, attempt: &FileId) -> Result<bool, StoreError> {
         let updated = self
             .attempts(bucket)
-            .update_one(doc! {"_id": oid(attempt)}, doc! {"$set": {"heartbeat": mongodb::bson::DateTime::now()}})
+            .update_one(
+                doc! {"_id": oid(attempt), "swept": {"$ne": true}},
+                doc! {"$set": {"heartbeat": mongodb::bson::DateTime::now()}},
+            )
             .await?;
         Ok(updated.matched_count == 1)
     }
@@ -163,16 +168,25 @@ impl MediaStore {
         let mut swept = 0;
         for attempt in stale_attempts {
             let (Some(file), Ok(job)) = (file_id_of(&attempt, "_id"), attempt.get_str("job_id")) else { continue };
-            // Only while still stale: a worker that refreshed it meanwhile keeps it.
-            let removed =
-                self.attempts(bucket).delete_one(doc! {"_id": oid(&file), "heartbeat": {"$lt": cutoff}}).await?;
-            if removed.deleted_count == 0 {
+            // Only while still stale: a worker that renewed it meanwhile keeps it.
+            let marked = attempt.get_bool("swept").unwrap_or(false)
+                || self
+                    .attempts(bucket)
+                    .update_one(
+                        doc! {"_id": oid(&file), "heartbeat": {"$lt": cutoff}, "swept": {"$ne": true}},
+                        doc! {"$set": {"swept": true}},
+                    )
+                    .await?
+                    .modified_count
+                    == 1;
+            if !marked {
                 continue;
             }
             let claimed = self.outputs(bucket).find_one(doc! {"_id": job, "file_id": oid(&file)}).await?;
             if claimed.is_none() {
                 self.delete(bucket, &file).await?;
             }
+            self.attempts(bucket).delete_one(doc! {"_id": oid(&file)}).await?;
             swept += 1;
         }
         Ok(swept)

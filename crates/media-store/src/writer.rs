@@ -32,10 +32,33 @@ pub struct ChunkUpload {
 
 impl ChunkUpload {
     /// Inserts chunks as they arrive until the writer is gone; returns how many.
-    pub async fn run(&self, mut incoming: mpsc::Receiver<(u64, Bytes)>) -> Result<u64, StoreError> {
+    pub async fn run(&self, incoming: mpsc::Receiver<(u64, Bytes)>) -> Result<u64, StoreError> {
+        self.run_until(incoming, std::future::pending()).await
+    }
+
+    /// As `run`, but when `stop` completes no more chunks are taken (the writer's next send
+    /// fails) and it ends with `StoreError::Stopped` once the insert under way is answered:
+    /// nothing of this upload reaches the server after it returns.
+    pub async fn run_until(
+        &self,
+        mut incoming: mpsc::Receiver<(u64, Bytes)>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<u64, StoreError> {
         let mut count = 0u64;
         let mut batch = Vec::with_capacity(INSERT_BATCH);
-        while let Some(first) = incoming.recv().await {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = &mut stop => {
+                    incoming.close();
+                    return Err(StoreError::Stopped);
+                }
+                next = incoming.recv() => match next {
+                    Some(first) => first,
+                    None => break,
+                },
+            };
             batch.push(first);
             while batch.len() < INSERT_BATCH {
                 match incoming.try_recv() {

@@ -114,3 +114,36 @@ async fn the_sweep_removes_dead_attempts_only() -> anyhow::Result<()> {
     assert!(!s.store.heartbeat(Bucket::Audio, &dead).await?);
     s.drop_database().await
 }
+
+#[tokio::test]
+async fn chunks_without_a_file_are_swept_after_the_grace_period_only() -> anyhow::Result<()> {
+    use mongodb::bson::oid::ObjectId;
+    let s = Store::fresh().await?;
+    let hours_ago = |h: u64| {
+        let at = std::time::SystemTime::now() - Duration::from_secs(h * 3600);
+        let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
+        let mut bytes = ObjectId::new().bytes();
+        bytes[..4].copy_from_slice(&secs.to_be_bytes());
+        tunewire_events::FileId::from_bytes(bytes)
+    };
+    let (cut_off, recent, whole) = (hours_ago(3), hours_ago(0), hours_ago(3));
+    for id in [&cut_off, &recent] {
+        let upload = s.store.chunk_upload(Bucket::Uploads, id.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send((0, Bytes::from_static(b"partial"))).await?;
+        drop(tx);
+        upload.run(rx).await?;
+    }
+    let upload = s.store.chunk_upload(Bucket::Uploads, whole.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send((0, Bytes::from_static(b"whole"))).await?;
+    drop(tx);
+    upload.run(rx).await?;
+    upload.complete(5, "w.wav", doc! {}).await?;
+
+    assert_eq!(s.store.sweep_orphan_chunks(Bucket::Uploads, Duration::from_secs(3600)).await?, 1);
+    assert_eq!(s.store.chunk_count(Bucket::Uploads, &cut_off).await?, 0, "the old orphan survived");
+    assert_eq!(s.store.chunk_count(Bucket::Uploads, &recent).await?, 1, "an upload still being written was swept");
+    assert_eq!(s.store.chunk_count(Bucket::Uploads, &whole).await?, 1, "a complete file lost its chunk");
+    s.drop_database().await
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+pub mod balancer;
 pub mod bench;
 pub mod maildev;
 pub mod media;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures_util::TryStreamExt;
 use mongodb::bson::doc;
 use serde_json::Value;
 use tunewire_e2e::Pipeline;
@@ -31,7 +32,10 @@ pub struct Tally {
 
 #[derive(Debug, Default)]
 struct Snapshot {
+    /// Per upload: job state, whole MP3s, catalog rows, emails.
     per_upload: BTreeMap<String, (String, u64, i64, usize)>,
+    /// MP3s whose chunks do not add up to their length.
+    broken: Vec<String>,
     queues: Vec<String>,
 }
 
@@ -42,6 +46,7 @@ impl Snapshot {
                 .per_upload
                 .values()
                 .all(|(state, mp3s, rows, emails)| state == "converted" && *mp3s >= 1 && *rows >= 1 && *emails >= 1)
+            && self.broken.is_empty()
     }
 }
 
@@ -60,14 +65,29 @@ impl Accountant {
 
     async fn snapshot(&self, p: &Pipeline, email: &str, uploads: &[Upload]) -> anyhow::Result<Snapshot> {
         let mails = maildev::messages_to(&p.sandbox.stack.maildev_url, email).await?;
-        let files = self.mongo.database(&p.sandbox.mongo_database).collection::<mongodb::bson::Document>("audio.files");
+        let mongo = self.mongo.database(&p.sandbox.mongo_database);
+        let files = mongo.collection::<mongodb::bson::Document>("audio.files");
+        let chunks = mongo.collection::<mongodb::bson::Document>("audio.chunks");
         let mut snapshot = Snapshot::default();
         for upload in uploads {
             let state: Option<String> = sqlx::query_scalar("SELECT state FROM gateway.jobs WHERE id = $1::uuid")
                 .bind(&upload.job_id)
                 .fetch_optional(&self.db)
                 .await?;
-            let mp3s = files.count_documents(doc! {"metadata.job_id": &upload.job_id}).await?;
+            // Whole ones only: every chunk its length needs is there.
+            let mut mp3s = 0;
+            for file in files.find(doc! {"metadata.job_id": &upload.job_id}).await?.try_collect::<Vec<_>>().await? {
+                let length = file.get_i64("length").or_else(|_| file.get_i32("length").map(i64::from)).unwrap_or(0);
+                let chunk_size = i64::from(file.get_i32("chunkSize").unwrap_or(255 * 1024).max(1));
+                let expected = (length + chunk_size - 1) / chunk_size;
+                let found =
+                    chunks.count_documents(doc! {"files_id": file.get("_id").cloned(), "n": {"$lt": expected}}).await?;
+                if found as i64 == expected {
+                    mp3s += 1;
+                } else {
+                    snapshot.broken.push(format!("{}: an MP3 with {found} of its {expected} chunks", upload.title));
+                }
+            }
             let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM catalog.tracks WHERE job_id = $1::uuid")
                 .bind(&upload.job_id)
                 .fetch_one(&self.db)
@@ -128,6 +148,7 @@ impl Accountant {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         let mut tally = Tally { complete_at: complete_since, ..Tally::default() };
+        tally.problems.extend(snapshot.broken.iter().cloned());
         for (title, (state, mp3s, rows, emails)) in &snapshot.per_upload {
             if state != "converted" || *mp3s == 0 || *rows == 0 || *emails == 0 {
                 tally.lost += 1;

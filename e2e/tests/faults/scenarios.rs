@@ -61,11 +61,11 @@ fn dependents(p: &Pipeline, which: Dependency) -> Vec<(&'static str, SocketAddr)
     let all = [
         // RabbitMQ down only delays the gateway's events (the outbox holds them), and search
         // serves from its index alone: neither leaves its Service for it.
-        ("gateway", h.gateway, [true, false, true, false]),
-        ("auth", h.auth, [true, false, false, false]),
-        ("catalog-indexer", h.catalog, [false, false, false, false]),
-        ("converter", h.converter, [false, true, true, false]),
-        ("notifier", h.notifier, [true, true, false, true]),
+        ("gateway", &h.gateway, [true, false, true, false]),
+        ("auth", &h.auth, [true, false, false, false]),
+        ("catalog-indexer", &h.catalog, [false, false, false, false]),
+        ("converter", &h.converter, [false, true, true, false]),
+        ("notifier", &h.notifier, [true, true, false, true]),
     ];
     let column = match which {
         Dependency::Postgres => 0,
@@ -73,7 +73,10 @@ fn dependents(p: &Pipeline, which: Dependency) -> Vec<(&'static str, SocketAddr)
         Dependency::Mongodb => 2,
         Dependency::Smtp => 3,
     };
-    all.into_iter().filter_map(|(name, addr, uses)| Some((name, addr?)).filter(|_| uses[column])).collect()
+    all.into_iter()
+        .filter(|(_, _, uses)| uses[column])
+        .flat_map(|(name, replicas, _)| replicas.iter().map(move |addr| (name, *addr)))
+        .collect()
 }
 
 /// How a dependency goes away.
@@ -108,11 +111,11 @@ struct Outage {
     stay_ready: &'static [&'static str],
 }
 
-fn health_addr(p: &Pipeline, name: &str) -> Option<SocketAddr> {
+fn health_addrs<'a>(p: &'a Pipeline, name: &str) -> &'a [SocketAddr] {
     match name {
-        "gateway" => p.health.gateway,
-        "catalog-indexer" => p.health.catalog,
-        _ => None,
+        "gateway" => &p.health.gateway,
+        "catalog-indexer" => &p.health.catalog,
+        _ => &[],
     }
 }
 
@@ -124,7 +127,7 @@ async fn watch_ready(
     dependency: &str,
     until: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(usize, bool)> {
-    let addrs: Vec<SocketAddr> = names.iter().filter_map(|n| health_addr(p, n)).collect();
+    let addrs: Vec<SocketAddr> = names.iter().flat_map(|n| health_addrs(p, n)).copied().collect();
     let (mut unready, mut noted) = (0, false);
     while !until.is_cancelled() {
         for addr in &addrs {
@@ -146,6 +149,10 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
     let p = Pipeline::start().await?;
     let (email, token) = p.user().await?;
     let clips = burst::make_clips(&p, o.prefix, o.uploads, 3)?;
+    // Sent once the outage is confirmed, for a dependency that is not on the upload's path:
+    // proof that uploads are answered while it is really away.
+    let during_clips =
+        burst::make_clips(&p, &format!("{}-during", o.prefix), usize::from(o.uploads_never_refused) * 10, 3)?;
     let accepted = Arc::new(AtomicUsize::new(0));
     let outage_over = tokio_util::sync::CancellationToken::new();
     let fault = async {
@@ -161,16 +168,24 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
         let watching = watch_ready(&p, o.stay_ready, o.which.name(), outage_over.clone());
         let noticed = async {
             let noticed = wait_readiness(&p, &dependents(&p, o.which), false, Duration::from_secs(20)).await;
+            let during = burst::send(&p, &token, &during_clips, Arc::new(AtomicUsize::new(0))).await;
+            let during_took = down_at.elapsed();
             tokio::time::sleep(o.down_for.saturating_sub(down_at.elapsed())).await;
             outage_over.cancel();
-            noticed
+            (noticed, during, during_took)
         };
-        let (watched, noticed) = tokio::join!(watching, noticed);
+        let (watched, (noticed, during, during_took)) = tokio::join!(watching, noticed);
         match o.how {
             Break::Network => proxy(&p, o.which).up(),
             Break::Server(name) => stack("start", name).await?,
         }
         noticed?;
+        let during = during?;
+        ensure!(
+            during_took < o.down_for,
+            "the uploads sent during the outage took until {during_took:?}, past its {:?}",
+            o.down_for
+        );
         let (unready, noted) = watched?;
         ensure!(
             unready == 0,
@@ -184,14 +199,18 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
             o.stay_ready,
             o.which.name()
         );
-        anyhow::Ok(Instant::now())
+        anyhow::Ok((Instant::now(), during))
     };
-    let (sent, up_at) = tokio::join!(burst::send(&p, &token, &clips, accepted.clone()), fault);
-    let (sent, up_at) = (sent?, up_at?);
+    let (sent, faulted) = tokio::join!(burst::send(&p, &token, &clips, accepted.clone()), fault);
+    let (mut sent, (up_at, during)) = (sent?, faulted?);
+    let sent_during = during.uploads.len();
+    sent.refused_then_retried += during.refused_then_retried;
+    sent.uploads.extend(during.uploads);
     ensure!(
-        !o.uploads_never_refused || sent.refused_then_retried == 0,
-        "{} upload(s) were refused while only {} was down",
+        !o.uploads_never_refused || (sent.refused_then_retried == 0 && p.balancer.refused() == 0),
+        "{} upload(s) were refused ({} connections found no ready gateway) while only {} was down",
         sent.refused_then_retried,
+        p.balancer.refused(),
         o.which.name()
     );
     let accountant = Accountant::connect(&p).await?;
@@ -202,10 +221,19 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
         uploads: sent.uploads.len(),
         refused_then_retried: sent.refused_then_retried,
         recovered_in: tally.complete_at.map(|at| at.saturating_duration_since(up_at)),
-        notes: match o.how {
-            Break::Network => format!("network cut for {} s", o.down_for.as_secs()),
-            Break::Server(name) => format!("{name} stopped for {} s, then started", o.down_for.as_secs()),
-        },
+        notes: format!(
+            "{}; balancer: connections per gateway {:?}, {} refused (no ready gateway)",
+            match o.how {
+                Break::Network => format!("network cut for {} s", o.down_for.as_secs()),
+                Break::Server(name) => format!("{name} stopped for {} s, then started", o.down_for.as_secs()),
+            } + &if sent_during > 0 {
+                format!(" ({sent_during} uploads sent while it was confirmed down)")
+            } else {
+                String::new()
+            },
+            p.balancer.routed(),
+            p.balancer.refused()
+        ),
         ..Report::default()
     };
     p.stop().await?;
@@ -250,7 +278,7 @@ pub async fn rabbitmq_blocks_publishers() -> anyhow::Result<Report> {
     holding?;
     let (unready, _) = watched?;
     ensure!(unready == 0, "the gateway or the indexer said \"not ready\" {unready} time(s) under the alarm");
-    let refused = before.refused_then_retried + during.refused_then_retried;
+    let refused = before.refused_then_retried + during.refused_then_retried + p.balancer.refused();
     ensure!(refused == 0, "{refused} upload(s) were refused while the broker blocked publishers");
     let uploads: Vec<Upload> = before.uploads.into_iter().chain(during.uploads).collect();
     let accountant = Accountant::connect(&p).await?;
@@ -779,6 +807,23 @@ async fn remains_of(p: &Pipeline, token: &str, email: &str, job_id: &str, title:
     Ok(remains)
 }
 
+/// Whether every service has taken in the deletion of `job_id`: the converter's mark, the
+/// catalog's, and the notifier's cancelled deliveries.
+async fn deletion_seen(p: &Pipeline, job_id: &str) -> anyhow::Result<bool> {
+    use mongodb::bson::{Document, doc};
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let converter = db.collection::<Document>("audio_deleted_jobs").count_documents(doc! {"_id": job_id}).await? == 1;
+    let pg = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    let (catalog, notifier): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM catalog.removed_jobs WHERE job_id = $1::uuid),
+                (SELECT count(*) = 2 FROM notifier.deliveries WHERE job_id = $1::uuid AND status = 'cancelled')",
+    )
+    .bind(job_id)
+    .fetch_one(&pg)
+    .await?;
+    Ok(converter && catalog && notifier)
+}
+
 pub async fn jobs_deleted_before_and_while_converting() -> anyhow::Result<Report> {
     let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
     let (email, token) = p.user().await?;
@@ -790,48 +835,53 @@ pub async fn jobs_deleted_before_and_while_converting() -> anyhow::Result<Report
             anyhow::Ok(())
         }
     };
-    // One deleted while it waits in the queue (no converter yet).
-    let waiting = burst::make_clips(&p, "gone-queued", 1, 2)?;
-    let waiting = burst::send(&p, &token, &waiting, Arc::new(AtomicUsize::new(0))).await?.uploads;
-    delete(waiting[0].job_id.clone()).await?;
-    // One deleted mid-conversion.
-    let converting = burst::make_clips(&p, "gone-converting", 1, 1800)?;
-    let converting = burst::send(&p, &token, &converting, Arc::new(AtomicUsize::new(0))).await?.uploads;
-    let converter = ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?;
-    let job = &converting[0].job_id;
-    eventually("the second job converting", PIPELINE_DEADLINE, || async {
-        let state: serde_json::Value = p.job(&token, job).await?.json().await?;
-        Ok((state["state"] == "converting" && attempts_writing(&p).await? > 0).then_some(()))
-    })
-    .await?;
-    delete(job.clone()).await?;
-    // Its conversion ends (its attempt closes) and every queue drains, and stays so for
-    // longer than the management API takes to refresh; then nothing of either job may be
-    // anywhere.
-    let quiet_since = std::sync::Mutex::new(None::<Instant>);
-    eventually("the deleted conversion over and the queues drained", RECOVERY_DEADLINE, || async {
-        let attempts = attempts_writing(&p).await?;
-        let busy = p.sandbox.queues().await?.iter().any(|q| {
-            q["messages_ready"].as_u64().unwrap_or(0) + q["messages_unacknowledged"].as_u64().unwrap_or(0) > 0
-        });
-        let mut since = quiet_since.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        if attempts > 0 || busy {
-            *since = None;
-            return Ok(None);
+    let converting = |upload: Upload| {
+        let (p, token) = (&p, token.clone());
+        async move {
+            eventually(&format!("{} converting", upload.title), PIPELINE_DEADLINE, || async {
+                let state: serde_json::Value = p.job(&token, &upload.job_id).await?.json().await?;
+                Ok((state["state"] == "converting" && attempts_writing(p).await? > 0).then_some(()))
+            })
+            .await
         }
-        Ok((since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(12)).then_some(()))
+    };
+    // One deleted while it waits in the queue (no converter yet).
+    let queued = burst::make_clips(&p, "gone-queued", 1, 2)?;
+    let queued = burst::send(&p, &token, &queued, Arc::new(AtomicUsize::new(0))).await?.uploads.remove(0);
+    delete(queued.job_id.clone()).await?;
+    let converter = ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?;
+    // One deleted through the API mid-conversion (its original goes with it).
+    let clips = burst::make_clips(&p, "gone-converting", 2, 1800)?;
+    let mid = burst::send(&p, &token, &clips[..1], Arc::new(AtomicUsize::new(0))).await?.uploads.remove(0);
+    converting(mid.clone()).await?;
+    delete(mid.job_id.clone()).await?;
+    // And one whose deletion reaches the converter while the original is still there to read
+    // (the event ahead of the gateway's removal of the files): it finishes, claims, and must
+    // then keep nothing and announce nothing.
+    let late = burst::send(&p, &token, &clips[1..], Arc::new(AtomicUsize::new(0))).await?.uploads.remove(0);
+    converting(late.clone()).await?;
+    let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "deleter").publisher().await?;
+    publisher.publish(&tunewire_events::MediaDeleted { job_id: late.job_id.parse()? }).await?;
+    let gone = [queued, mid, late];
+    // Every service has taken in every deletion, and no conversion is under way.
+    eventually("every deletion taken in, no attempt left", RECOVERY_DEADLINE, || async {
+        for upload in &gone {
+            if !deletion_seen(&p, &upload.job_id).await? {
+                return Ok(None);
+            }
+        }
+        Ok((attempts_writing(&p).await? == 0).then_some(()))
     })
     .await?;
     let mut remains = Vec::new();
-    for upload in waiting.iter().chain(&converting) {
+    for upload in &gone {
         remains.extend(remains_of(&p, &token, &email, &upload.job_id, &upload.title).await?);
     }
     ensure!(remains.is_empty(), "deleted jobs left things behind: {remains:?}");
     converter.kill().await?;
     let report = Report {
-        uploads: 2,
-        notes: "one job deleted while queued, one while converting: no MP3, catalog row, search hit or email left"
-            .into(),
+        uploads: gone.len(),
+        notes: "deleted while queued, while converting, and by an event that reached the converter before the files went: no MP3, catalog row, search hit or email left".into(),
         ..Report::default()
     };
     p.stop().await?;
