@@ -22,8 +22,10 @@ pub enum BusError {
     Unroutable { routing_key: String },
     #[error("could not encode the event: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("rabbitmq did not answer within 10 s")]
+    #[error("rabbitmq did not finish setting up a connection within {} s", SETUP_TIMEOUT.as_secs())]
     ConnectTimeout,
+    #[error("rabbitmq did not confirm a {routing_key} message within {} s", CONFIRM_TIMEOUT.as_secs())]
+    ConfirmTimeout { routing_key: String },
     #[error("the consumer of {queue} was cancelled by the broker")]
     ConsumerCancelled { queue: String },
     #[error("no connection to rabbitmq is up (consumers and the publisher reconnect by themselves)")]
@@ -35,6 +37,7 @@ impl BusError {
     pub fn code(&self) -> &'static str {
         match self {
             BusError::Amqp(_) | BusError::ConnectTimeout | BusError::NotConnected => "amqp_unavailable",
+            BusError::ConfirmTimeout { .. } => "amqp_confirm_timeout",
             BusError::Nacked { .. } => "amqp_nacked",
             BusError::Unroutable { .. } => "amqp_unroutable",
             BusError::Encode(_) => "event_encoding",
@@ -42,6 +45,16 @@ impl BusError {
         }
     }
 }
+
+/// The longest a connection, its channel and its set-up (topology, confirms, consumer) may
+/// take. A broker that is still booting can accept the TCP connection and never finish the
+/// handshake; without a bound, a reconnect would wait for ever and hold everything behind it.
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a publish waits for the broker's confirm: a connection that died under it, or
+/// a broker that blocks publishers (a memory or disk alarm), fails it rather than hanging the
+/// caller, who retries.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Publishes persistent messages on the events exchange and waits for the broker's confirm.
 #[derive(Clone)]
@@ -72,17 +85,21 @@ impl Publisher {
             .with_type(routing_key.into())
             .with_app_id(self.app_id.as_ref().into())
             .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64);
-        let confirm = self
-            .channel
-            .basic_publish(
-                topology::EVENTS_EXCHANGE.into(),
-                routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
-                payload,
-                properties,
-            )
-            .await?
-            .await?;
+        let publishing = async {
+            self.channel
+                .basic_publish(
+                    topology::EVENTS_EXCHANGE.into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    payload,
+                    properties,
+                )
+                .await?
+                .await
+        };
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publishing)
+            .await
+            .map_err(|_| BusError::ConfirmTimeout { routing_key: routing_key.into() })??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(BusError::Unroutable { routing_key: routing_key.into() }),
@@ -143,10 +160,13 @@ impl Bus {
             return Ok(s.publisher.clone());
         }
         *session = None;
-        let connection = tokio::time::timeout(Duration::from_secs(10), self.connect())
-            .await
-            .map_err(|_| BusError::ConnectTimeout)??;
-        let publisher = Publisher::open(&connection, self.name.clone()).await?;
+        let (connection, publisher) = tokio::time::timeout(SETUP_TIMEOUT, async {
+            let connection = self.connect().await?;
+            let publisher = Publisher::open(&connection, self.name.clone()).await?;
+            Ok::<_, BusError>((connection, publisher))
+        })
+        .await
+        .map_err(|_| BusError::ConnectTimeout)??;
         *session = Some(Session { connection, publisher: publisher.clone() });
         Ok(publisher)
     }

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::bus::{Bus, BusError, Publisher};
+use crate::bus::{Bus, BusError, Publisher, SETUP_TIMEOUT};
 use crate::contract::Message;
 use crate::topology::QueueSpec;
 
@@ -137,13 +137,23 @@ impl Bus {
         H: Fn(Incoming<E>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
     {
-        let connection = self.connect().await?;
-        let channel = connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let tag = format!("{}-{}", self.service_name(), uuid::Uuid::new_v4());
-        let mut consumer = channel
-            .basic_consume(spec.name.into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
-            .await?;
+        let (connection, channel, mut consumer) = tokio::time::timeout(SETUP_TIMEOUT, async {
+            let connection = self.connect().await?;
+            let channel = connection.create_channel().await?;
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let consumer = channel
+                .basic_consume(
+                    spec.name.into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, BusError>((connection, channel, consumer))
+        })
+        .await
+        .map_err(|_| BusError::ConnectTimeout)??;
         info!(queue = spec.name, prefetch, "consuming");
         let connected = Connected::count(&self.consuming);
         let lost = CancellationToken::new();

@@ -33,7 +33,10 @@ pub fn make_clips(p: &Pipeline, prefix: &str, count: usize, seconds: u32) -> any
         .map(|i| {
             let path = p.scratch.join(format!("{prefix}-{i:02}.wav"));
             let spec = format!("sine=frequency={}:duration={seconds}:sample_rate=8000", 200 + 7 * i);
-            ffmpeg(&["-y", "-f", "lavfi", "-i", &spec, "-ac", "1", path.to_str().context("path")?])?;
+            // The name inside the file too: two bursts' clips never share bytes (the gateway
+            // would hand back the first one's job).
+            let tag = format!("comment={prefix}-{i:02}");
+            ffmpeg(&["-y", "-f", "lavfi", "-i", &spec, "-ac", "1", "-metadata", &tag, path.to_str().context("path")?])?;
             Ok(path)
         })
         .collect()
