@@ -37,6 +37,8 @@ pub struct Options {
     pub down_at_start: Option<Duration>,
     /// Replicas of the gateway, and of the converter and notifier when they run in-process.
     pub replicas: usize,
+    /// The gateways' retention policy, when a test needs a short one.
+    pub retention: Option<tunewire_gateway::retention::Policy>,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             notifier_claim_lease_s: 120,
             down_at_start: None,
             replicas: 2,
+            retention: None,
         }
     }
 }
@@ -171,6 +174,9 @@ impl Pipeline {
         gateway_config.max_upload_bytes = 512 << 20;
         // Short, so that the fault suite's stalling client is answered quickly.
         gateway_config.upload_idle_timeout = Duration::from_secs(5);
+        if let Some(retention) = options.retention {
+            gateway_config.retention = retention;
+        }
         for _ in 0..options.replicas.max(1) {
             let gateway = tunewire_gateway::start(gateway_config.clone(), shutdown.clone()).await?;
             health.gateway.push(gateway.addr);

@@ -40,6 +40,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("converter_crashes_on_a_file", || Box::pin(scenarios::converter_crashes_on_a_file())),
     ("rabbitmq_stopped_60s_during_a_burst_of_50", || Box::pin(scenarios::rabbitmq_stopped())),
     ("jobs_deleted_before_and_while_converting", || Box::pin(scenarios::jobs_deleted_before_and_while_converting())),
+    ("retention_against_a_queued_job", || Box::pin(scenarios::retention_against_a_queued_job())),
     ("rabbitmq_blocks_publishers_30s_memory_alarm", || Box::pin(scenarios::rabbitmq_blocks_publishers())),
     ("one_job_delivered_to_two_converters_at_once", || Box::pin(scenarios::one_job_delivered_to_two_converters())),
     ("rabbitmq_restarted_while_two_converters_work", || {

@@ -887,3 +887,64 @@ pub async fn jobs_deleted_before_and_while_converting() -> anyhow::Result<Report
     p.stop().await?;
     Ok(report)
 }
+
+pub async fn retention_against_a_queued_job() -> anyhow::Result<Report> {
+    let retention = tunewire_gateway::retention::Policy {
+        originals: Duration::from_secs(1),
+        outputs: Duration::from_secs(24 * 3600),
+        every: Duration::from_millis(200),
+    };
+    let p =
+        Pipeline::start_with(Options { converter: false, retention: Some(retention), ..Options::default() }).await?;
+    let (email, token) = p.user().await?;
+    let clips = burst::make_clips(&p, "kept", 2, 3)?;
+    let queued = burst::send(&p, &token, &clips[..1], Arc::new(AtomicUsize::new(0))).await?.uploads;
+    let ended = burst::send(&p, &token, &clips[1..], Arc::new(AtomicUsize::new(0))).await?.uploads.remove(0);
+    // The second job ends (failed, as a converter would say) while the first still waits:
+    // once retention has removed the second one's original, it has looked at the first's,
+    // which is older.
+    let me: serde_json::Value =
+        p.http.get(format!("{}/v1/me", p.gateway)).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
+    let owner = tunewire_events::contract::Owner {
+        id: me["id"].as_str().context("no id in /v1/me")?.parse()?,
+        email: email.parse()?,
+    };
+    let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "stand-in").publisher().await?;
+    publisher
+        .publish(&tunewire_events::MediaFailed {
+            job_id: ended.job_id.parse()?,
+            owner,
+            source_filename: "kept-01.wav".into(),
+            reason: "a stand-in converter's verdict".into(),
+        })
+        .await?;
+    let pg = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
+    eventually("retention removing the ended job's original", PIPELINE_DEADLINE, || async {
+        let removed: bool =
+            sqlx::query_scalar("SELECT source_removed_at IS NOT NULL FROM gateway.jobs WHERE id = $1::uuid")
+                .bind(&ended.job_id)
+                .fetch_one(&pg)
+                .await?;
+        Ok(removed.then_some(()))
+    })
+    .await?;
+    let (state, removed): (String, bool) =
+        sqlx::query_as("SELECT state, source_removed_at IS NOT NULL FROM gateway.jobs WHERE id = $1::uuid")
+            .bind(&queued[0].job_id)
+            .fetch_one(&pg)
+            .await?;
+    ensure!(state == "queued" && !removed, "the queued job is {state}; its original removed: {removed}");
+    // A converter arriving late still finds the original and converts the job.
+    let converter = ServiceProcess::spawn("converter", &converter_env(&p)).await?;
+    let accountant = Accountant::connect(&p).await?;
+    let tally = accountant.settle(&p, &email, &queued, RECOVERY_DEADLINE, false).await?;
+    require_clean(&tally)?;
+    converter.kill().await?;
+    let report = Report {
+        uploads: 2,
+        notes: "retention (originals after 1 s) against a job still queued: its original kept, and it converted once a converter came; the ended job's original removed".into(),
+        ..Report::default()
+    };
+    p.stop().await?;
+    Ok(report)
+}
