@@ -683,7 +683,8 @@ async fn wait_for_no_debris(p: &Pipeline) -> anyhow::Result<()> {
 }
 
 pub async fn one_job_delivered_to_two_converters() -> anyhow::Result<Report> {
-    const SECONDS: u32 = 600;
+    // Long enough that the second converter's consumer is up before the first one is done.
+    const SECONDS: u32 = 1800;
     let p = Pipeline::start_with(Options { converter: false, ..Options::default() }).await?;
     let (email, token) = p.user().await?;
     let clips = burst::make_clips(&p, "twice", 1, SECONDS)?;
@@ -717,7 +718,7 @@ pub async fn one_job_delivered_to_two_converters() -> anyhow::Result<Report> {
     let report = Report {
         uploads: sent.uploads.len(),
         notes:
-            "one message delivered to two converters at once: both converted, one MP3 claimed the job, it decodes whole"
+            "one message (a 30-minute input) delivered to two converters at once: both converted, one MP3 claimed the job, it decodes whole"
                 .into(),
         ..Report::default()
     };
