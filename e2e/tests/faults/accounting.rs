@@ -122,6 +122,7 @@ impl Accountant {
     ) -> anyhow::Result<Tally> {
         let give_up = Instant::now() + deadline;
         let mut complete_since: Option<Instant> = None;
+        let mut previous = None;
         let snapshot = loop {
             // A server that was just restarted may still be refusing: look again.
             let snapshot = match self.snapshot(p, email, uploads).await {
@@ -134,6 +135,12 @@ impl Accountant {
                 }
             };
             let now = Instant::now();
+            // Complete and unchanged for a while: a transient (a losing attempt's MP3 about to
+            // be discarded, an email on its way) restarts the wait.
+            if previous.as_ref().is_some_and(|p| *p != snapshot.per_upload) {
+                complete_since = None;
+            }
+            previous = Some(snapshot.per_upload.clone());
             if snapshot.complete(dead_letters_expected) {
                 let since = *complete_since.get_or_insert(now);
                 if now - since >= SETTLED_FOR {

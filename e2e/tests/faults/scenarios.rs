@@ -119,8 +119,10 @@ fn health_addrs<'a>(p: &'a Pipeline, name: &str) -> &'a [SocketAddr] {
     }
 }
 
-/// Polls the `/readyz` of services that must stay ready until `until` is cancelled; returns
-/// how many answers said "not ready", and whether any noted `dependency` missing.
+/// Polls the `/readyz` of services that must stay ready until `until` is cancelled, every
+/// 500 ms (20 times as often as Kubernetes' probe); returns how many times a replica said
+/// "not ready" as many times in a row as takes it out of a Service, and whether any noted
+/// `dependency` missing. One slow answer alone takes no pod out.
 async fn watch_ready(
     p: &Pipeline,
     names: &[&str],
@@ -129,10 +131,12 @@ async fn watch_ready(
 ) -> anyhow::Result<(usize, bool)> {
     let addrs: Vec<SocketAddr> = names.iter().flat_map(|n| health_addrs(p, n)).copied().collect();
     let (mut unready, mut noted) = (0, false);
+    let mut in_a_row = vec![0u32; addrs.len()];
     while !until.is_cancelled() {
-        for addr in &addrs {
+        for (addr, streak) in addrs.iter().zip(&mut in_a_row) {
             let (ready, report) = tunewire_e2e::readiness(&p.http, *addr).await?;
-            unready += usize::from(!ready);
+            *streak = if ready { 0 } else { *streak + 1 };
+            unready += usize::from(*streak == tunewire_e2e::GATEWAY_READINESS_PROBE.failure_threshold);
             noted |= report["notes"].get(dependency).is_some();
         }
         tokio::select! {
@@ -189,7 +193,7 @@ async fn outage(o: Outage) -> anyhow::Result<Report> {
         let (unready, noted) = watched?;
         ensure!(
             unready == 0,
-            "{:?} said \"not ready\" {unready} time(s) while only {} was down",
+            "{:?} said \"not ready\" often enough in a row to leave the Service {unready} time(s) while only {} was down",
             o.stay_ready,
             o.which.name()
         );
@@ -277,7 +281,10 @@ pub async fn rabbitmq_blocks_publishers() -> anyhow::Result<Report> {
     let during = during?;
     holding?;
     let (unready, _) = watched?;
-    ensure!(unready == 0, "the gateway or the indexer said \"not ready\" {unready} time(s) under the alarm");
+    ensure!(
+        unready == 0,
+        "the gateway or the indexer said \"not ready\" often enough in a row to leave the Service {unready} time(s) under the alarm"
+    );
     let refused = before.refused_then_retried + during.refused_then_retried + p.balancer.refused();
     ensure!(refused == 0, "{refused} upload(s) were refused while the broker blocked publishers");
     let uploads: Vec<Upload> = before.uploads.into_iter().chain(during.uploads).collect();
@@ -642,6 +649,27 @@ async fn attempts_writing(p: &Pipeline) -> anyhow::Result<usize> {
     Ok(writing.len())
 }
 
+/// Both converters subscribed to their queue (a converter says it is up before its consumer
+/// is): with one message each in prefetch, a late one would leave the first to take both.
+async fn both_consuming(p: &Pipeline) -> anyhow::Result<()> {
+    eventually("two consumers on the converter's queue", PIPELINE_DEADLINE, || async {
+        let queues = p.sandbox.queues().await?;
+        let consumers = queues
+            .iter()
+            .find(|q| q["name"] == tunewire_events::topology::CONVERTER_QUEUE.name)
+            .and_then(|q| q["consumers"].as_u64());
+        Ok((consumers == Some(2)).then_some(()))
+    })
+    .await
+}
+
+/// Conversion attempts not yet ended, whatever they have written.
+async fn attempts_open(p: &Pipeline) -> anyhow::Result<u64> {
+    use mongodb::bson::{Document, doc};
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    Ok(db.collection::<Document>("audio_attempts").count_documents(doc! {}).await?)
+}
+
 /// Downloads each upload's MP3 through the gateway and decodes it to the end: it must decode
 /// without an error to within a second of `seconds`.
 async fn mp3s_decode_whole(p: &Pipeline, token: &str, uploads: &[Upload], seconds: f64) -> anyhow::Result<()> {
@@ -698,6 +726,7 @@ pub async fn one_job_delivered_to_two_converters() -> anyhow::Result<Report> {
         ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
         ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
     ];
+    both_consuming(&p).await?;
     let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "duplicator").publisher().await?;
     let payload = serde_json::to_vec(&taken)?;
     for _ in 0..2 {
@@ -734,6 +763,7 @@ pub async fn rabbitmq_restarted_while_two_converters_work() -> anyhow::Result<Re
         ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
         ServiceProcess::spawn("converter", &one_at_a_time_converter_env(&p)).await?,
     ];
+    both_consuming(&p).await?;
     let clips = burst::make_clips(&p, "held", 2, SECONDS)?;
     let sent = burst::send(&p, &token, &clips, Arc::new(AtomicUsize::new(0))).await?;
     eventually("both converters mid-conversion", PIPELINE_DEADLINE, || async {
@@ -864,14 +894,15 @@ pub async fn jobs_deleted_before_and_while_converting() -> anyhow::Result<Report
     let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "deleter").publisher().await?;
     publisher.publish(&tunewire_events::MediaDeleted { job_id: late.job_id.parse()? }).await?;
     let gone = [queued, mid, late];
-    // Every service has taken in every deletion, and no conversion is under way.
+    // Every service has taken in every deletion, and every attempt has ended: ending it is
+    // the converter's last write, after its MP3 is removed.
     eventually("every deletion taken in, no attempt left", RECOVERY_DEADLINE, || async {
         for upload in &gone {
             if !deletion_seen(&p, &upload.job_id).await? {
                 return Ok(None);
             }
         }
-        Ok((attempts_writing(&p).await? == 0).then_some(()))
+        Ok((attempts_open(&p).await? == 0).then_some(()))
     })
     .await?;
     let mut remains = Vec::new();
