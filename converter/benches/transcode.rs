@@ -14,6 +14,8 @@
 //!
 //! `TUNEWIRE_BENCH_RUNS=N` (default 1): N alternating runs per file, medians printed.
 //! `TUNEWIRE_BENCH_FILES=a.mp4,b.wav`: only these corpus files.
+//! `TUNEWIRE_BENCH_HEAPTRACK=DIR`: the converter runs under heaptrack, its profiles written to DIR
+//! (its RSS then includes heaptrack's own).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +113,8 @@ fn cli(input: &Path, output: &Path, tick: f64) -> anyhow::Result<CliRun> {
 /// The converter binary as its own process, stopped (SIGTERM) or killed when dropped.
 struct ConverterProcess {
     child: Child,
+    /// The converter's own process (under heaptrack, the wrapper's child).
+    pid: u32,
     log: PathBuf,
 }
 
@@ -118,7 +122,15 @@ impl ConverterProcess {
     fn spawn(sandbox: &Sandbox, mongo_uri: &str, concurrency: u16, scratch: &Path) -> anyhow::Result<Self> {
         let log = scratch.join("converter.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(CONVERTER)
+        let mut command = match std::env::var_os("TUNEWIRE_BENCH_HEAPTRACK") {
+            Some(dir) => {
+                let mut c = Command::new("heaptrack");
+                c.arg("-o").arg(PathBuf::from(dir).join(format!("converter-{}", free_port()?))).arg(CONVERTER);
+                c
+            }
+            None => Command::new(CONVERTER),
+        };
+        let child = command
             .env("AMQP_URL", &sandbox.amqp_url)
             .env("MONGODB_URI", mongo_uri)
             .env("MONGODB_DATABASE", &sandbox.mongo_database)
@@ -131,16 +143,42 @@ impl ConverterProcess {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {CONVERTER}"))?;
-        Ok(Self { child, log })
+        let mut process = Self { pid: child.id(), child, log };
+        if std::env::var_os("TUNEWIRE_BENCH_HEAPTRACK").is_some() {
+            process.pid = wrapped_converter(process.child.id())?;
+        }
+        Ok(process)
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// VmRSS and VmHWM, until the process exits (a zombie has neither).
     fn memory_kib(&self) -> Option<(u64, u64)> {
         Some((status_kib(self.pid(), "VmRSS")?, status_kib(self.pid(), "VmHWM")?))
+    }
+
+    /// The timings of each "converted" line in its log: the whole handling, the transcode
+    /// (the original read as it goes, the MP3 written as it comes), and of that the time spent
+    /// waiting for the original's chunks.
+    fn converted_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(strip_ansi)
+            .filter(|l| l.contains(" converted ") && l.contains("took_ms="))
+            .map(|l| {
+                let field = |key: &str| {
+                    l.split_whitespace().find_map(|w| w.strip_prefix(key)).unwrap_or("?").trim_matches('"').to_string()
+                };
+                format!(
+                    "handled in {} ms: transcode {} ms, of which waiting for the original {} ms",
+                    field("took_ms="),
+                    field("transcode_ms="),
+                    field("source_wait_ms=")
+                )
+            })
+            .collect()
     }
 
     /// The end of its log, for an error message.
@@ -184,6 +222,60 @@ impl Drop for ConverterProcess {
     }
 }
 
+/// The converter's reader on the original with nothing else to do: what the store alone
+/// costs a conversion.
+async fn read_alone(store: &MediaStore, id: &tunewire_events::FileId) -> anyhow::Result<(Duration, u64)> {
+    use std::io::Read;
+    let mut reader = store.reader(Bucket::Uploads, id).await?.context("the original is gone")?;
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut total = 0u64;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok((started.elapsed(), total)),
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(anyhow::Error::from(e)),
+            }
+        }
+    })
+    .await?
+}
+
+/// The converter started by a wrapper process (heaptrack runs it as a child).
+fn wrapped_converter(wrapper: u32) -> anyhow::Result<u32> {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children")).unwrap_or_default();
+        for child in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.starts_with("tunewire-conver") {
+                return Ok(child);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("no converter process under the wrapper {wrapper}")
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 struct StageRun {
     /// From the first publish to the last `media.converted`.
     wall: Duration,
@@ -193,6 +285,8 @@ struct StageRun {
     idle_kib: u64,
     peak_kib: u64,
     outputs: Vec<MediaConverted>,
+    /// Per job, from the converter's own "converted" line: where its time went.
+    breakdown: Vec<String>,
 }
 
 fn file_name(path: &Path) -> anyhow::Result<&str> {
@@ -255,6 +349,7 @@ async fn stage_in(
     for path in inputs {
         originals.push((file_name(path)?.to_string(), store_original(&store, path).await?));
     }
+    let first_original = originals.first().map(|(_, o)| o.id.clone()).context("no input")?;
 
     let mut converter = ConverterProcess::spawn(sandbox, &mongo.uri, concurrency, scratch)?;
     let consuming = eventually("the converter consumes its queue", Duration::from_secs(120), || async {
@@ -271,6 +366,8 @@ async fn stage_in(
         converter.memory_kib().ok_or_else(|| converter.fail("the converter exited".into()))?;
     let pid = converter.pid().to_string();
     let cpu_before = cpu_ticks(&pid, false).unwrap_or(0);
+    let store_pid = mongo.pid().to_string();
+    let store_cpu_before = cpu_ticks(&store_pid, false).unwrap_or(0);
 
     let owner = Owner { id: UserId::new(), email: "bench@tunewire.test".parse()? };
     let mut waiting = HashMap::new();
@@ -325,13 +422,22 @@ async fn stage_in(
         }
     }
     let cpu_s = cpu_ticks(&pid, false).unwrap_or(0).saturating_sub(cpu_before) as f64 * tick;
+    let store_cpu_s = cpu_ticks(&store_pid, false).unwrap_or(0).saturating_sub(store_cpu_before) as f64 * tick;
     // The high-water mark just before the process goes: nothing it did is missed.
     if let Some((_, hwm)) = converter.memory_kib() {
         peak_kib = peak_kib.max(hwm);
     }
     converter.stop().await?;
+    let mut breakdown = converter.converted_lines();
+    breakdown.push(format!("the MongoDB-wire server's CPU meanwhile: {store_cpu_s:.2} s"));
+    let read = read_alone(&store, &first_original).await?;
+    breakdown.push(format!(
+        "the same reader alone, after: {:.2} s for the original ({:.0} MiB/s)",
+        secs(read.0),
+        read.1 as f64 / 1048576.0 / secs(read.0)
+    ));
     let wall = each.iter().copied().max().unwrap_or_default();
-    Ok(StageRun { wall, each, cpu_s, idle_kib, peak_kib, outputs })
+    Ok(StageRun { wall, each, cpu_s, idle_kib, peak_kib, outputs, breakdown })
 }
 
 /// A job may take this long before the bench gives up on it: far beyond any plausible
@@ -419,6 +525,9 @@ async fn main() -> anyhow::Result<()> {
                 c.duration_s,
                 c.channels,
             );
+            for line in &s.breakdown {
+                println!("  converter: {line}");
+            }
             // Not the same work, so the ratio would mislead: say so beside it.
             if (out.output.duration_s - c.duration_s).abs() > 2.0 || u64::from(out.output.channels) != c.channels {
                 println!("  note: the converter's MP3 and the CLI's differ in duration (> 2 s) or channels");
@@ -488,6 +597,9 @@ async fn main() -> anyhow::Result<()> {
             mib(s.peak_kib.saturating_sub(s.idle_kib)),
             if mib(s.peak_kib) < PAIR_PEAK_TARGET_MIB { "meets" } else { "MISSES" }
         );
+        for line in &s.breakdown {
+            println!("  converter: {line}");
+        }
     } else {
         println!("(two at once skipped: {TWICE} is not among TUNEWIRE_BENCH_FILES)");
     }

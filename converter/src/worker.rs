@@ -292,6 +292,7 @@ impl Worker {
         let upload = self.store.chunk_upload(Bucket::Audio, attempt.clone());
         let (chunks, incoming) = tokio::sync::mpsc::channel(ChunkWriter::CHANNEL);
         let started = std::time::Instant::now();
+        let source_waited_us = source.waited_us();
         let converting = tokio::task::spawn_blocking(move || {
             let request = transcode::Request {
                 preset,
@@ -303,9 +304,10 @@ impl Worker {
             };
             let sink = ChunkWriter::new(chunks, request.max_output_bytes(), transcode::MAX_HEADER_BYTES);
             fail::fail_point!("converter::transcode", |_| std::process::abort());
-            transcode::transcode(&request, source, sink, &mut |p| {
+            let outcome = transcode::transcode(&request, source, sink, &mut |p| {
                 progress_tx.send_replace(p);
-            })
+            });
+            (outcome, started.elapsed())
         });
         // Stopping closes the channel (the transcoder's next write fails and it ends) once
         // the insert under way is answered, so nothing is written after the attempt is cleared.
@@ -319,6 +321,10 @@ impl Worker {
             })
         };
         let (inserted, outcome) = futures_util::future::join(writing, converting).await;
+        let (outcome, transcoded_in) = match outcome {
+            Ok((outcome, took)) => (Ok(outcome), took),
+            Err(e) => (Err(e), started.elapsed()),
+        };
         forwarder.abort();
         if stop.is_cancelled() {
             warn!(%job_id, file_id = %attempt, "stopped converting: the message went back to the broker or the attempt was taken for dead");
@@ -406,7 +412,15 @@ impl Worker {
         if let Err(e) = self.store.end_attempt(Bucket::Audio, attempt).await {
             warn!(%job_id, error = %e, "could not close the attempt; the sweep will");
         }
-        info!(%job_id, duration_s = report.duration_s, took_ms = started.elapsed().as_millis() as u64, size = report.size, "converted");
+        info!(
+            %job_id,
+            duration_s = report.duration_s,
+            size = report.size,
+            took_ms = started.elapsed().as_millis() as u64,
+            transcode_ms = transcoded_in.as_millis() as u64,
+            source_wait_ms = source_waited_us.load(std::sync::atomic::Ordering::Relaxed) / 1000,
+            "converted"
+        );
         Ok(Attempt::Claimed(MediaConverted {
             job_id,
             owner: event.owner.clone(),

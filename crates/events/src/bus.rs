@@ -30,7 +30,12 @@ pub enum BusError {
     ConsumerCancelled { queue: String },
     #[error("no connection to rabbitmq is up (consumers and the publisher reconnect by themselves)")]
     NotConnected,
+    #[error("the AMQP URL is not valid: {0}")]
+    BadUrl(String),
 }
+
+/// The largest AMQP frame this side asks for; longer messages go in several frames.
+const FRAME_MAX: u32 = 16 * 1024;
 
 impl BusError {
     /// A stable machine code for logs and API errors.
@@ -42,6 +47,7 @@ impl BusError {
             BusError::Unroutable { .. } => "amqp_unroutable",
             BusError::Encode(_) => "event_encoding",
             BusError::ConsumerCancelled { .. } => "consumer_cancelled",
+            BusError::BadUrl(_) => "amqp_bad_url",
         }
     }
 }
@@ -143,7 +149,11 @@ impl Bus {
     /// Opens a connection and declares the whole topology on it.
     pub(crate) async fn connect(&self) -> Result<Connection, BusError> {
         let props = ConnectionProperties::default().with_connection_name(self.name.as_ref().into());
-        let connection = Connection::connect(&self.url, props).await?;
+        let mut uri: lapin::uri::AMQPUri = self.url.parse().map_err(BusError::BadUrl)?;
+        // lapin keeps 32 frames of buffer each way per connection: at RabbitMQ's default
+        // frame_max (128 KiB) that is about 12 MiB per connection, for events of a few KiB.
+        uri.query.frame_max.get_or_insert(FRAME_MAX);
+        let connection = Connection::connect_uri(uri, props).await?;
         let channel = connection.create_channel().await?;
         topology::declare_all(&channel).await?;
         let _ = channel.close(200, "topology declared".into()).await;

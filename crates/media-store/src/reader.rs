@@ -9,7 +9,9 @@
 //! does exactly that between attempts.
 
 use std::io::{self, Read, Seek, SeekFrom};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -55,6 +57,7 @@ pub struct ChunkReader {
     pos: u64,
     current: Option<(u64, Bytes)>,
     ahead: Option<Ahead>,
+    waited_us: Arc<AtomicU64>,
 }
 
 fn corrupt(info: &FileInfo, what: String) -> io::Error {
@@ -86,11 +89,17 @@ async fn fetch(chunks: Collection<Document>, info: FileInfo, from: u64, sender: 
 impl ChunkReader {
     pub(crate) fn new(runtime: Handle, chunks: Collection<Document>, info: FileInfo) -> Self {
         let chunk_size = u64::from(info.chunk_size.max(1));
-        Self { runtime, chunks, info, chunk_size, pos: 0, current: None, ahead: None }
+        Self { runtime, chunks, info, chunk_size, pos: 0, current: None, ahead: None, waited_us: Arc::default() }
     }
 
     pub fn info(&self) -> &FileInfo {
         &self.info
+    }
+
+    /// Microseconds the reader has spent waiting for chunks, readable while it is in use
+    /// elsewhere: what the store cost the conversion.
+    pub fn waited_us(&self) -> Arc<AtomicU64> {
+        self.waited_us.clone()
     }
 
     fn start_fetch(&mut self, from: u64) {
@@ -158,7 +167,10 @@ impl Read for ChunkReader {
         }
         let n = self.pos / self.chunk_size;
         if self.current.as_ref().is_none_or(|(current, _)| *current != n) {
-            self.load(n)?;
+            let started = Instant::now();
+            let loaded = self.load(n);
+            self.waited_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            loaded?;
         }
         let Some((_, data)) = &self.current else {
             return Err(io::Error::other("no chunk loaded"));

@@ -33,6 +33,11 @@ pub struct FreshMongo {
 }
 
 impl FreshMongo {
+    /// The server's process, for its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn start() -> anyhow::Result<Self> {
         // Where scripts/stack installs it, which honours the same variable.
         let stack =
