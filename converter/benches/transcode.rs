@@ -15,7 +15,7 @@
 //! `TUNEWIRE_BENCH_RUNS=N` (default 1): N alternating runs per file, medians printed.
 //! `TUNEWIRE_BENCH_FILES=a.mp4,b.wav`: only these corpus files.
 //! `TUNEWIRE_BENCH_HEAPTRACK=DIR`: the converter runs under heaptrack, its profiles written to DIR
-//! (its RSS then includes heaptrack's own).
+//! (its RSS, CPU and wall times then include heaptrack's own).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -125,7 +125,7 @@ impl ConverterProcess {
         let mut command = match std::env::var_os("TUNEWIRE_BENCH_HEAPTRACK") {
             Some(dir) => {
                 let mut c = Command::new("heaptrack");
-                c.arg("-o").arg(PathBuf::from(dir).join(format!("converter-{}", free_port()?))).arg(CONVERTER);
+                c.arg("-o").arg(PathBuf::from(dir).join(format!("converter-{}", sandbox.name))).arg(CONVERTER);
                 c
             }
             None => Command::new(CONVERTER),
@@ -216,6 +216,10 @@ impl ConverterProcess {
 impl Drop for ConverterProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            // Under a wrapper, the converter itself first: killing the wrapper would orphan it.
+            if self.pid != self.child.id() {
+                let _ = Command::new("kill").args(["-KILL", &self.pid.to_string()]).status();
+            }
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -30,8 +30,8 @@ pub enum BusError {
     ConsumerCancelled { queue: String },
     #[error("no connection to rabbitmq is up (consumers and the publisher reconnect by themselves)")]
     NotConnected,
-    #[error("the AMQP URL is not valid: {0}")]
-    BadUrl(String),
+    #[error("the AMQP URL is not valid (see AMQP_URL)")]
+    BadUrl,
 }
 
 /// The largest AMQP frame this side asks for; longer messages go in several frames.
@@ -47,7 +47,7 @@ impl BusError {
             BusError::Unroutable { .. } => "amqp_unroutable",
             BusError::Encode(_) => "event_encoding",
             BusError::ConsumerCancelled { .. } => "consumer_cancelled",
-            BusError::BadUrl(_) => "amqp_bad_url",
+            BusError::BadUrl => "amqp_bad_url",
         }
     }
 }
@@ -149,9 +149,10 @@ impl Bus {
     /// Opens a connection and declares the whole topology on it.
     pub(crate) async fn connect(&self) -> Result<Connection, BusError> {
         let props = ConnectionProperties::default().with_connection_name(self.name.as_ref().into());
-        let mut uri: lapin::uri::AMQPUri = self.url.parse().map_err(BusError::BadUrl)?;
+        // The parser's message would quote the URL, password and all.
+        let mut uri: lapin::uri::AMQPUri = self.url.parse().map_err(|_| BusError::BadUrl)?;
         // lapin keeps 32 frames of buffer each way per connection: at RabbitMQ's default
-        // frame_max (128 KiB) that is about 12 MiB per connection, for events of a few KiB.
+        // frame_max (128 KiB) that is 8 MiB per connection, for events of a few KiB.
         uri.query.frame_max.get_or_insert(FRAME_MAX);
         let connection = Connection::connect_uri(uri, props).await?;
         let channel = connection.create_channel().await?;

@@ -121,7 +121,11 @@ impl Accountant {
         dead_letters_expected: bool,
     ) -> anyhow::Result<Tally> {
         let give_up = Instant::now() + deadline;
+        // When everything was first there (the recovery time), and since when nothing has
+        // changed (the wait): a transient such as a losing attempt's MP3 about to be
+        // discarded or an email on its way restarts the wait, not the recovery.
         let mut complete_since: Option<Instant> = None;
+        let mut unchanged_since: Option<Instant> = None;
         let mut previous = None;
         let snapshot = loop {
             // A server that was just restarted may still be refusing: look again.
@@ -129,25 +133,24 @@ impl Accountant {
                 Ok(snapshot) => snapshot,
                 Err(e) if Instant::now() >= give_up => return Err(e),
                 Err(_) => {
-                    complete_since = None;
+                    (complete_since, unchanged_since) = (None, None);
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
             let now = Instant::now();
-            // Complete and unchanged for a while: a transient (a losing attempt's MP3 about to
-            // be discarded, an email on its way) restarts the wait.
-            if previous.as_ref().is_some_and(|p| *p != snapshot.per_upload) {
-                complete_since = None;
+            if previous.as_ref().is_some_and(|before| *before != snapshot.per_upload) {
+                unchanged_since = None;
             }
             previous = Some(snapshot.per_upload.clone());
             if snapshot.complete(dead_letters_expected) {
-                let since = *complete_since.get_or_insert(now);
+                complete_since.get_or_insert(now);
+                let since = *unchanged_since.get_or_insert(now);
                 if now - since >= SETTLED_FOR {
                     break snapshot;
                 }
             } else {
-                complete_since = None;
+                (complete_since, unchanged_since) = (None, None);
             }
             if now >= give_up {
                 break snapshot;
