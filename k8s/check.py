@@ -73,8 +73,34 @@ def config_keys(service: str) -> tuple[set[str], set[str]]:
     """(settings, secret settings) a service reads, from its src/config.rs."""
     source = (ROOT / service / "src" / "config.rs").read_text()
     plain = set(re.findall(r'\bvar(?:_opt)?(?:::<[^>]+>)?\(\s*"([A-Z0-9_]+)"', source))
-    secret = set(re.findall(r'\b(?:required_)?secret\(\s*"([A-Z0-9_]+)"', source))
+    secret = set(re.findall(r'\b(?:required_)?secret(?:_key)?\(\s*"([A-Z0-9_]+)"', source))
     return plain | secret, secret
+
+
+def rust_const(path: str, name: str) -> int | None:
+    found = re.search(rf"const {name}: \w+ = (\d+);", (ROOT / path).read_text())
+    return int(found.group(1)) if found else None
+
+
+def mebibytes(quantity: str) -> float | None:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    found = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", str(quantity))
+    return int(found.group(1)) * units[found.group(2)] if found else None
+
+
+def check_auth_memory(at: str, container: dict, config_maps: dict[str, dict]) -> None:
+    """Auth's memory limit holds its hashing slots (auth/src/hashing.rs)."""
+    data: dict = {}
+    for source in container.get("envFrom", []):
+        data.update(config_maps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {}))
+    base, per_slot = rust_const("auth/src/hashing.rs", "BASE_MIB"), rust_const("auth/src/hashing.rs", "MIB_PER_SLOT")
+    limit = mebibytes(container.get("resources", {}).get("limits", {}).get("memory", ""))
+    if "AUTH_HASH_SLOTS" not in data:
+        problem(at, "AUTH_HASH_SLOTS is not set, so the memory each pod needs is not fixed")
+    elif base is None or per_slot is None or limit is None:
+        problem(at, "cannot read auth's memory limit or BASE_MIB/MIB_PER_SLOT in auth/src/hashing.rs")
+    elif limit < base + int(data["AUTH_HASH_SLOTS"]) * per_slot:
+        problem(at, f"a {limit:.0f} MiB limit cannot hold {data['AUTH_HASH_SLOTS']} hashing slots ({base} + {per_slot} MiB each)")
 
 
 def shutdown_deadline(service: str) -> int | None:
@@ -180,6 +206,8 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
         problem(at, f"{service}/src/lib.rs has no SHUTDOWN_DEADLINE_S")
     elif spec.get("terminationGracePeriodSeconds") != deadline + GRACE_MARGIN_S:
         problem(at, f"terminationGracePeriodSeconds should be {deadline} + {GRACE_MARGIN_S}")
+    if service == "auth":
+        check_auth_memory(at, container, config_maps)
     settings, secrets = config_keys(service)
     allowed = settings | {f"{s}_FILE" for s in secrets} | COMMON_SETTINGS
     names = [e["name"] for e in container.get("env", [])]

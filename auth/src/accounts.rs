@@ -59,17 +59,63 @@ pub async fn register(db: &PgPool, email: &Email, hash: &str) -> Result<Option<U
 
 pub struct Account {
     pub id: UserId,
+    pub email: Email,
     pub password_hash: String,
     pub role: String,
+    /// Tokens issued before this (unix seconds) are refused.
+    pub tokens_not_before: i64,
+}
+
+type AccountRow = (uuid::Uuid, String, String, String, chrono::DateTime<chrono::Utc>);
+
+fn account(row: AccountRow) -> Result<Account, AccountError> {
+    let (id, email, password_hash, role, not_before) = row;
+    let email = email.parse().map_err(|e| AccountError::Database(sqlx::Error::Decode(Box::new(e))))?;
+    Ok(Account { id: UserId::from(id), email, password_hash, role, tokens_not_before: not_before.timestamp() })
 }
 
 pub async fn find(db: &PgPool, email: &Email) -> Result<Option<Account>, AccountError> {
-    let row: Option<(uuid::Uuid, String, String)> =
-        sqlx::query_as("SELECT id, password_hash, role FROM auth.users WHERE email = $1")
+    let row: Option<AccountRow> =
+        sqlx::query_as("SELECT id, email, password_hash, role, tokens_not_before FROM auth.users WHERE email = $1")
             .bind(email.as_str())
             .fetch_optional(db)
             .await?;
-    Ok(row.map(|(id, password_hash, role)| Account { id: UserId::from(id), password_hash, role }))
+    row.map(account).transpose()
+}
+
+pub async fn find_by_id(db: &PgPool, id: UserId) -> Result<Option<Account>, AccountError> {
+    let row: Option<AccountRow> =
+        sqlx::query_as("SELECT id, email, password_hash, role, tokens_not_before FROM auth.users WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(db)
+            .await?;
+    row.map(account).transpose()
+}
+
+/// Sets a new password; every token issued before the next whole second is refused from
+/// then on. Returns that second (unix), from which new tokens may be issued.
+pub async fn change_password(db: &PgPool, id: UserId, hash: &str) -> Result<i64, AccountError> {
+    let not_before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "UPDATE auth.users SET password_hash = $2, tokens_not_before = date_trunc('second', now()) + interval '1 second'
+         WHERE id = $1 RETURNING tokens_not_before",
+    )
+    .bind(id.as_uuid())
+    .bind(hash)
+    .fetch_one(db)
+    .await?;
+    Ok(not_before.timestamp())
+}
+
+/// Accounts whose tokens from before some instant are refused, for those that changed
+/// within `horizon_s` (older tokens have expired anyway): (id, unix seconds).
+pub async fn revocations(db: &PgPool, horizon_s: i64) -> Result<Vec<(UserId, i64)>, AccountError> {
+    let rows: Vec<(uuid::Uuid, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT id, tokens_not_before FROM auth.users WHERE tokens_not_before > now() - make_interval(secs => $1)",
+    )
+    .bind(horizon_s as f64)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(id, at)| (UserId::from(id), at.timestamp())).collect())
 }
 
 /// Makes `email` an admin with `password`, creating the account if needed. Idempotent, so

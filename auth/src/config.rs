@@ -5,7 +5,8 @@ use tunewire_events::Email;
 use tunewire_service_runtime::ConfigError;
 use tunewire_service_runtime::config::{secret, var, var_opt};
 
-use crate::login_limits::Limits;
+use crate::attempt_limits::Limits;
+use crate::hashing;
 
 #[derive(Clone)]
 pub struct Config {
@@ -23,14 +24,30 @@ pub struct Config {
     pub token_ttl_s: u64,
     /// An admin account made (or promoted, with this password) at start.
     pub admin: Option<(Email, String)>,
-    pub login_limits: Limits,
+    pub attempt_limits: Limits,
+    /// Password hashes at once; unset: as many as the cgroup memory limit allows
+    /// ([`hashing::slots_for_memory`]), at most two per CPU.
+    pub hash_slots: Option<usize>,
+    /// Requests that may wait for a hashing slot before the rest get 503.
+    pub hash_queue: usize,
     /// How many proxies in front of auth append to `X-Forwarded-For` (the gateway is one);
     /// the client is the entry that many places from the right.
     pub trusted_proxy_hops: usize,
 }
 
+const DEFAULT_HASH_QUEUE: usize = 32;
+
 impl Config {
+    /// The hashing slots this process runs with.
+    pub fn hash_slots(&self) -> usize {
+        self.hash_slots.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            hashing::cgroup_memory_limit_mib().map_or(cpus, hashing::slots_for_memory).min(2 * cpus).max(1)
+        })
+    }
+
     pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Limits::DEFAULT;
         let admin_email: Option<Email> = var_opt("AUTH_ADMIN_EMAIL")?;
         let admin_password = secret("AUTH_ADMIN_PASSWORD")?;
         let admin = match (admin_email, admin_password) {
@@ -49,11 +66,19 @@ impl Config {
             audience: var("AUTH_AUDIENCE", "tunewire".to_string())?,
             token_ttl_s: var("AUTH_TOKEN_TTL_S", 3600)?,
             admin,
-            login_limits: Limits {
-                per_email: var("AUTH_LOGIN_FAILURES_PER_EMAIL", 5)?,
-                per_address: var("AUTH_LOGIN_FAILURES_PER_ADDRESS", 20)?,
-                window: Duration::from_secs(var("AUTH_LOGIN_WINDOW_S", 900)?),
+            attempt_limits: Limits {
+                per_email: var("AUTH_LOGIN_FAILURES_PER_EMAIL", d.per_email)?,
+                per_address: var("AUTH_LOGIN_FAILURES_PER_ADDRESS", d.per_address)?,
+                window: Duration::from_secs(var("AUTH_LOGIN_WINDOW_S", d.window.as_secs())?),
+                max_delay: Duration::from_secs(var("AUTH_LOGIN_MAX_DELAY_S", d.max_delay.as_secs())?),
+                registrations_per_address: var("AUTH_REGISTRATIONS_PER_ADDRESS", d.registrations_per_address)?,
+                registration_window: Duration::from_secs(var(
+                    "AUTH_REGISTRATION_WINDOW_S",
+                    d.registration_window.as_secs(),
+                )?),
             },
+            hash_slots: var_opt("AUTH_HASH_SLOTS")?,
+            hash_queue: var("AUTH_HASH_QUEUE", DEFAULT_HASH_QUEUE)?,
             trusted_proxy_hops: var("AUTH_TRUSTED_PROXY_HOPS", 1)?,
         })
     }
@@ -69,7 +94,9 @@ impl Config {
             audience: "tunewire".into(),
             token_ttl_s: 3600,
             admin: None,
-            login_limits: Limits { per_email: 5, per_address: 20, window: Duration::from_secs(900) },
+            attempt_limits: Limits::DEFAULT,
+            hash_slots: None,
+            hash_queue: DEFAULT_HASH_QUEUE,
             trusted_proxy_hops: 1,
         }
     }

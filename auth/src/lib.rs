@@ -3,10 +3,12 @@
 //! sees media and never touches another service's tables.
 
 pub mod accounts;
+pub mod attempt_limits;
 pub mod config;
+pub mod hashing;
 pub mod keys;
-pub mod login_limits;
 mod routes;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +63,20 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     SCHEMA.migrate(db).await
 }
 
+/// Expired attempt counters are dropped once a minute, by every replica (it is one DELETE).
+async fn prune_counters(limits: Arc<attempt_limits::AttemptLimits>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = limits.prune().await {
+            tracing::warn!(error = %e, "pruning attempt counters failed; the next round tries again");
+        }
+    }
+}
+
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = SCHEMA.connect(&config.database_url, 10).await?;
     let keys = Arc::new(keys::SigningKeys::load(
@@ -71,12 +87,17 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         let id = accounts::provision_admin(&db, email, password).await?;
         tracing::info!(user_id = %id, "admin account provisioned from AUTH_ADMIN_EMAIL");
     }
+    let attempt_limits = Arc::new(attempt_limits::AttemptLimits::new(db.clone(), config.attempt_limits));
+    let slots = config.hash_slots();
+    tracing::info!(slots, queue = config.hash_queue, "password hashing");
     let state = routes::State {
         db: db.clone(),
         keys,
         config: Arc::new(config.clone()),
-        login_limits: Arc::new(login_limits::LoginLimits::new(config.login_limits)),
+        attempt_limits: attempt_limits.clone(),
+        hashing: Arc::new(hashing::Hashing::new(slots, config.hash_queue)),
     };
+    tokio::spawn(prune_counters(attempt_limits, shutdown.clone()));
     let health = HealthRoutes::new(Arc::new(Dependencies { db }), Registry::default());
     let api = routes::routes(state).or(health.routes()).recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;

@@ -1,27 +1,29 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
-use jsonwebtoken::Header;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
-use tunewire_events::Email;
+use tunewire_events::{Email, UserId};
 use tunewire_service_runtime::ApiError;
-use warp::http::{StatusCode, header};
+use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::accounts::{self, AccountError};
+use crate::attempt_limits::{AttemptLimits, Limit, Refused};
 use crate::config::Config;
+use crate::hashing::Hashing;
 use crate::keys::SigningKeys;
-use crate::login_limits::LoginLimits;
+use crate::tokens;
+use tunewire_service_runtime::admission::Busy;
 
 #[derive(Clone)]
 pub struct State {
     pub db: PgPool,
     pub keys: Arc<SigningKeys>,
     pub config: Arc<Config>,
-    pub login_limits: Arc<LoginLimits>,
+    pub attempt_limits: Arc<AttemptLimits>,
+    pub hashing: Arc<Hashing>,
 }
 
 #[derive(Deserialize)]
@@ -30,16 +32,10 @@ struct Credentials {
     password: String,
 }
 
-/// The access token's claims; the gateway reads the same names.
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: String,
-    email: &'a str,
-    role: &'a str,
-    iss: &'a str,
-    aud: &'a str,
-    iat: i64,
-    exp: i64,
+#[derive(Deserialize)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
 }
 
 const MAX_JSON_BODY: u64 = 16 * 1024;
@@ -48,28 +44,45 @@ pub fn routes(
     state: State,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static {
     let with_state = warp::any().map(move || state.clone());
+    let client = warp::addr::remote()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(with_state.clone())
+        .map(|remote: Option<SocketAddr>, forwarded: Option<String>, s: State| {
+            client_address(remote, forwarded.as_deref(), s.config.trusted_proxy_hops)
+        });
     let register = warp::path!("register")
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_JSON_BODY))
         .and(warp::body::json())
+        .and(client.clone())
         .and(with_state.clone())
-        .and_then(|c, s| async move { register(c, s).await.map_err(warp::reject::custom) });
+        .and_then(|c, client, s| async move { register(c, client, s).await.map_err(warp::reject::custom) });
     let login = warp::path!("login")
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_JSON_BODY))
         .and(warp::body::json())
-        .and(warp::addr::remote())
-        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(client.clone())
         .and(with_state.clone())
-        .and_then(|c, remote: Option<SocketAddr>, forwarded: Option<String>, s: State| async move {
-            let client = client_address(remote, forwarded.as_deref(), s.config.trusted_proxy_hops);
-            login(c, client, s).await.map_err(warp::reject::custom)
+        .and_then(|c, client, s| async move { login(c, client, s).await.map_err(warp::reject::custom) });
+    let password = warp::path!("password")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::body::content_length_limit(MAX_JSON_BODY))
+        .and(warp::body::json())
+        .and(client)
+        .and(with_state.clone())
+        .and_then(|authorization: Option<String>, change, client, s| async move {
+            change_password(authorization, change, client, s).await.map_err(warp::reject::custom)
         });
     let jwks = warp::path!(".well-known" / "jwks.json")
         .and(warp::get())
-        .and(with_state)
+        .and(with_state.clone())
         .map(|s: State| warp::reply::json(&s.keys.jwks).into_response());
-    register.or(login).unify().or(jwks).unify()
+    let revocations = warp::path!("revocations")
+        .and(warp::get())
+        .and(with_state)
+        .and_then(|s| async move { revocations(s).await.map_err(warp::reject::custom) });
+    register.or(login).unify().or(password).unify().or(jwks).unify().or(revocations).unify()
 }
 
 /// The client as the outermost trusted proxy saw it: `hops` entries from the right of
@@ -83,8 +96,22 @@ fn client_address(remote: Option<SocketAddr>, forwarded: Option<&str>, hops: usi
     entries.len().checked_sub(hops).and_then(|i| entries[i].parse().ok()).or(peer)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal("hashing", e))
+fn busy(b: Busy) -> ApiError {
+    b.into_api_error("busy", "too many sign-ins at once; try again in a second")
+}
+
+fn refused(r: Refused) -> ApiError {
+    let seconds = r.wait.as_secs().max(1);
+    let message = match r.limit {
+        Limit::Email => format!("too many failed logins for this account; try again in {seconds} s"),
+        Limit::Address => format!("too many failed logins from your network; try again in {seconds} s"),
+        Limit::Registrations => format!("too many registrations from your network; try again in {seconds} s"),
+    };
+    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", message).retry_after(r.wait)
+}
+
+fn limits_error(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("database_unavailable", e)
 }
 
 fn account_error(e: AccountError) -> ApiError {
@@ -95,14 +122,20 @@ fn account_error(e: AccountError) -> ApiError {
     }
 }
 
-async fn register(creds: Credentials, state: State) -> Result<warp::reply::Response, ApiError> {
+async fn register(creds: Credentials, client: Option<IpAddr>, state: State) -> Result<warp::reply::Response, ApiError> {
     let email: Email = creds
         .email
         .parse()
         .map_err(|e: tunewire_events::IdError| ApiError::bad_request("invalid_email", e.to_string()))?;
     accounts::check_password_length(&creds.password).map_err(account_error)?;
+    let admitted = state.hashing.admit().map_err(busy)?;
+    state.attempt_limits.begin_registration(client).await.map_err(limits_error)?.map_err(refused)?;
     let password = creds.password;
-    let hash = blocking(move || accounts::hash_password(&password)).await?.map_err(account_error)?;
+    let hash = admitted
+        .run(move || accounts::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal("hashing", e))?
+        .map_err(account_error)?;
     let Some(id) = accounts::register(&state.db, &email, &hash).await.map_err(account_error)? else {
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", format!("{email} is already registered")));
     };
@@ -113,54 +146,94 @@ async fn register(creds: Credentials, state: State) -> Result<warp::reply::Respo
 
 async fn login(creds: Credentials, client: Option<IpAddr>, state: State) -> Result<warp::reply::Response, ApiError> {
     let invalid = || ApiError::unauthorized("the email or password is wrong");
-    if let Some(wait) = state.login_limits.blocked_for(&creds.email, client, Instant::now()) {
-        let seconds = wait.as_secs().max(1);
-        tracing::warn!(client = ?client, "login refused: too many failed attempts");
-        let error = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_attempts",
-            format!("too many failed logins; try again in {seconds} s"),
-        );
-        let mut response = error.into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-        return Ok(response);
-    }
-    let account = match creds.email.parse::<Email>() {
-        Ok(email) => accounts::find(&state.db, &email).await.map_err(account_error)?.map(|a| (email, a)),
-        Err(_) => None,
+    let admitted = state.hashing.admit().map_err(busy)?;
+    let parsed = creds.email.parse::<Email>().ok();
+    let attempt =
+        state.attempt_limits.begin_login(parsed.as_ref(), client).await.map_err(limits_error)?.map_err(|r| {
+            tracing::warn!(client = ?client, limit = ?r.limit, "login refused: too many failed attempts");
+            refused(r)
+        })?;
+    let account = match parsed {
+        Some(email) => accounts::find(&state.db, &email).await.map_err(account_error)?,
+        None => None,
     };
     let password = creds.password;
     // A missing account still costs one hash, so timing does not reveal which emails exist.
-    let stored_hash = account.as_ref().map(|(_, a)| a.password_hash.clone());
-    let verified = blocking(move || match stored_hash {
-        Some(hash) => accounts::verify_password(&password, &hash),
-        None => {
-            let _ = accounts::hash_password("not-a-real-password");
-            false
-        }
-    })
-    .await?;
-    let Some((email, account)) = account.filter(|_| verified) else {
-        state.login_limits.record_failure(&creds.email, client, Instant::now());
+    let stored_hash = account.as_ref().map(|a| a.password_hash.clone());
+    let verified = admitted
+        .run(move || match stored_hash {
+            Some(hash) => accounts::verify_password(&password, &hash),
+            None => {
+                let _ = accounts::hash_password("not-a-real-password");
+                false
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal("hashing", e))?;
+    // A failed attempt stays counted: its reservation is the failure.
+    let Some(account) = account.filter(|_| verified) else {
         return Err(invalid());
     };
-    state.login_limits.record_success(&creds.email);
-    let now = chrono::Utc::now().timestamp();
-    let ttl = state.config.token_ttl_s as i64;
-    let claims = Claims {
-        sub: account.id.to_string(),
-        email: email.as_str(),
-        role: &account.role,
-        iss: &state.config.issuer,
-        aud: &state.config.audience,
-        iat: now,
-        exp: now + ttl,
-    };
-    let key = &state.keys.current;
-    let mut header = Header::new(key.algorithm);
-    header.kid = Some(key.kid.clone());
-    let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| ApiError::internal("signing", e))?;
+    if let Err(e) = state.attempt_limits.succeeded(attempt).await {
+        tracing::warn!(user_id = %account.id, error = %e, "clearing the account's failed logins failed; they expire with their window");
+    }
+    token_reply(&state, &account)
+}
+
+/// A fresh token for `account`, never dated before its password's last change.
+fn token_reply(state: &State, account: &accounts::Account) -> Result<warp::reply::Response, ApiError> {
+    let issued_at = chrono::Utc::now().timestamp().max(account.tokens_not_before);
+    let token = tokens::issue(&state.keys, &state.config, (account.id, &account.email, &account.role), issued_at)
+        .map_err(|e| ApiError::internal("signing", e))?;
+    let ttl = state.config.token_ttl_s;
     Ok(warp::reply::json(&json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})).into_response())
+}
+
+/// A new password, given the current one and a token; every token issued before is refused
+/// from then on (the gateway learns it from `/revocations` within seconds), and the answer
+/// carries a new one.
+async fn change_password(
+    authorization: Option<String>,
+    change: PasswordChange,
+    client: Option<IpAddr>,
+    state: State,
+) -> Result<warp::reply::Response, ApiError> {
+    let claims = tokens::verify(&state.keys, &state.config, authorization.as_deref())?;
+    let id: UserId = claims.sub.parse().map_err(|_| ApiError::unauthorized("the token's subject is invalid"))?;
+    accounts::check_password_length(&change.new_password).map_err(account_error)?;
+    let admitted = state.hashing.admit().map_err(busy)?;
+    let account = accounts::find_by_id(&state.db, id)
+        .await
+        .map_err(account_error)?
+        .filter(|a| claims.iat >= a.tokens_not_before)
+        .ok_or_else(|| ApiError::unauthorized("the token is no longer valid; log in again"))?;
+    let attempt =
+        state.attempt_limits.begin_login(Some(&account.email), client).await.map_err(limits_error)?.map_err(refused)?;
+    let (stored, current, new) = (account.password_hash.clone(), change.current_password, change.new_password);
+    let new_hash = admitted
+        .run(move || accounts::verify_password(&current, &stored).then(|| accounts::hash_password(&new)))
+        .await
+        .map_err(|e| ApiError::internal("hashing", e))?;
+    // A wrong current password stays counted against the account, as a failed login.
+    let new_hash = new_hash
+        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is wrong"))?
+        .map_err(account_error)?;
+    let not_before = accounts::change_password(&state.db, id, &new_hash).await.map_err(account_error)?;
+    if let Err(e) = state.attempt_limits.succeeded(attempt).await {
+        tracing::warn!(user_id = %id, error = %e, "clearing the account's failed logins failed; they expire with their window");
+    }
+    tracing::info!(user_id = %id, "password changed; earlier tokens refused");
+    token_reply(&state, &accounts::Account { tokens_not_before: not_before, ..account })
+}
+
+/// For the gateway: which accounts refuse tokens issued before when. Only changes within a
+/// token's lifetime (and its leeway) matter; anything older has expired anyway.
+async fn revocations(state: State) -> Result<warp::reply::Response, ApiError> {
+    let horizon = state.config.token_ttl_s as i64 + 60;
+    let changed = accounts::revocations(&state.db, horizon).await.map_err(account_error)?;
+    let not_before: serde_json::Map<String, serde_json::Value> =
+        changed.into_iter().map(|(id, at)| (id.to_string(), json!(at))).collect();
+    Ok(warp::reply::json(&json!({ "not_before": not_before })).into_response())
 }
 
 #[cfg(test)]

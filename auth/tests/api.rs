@@ -1,74 +1,14 @@
-//! Auth against the real PostgreSQL: accounts, tokens, key rotation, login limits, admins.
+//! Auth against the real PostgreSQL: accounts, tokens, key rotation, admins.
+
+mod support;
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use base64::Engine;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use support::{Auth, decode, email};
 use tunewire_auth::Config;
 use tunewire_test_stack::Sandbox;
-
-struct Auth {
-    url: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl Auth {
-    async fn start(config: Config) -> anyhow::Result<Self> {
-        let shutdown = CancellationToken::new();
-        let running = tunewire_auth::start(config, shutdown.clone()).await?;
-        Ok(Self { url: format!("http://{}", running.addr), http: reqwest::Client::new(), shutdown })
-    }
-
-    async fn post(&self, path: &str, body: Value, forwarded_for: Option<&str>) -> anyhow::Result<reqwest::Response> {
-        let mut request = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(f) = forwarded_for {
-            request = request.header("x-forwarded-for", f);
-        }
-        Ok(request.send().await?)
-    }
-
-    async fn register(&self, email: &str, password: &str) -> anyhow::Result<reqwest::Response> {
-        self.post("/register", json!({"email": email, "password": password}), None).await
-    }
-
-    async fn login(&self, email: &str, password: &str) -> anyhow::Result<reqwest::Response> {
-        self.post("/login", json!({"email": email, "password": password}), None).await
-    }
-
-    async fn token(&self, email: &str, password: &str) -> anyhow::Result<String> {
-        let body: Value = self.login(email, password).await?.error_for_status()?.json().await?;
-        Ok(body["access_token"].as_str().context("no access_token")?.to_string())
-    }
-
-    async fn jwks_kids(&self) -> anyhow::Result<Vec<String>> {
-        let jwks: Value = self.http.get(format!("{}/.well-known/jwks.json", self.url)).send().await?.json().await?;
-        let keys = jwks["keys"].as_array().context("jwks without keys")?;
-        Ok(keys.iter().filter_map(|k| k["kid"].as_str().map(str::to_string)).collect())
-    }
-}
-
-impl Drop for Auth {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn email() -> String {
-    format!("u-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
-/// The token's header and claims, unverified (verification is the gateway's, tested there).
-fn decode(token: &str) -> anyhow::Result<(Value, Value)> {
-    let mut parts = token.split('.');
-    let mut next = || -> anyhow::Result<Value> {
-        let part = parts.next().context("token has too few parts")?;
-        Ok(serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?)?)
-    };
-    Ok((next()?, next()?))
-}
 
 fn openssl_key(algorithm: &str) -> anyhow::Result<String> {
     let mut command = Command::new("openssl");
@@ -165,39 +105,6 @@ async fn after_a_rotation_the_jwks_still_publishes_the_previous_key() -> anyhow:
         assert!(kids.iter().any(|k| header["kid"] == k.as_str()), "{kids:?} lacks {}", header["kid"]);
     }
     drop(after);
-    sandbox.cleanup().await
-}
-
-#[tokio::test]
-async fn failed_logins_are_limited_per_email_and_per_address() -> anyhow::Result<()> {
-    let sandbox = Sandbox::create().await?;
-    let mut config = Config::local(sandbox.database_url.clone());
-    config.login_limits.per_email = 3;
-    config.login_limits.per_address = 5;
-    let auth = Auth::start(config).await?;
-    let victim = email();
-    auth.register(&victim, "correct horse").await?.error_for_status()?;
-
-    for _ in 0..3 {
-        assert_eq!(auth.login(&victim, "wrong horse").await?.status(), 401);
-    }
-    // Blocked now, even with the right password.
-    let r = auth.login(&victim, "correct horse").await?;
-    assert_eq!(r.status(), 429);
-    let retry_after: u64 = r.headers().get("retry-after").context("Retry-After")?.to_str()?.parse()?;
-    assert!((1..=900).contains(&retry_after), "{retry_after}");
-    assert_eq!(r.json::<Value>().await?["error"], "too_many_attempts");
-
-    // One address guessing many emails is blocked too; another address is not.
-    for _ in 0..5 {
-        let r = auth.post("/login", json!({"email": email(), "password": "guess"}), Some("203.0.113.7")).await?;
-        assert_eq!(r.status(), 401);
-    }
-    let r = auth.post("/login", json!({"email": email(), "password": "guess"}), Some("203.0.113.7")).await?;
-    assert_eq!(r.status(), 429);
-    let r = auth.post("/login", json!({"email": email(), "password": "guess"}), Some("203.0.113.8")).await?;
-    assert_eq!(r.status(), 401);
-    drop(auth);
     sandbox.cleanup().await
 }
 

@@ -21,7 +21,16 @@ pub struct Config {
     pub lastfm_cache_ttl: Duration,
     /// The first wait before asking again for tracks Last.fm could not tag (then doubling).
     pub lastfm_retry_every: Duration,
+    /// Searches run at once; more wait in a queue of `search_queue`, the rest get 503.
+    pub search_slots: usize,
+    pub search_queue: usize,
 }
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+const DEFAULT_SEARCH_QUEUE: usize = 32;
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -36,6 +45,8 @@ impl Config {
             lastfm_rate_per_s: var("LASTFM_RATE_PER_S", 5.0)?,
             lastfm_cache_ttl: Duration::from_secs(var("LASTFM_CACHE_TTL_S", 7 * 24 * 3600)?),
             lastfm_retry_every: Duration::from_secs(var("LASTFM_RETRY_S", 60)?),
+            search_slots: var("CATALOG_SEARCH_SLOTS", cpus())?,
+            search_queue: var("CATALOG_SEARCH_QUEUE", DEFAULT_SEARCH_QUEUE)?,
         })
     }
 
@@ -51,6 +62,8 @@ impl Config {
             lastfm_rate_per_s: 5.0,
             lastfm_cache_ttl: Duration::from_secs(7 * 24 * 3600),
             lastfm_retry_every: Duration::from_secs(60),
+            search_slots: cpus(),
+            search_queue: DEFAULT_SEARCH_QUEUE,
         }
     }
 }

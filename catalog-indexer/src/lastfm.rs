@@ -159,12 +159,14 @@ impl Lastfm {
             .timeout(Duration::from_secs(5))
             .send()
             .await
-            .map_err(|e| LastfmError::Unreachable(e.to_string()))?;
+            // The URL carries the API key: it stays out of errors, logs and the backlog's rows.
+            .map_err(|e| LastfmError::Unreachable(e.without_url().to_string()))?;
         let status = resp.status();
         if status.is_server_error() {
             return Err(LastfmError::Unreachable(format!("HTTP {status}")));
         }
-        let body: Value = resp.json().await.map_err(|e| LastfmError::Shape(format!("HTTP {status}: {e}")))?;
+        let body: Value =
+            resp.json().await.map_err(|e| LastfmError::Shape(format!("HTTP {status}: {}", e.without_url())))?;
         parse_top_tags(&body)
     }
 

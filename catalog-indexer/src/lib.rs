@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
+use tunewire_service_runtime::admission::Admission;
 use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error, postgres};
 use warp::{Filter, Reply};
 
@@ -92,10 +93,42 @@ struct SearchParams {
     cursor: Option<String>,
 }
 
+/// The longest `q`, `tag` or `artist` a search takes, in characters.
+pub const MAX_QUERY_CHARS: usize = 256;
+/// The longest word in `q`: each becomes a fuzzy automaton, whose cost grows with it.
+pub const MAX_TERM_CHARS: usize = 32;
+
+fn too_long(params: &SearchParams) -> Option<ApiError> {
+    for (name, value) in [("q", &params.q), ("tag", &params.tag), ("artist", &params.artist)] {
+        if value.as_deref().is_some_and(|v| v.chars().count() > MAX_QUERY_CHARS) {
+            return Some(ApiError::bad_request(
+                "query_too_long",
+                format!("`{name}` is longer than {MAX_QUERY_CHARS} characters"),
+            ));
+        }
+    }
+    let longest = params.q.as_deref().unwrap_or_default().split_whitespace().map(|w| w.chars().count()).max();
+    longest.filter(|&n| n > MAX_TERM_CHARS).map(|_| {
+        ApiError::bad_request("term_too_long", format!("a word in `q` is longer than {MAX_TERM_CHARS} characters"))
+    })
+}
+
 async fn search(
     params: SearchParams,
     index: Arc<SearchIndex>,
+    searches: Arc<Admission>,
 ) -> Result<warp::reply::Response, std::convert::Infallible> {
+    if let Some(error) = too_long(&params) {
+        return Ok(error.into_response());
+    }
+    let ticket = match searches.admit() {
+        Ok(ticket) => ticket,
+        Err(busy) => {
+            return Ok(busy
+                .into_api_error("search_busy", "too many searches at once; try again in a second")
+                .into_response());
+        }
+    };
     let q = params.q.unwrap_or_default();
     let filtered = params.tag.is_some() || params.artist.is_some();
     if q.trim().is_empty() && !filtered {
@@ -119,18 +152,19 @@ async fn search(
             );
         }
     };
-    let outcome = tokio::task::spawn_blocking(move || {
-        let request = search_index::SearchRequest {
-            text: &q,
-            owner: params.owner.as_deref(),
-            tag: params.tag.as_deref(),
-            artist: params.artist.as_deref(),
-            limit,
-            offset,
-        };
-        index.search(&request)
-    })
-    .await;
+    let outcome = ticket
+        .run_blocking(move || {
+            let request = search_index::SearchRequest {
+                text: &q,
+                owner: params.owner.as_deref(),
+                tag: params.tag.as_deref(),
+                artist: params.artist.as_deref(),
+                limit,
+                offset,
+            };
+            index.search(&request)
+        })
+        .await;
     Ok(match outcome {
         Ok(Ok((hits, total))) => {
             let next = (offset + hits.len() < total).then(|| (offset + hits.len()).to_string());
@@ -228,10 +262,12 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     ));
 
     let search_index = index.clone();
+    let searches = Arc::new(Admission::new(config.search_slots, config.search_queue));
     let search_route = warp::path!("search")
         .and(warp::get())
         .and(warp::query::<SearchParams>())
         .and(warp::any().map(move || search_index.clone()))
+        .and(warp::any().map(move || searches.clone()))
         .and_then(search);
     let health = HealthRoutes::new(
         Arc::new(Dependencies { db, bus: bus.clone(), index: index.clone(), tags }),

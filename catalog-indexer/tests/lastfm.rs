@@ -16,6 +16,8 @@ use tunewire_test_stack::{Sandbox, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+const KEY: &str = "test-key-3f9a";
+
 #[derive(Clone, Copy)]
 #[repr(u8)]
 enum Mode {
@@ -23,6 +25,8 @@ enum Mode {
     Down = 1,
     RateLimited = 2,
     BadKey = 3,
+    /// 200 with a body that is not JSON, as a captive portal or a broken proxy answers.
+    Garbage = 4,
 }
 
 struct FakeLastfm {
@@ -53,6 +57,7 @@ impl FakeLastfm {
         use warp::http::StatusCode;
         let (mode, calls) = (Arc::new(AtomicU8::new(Mode::Normal as u8)), Arc::new(AtomicUsize::new(0)));
         let (m, c) = (mode.clone(), calls.clone());
+        use warp::Reply;
         let route = warp::query::<std::collections::HashMap<String, String>>().map(
             move |q: std::collections::HashMap<String, String>| {
                 c.fetch_add(1, Ordering::SeqCst);
@@ -63,9 +68,10 @@ impl FakeLastfm {
                     1 => (StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down"})),
                     2 => (StatusCode::OK, json!({"error": 29, "message": "Rate limit exceeded"})),
                     3 => (StatusCode::FORBIDDEN, json!({"error": 10, "message": "Invalid API key"})),
+                    4 => return warp::reply::with_status("<html>sign in</html>", StatusCode::OK).into_response(),
                     _ => (StatusCode::OK, answer(&method, &track)),
                 };
-                warp::reply::with_status(warp::reply::json(&body), status)
+                warp::reply::with_status(warp::reply::json(&body), status).into_response()
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -101,7 +107,7 @@ impl Catalog {
             sandbox.amqp_url.clone(),
             index_dir.clone(),
         );
-        config.lastfm_api_key = Some("test-key".into());
+        config.lastfm_api_key = Some(KEY.into());
         config.lastfm_url = lastfm.url.clone();
         config.lastfm_rate_per_s = 50.0;
         config.lastfm_retry_every = Duration::from_millis(200);
@@ -230,6 +236,25 @@ async fn when_last_fm_is_down_or_rate_limits_tracks_are_searchable_at_once_and_t
         Ok((left == 0).then_some(()))
     })
     .await?;
+    c.stop().await
+}
+
+#[tokio::test]
+async fn the_api_key_never_reaches_the_backlog_s_errors() -> anyhow::Result<()> {
+    let c = Catalog::start().await?;
+    c.lastfm.set(Mode::Garbage);
+    let job = c.convert(UserId::new(), "Portal Song", "Some Artist").await?;
+    let error = eventually("the failed lookup is in the backlog", DEADLINE, || async {
+        let error: Option<Option<String>> =
+            sqlx::query_scalar("SELECT last_error FROM catalog.tag_backlog WHERE job_id = $1")
+                .bind(job.as_uuid())
+                .fetch_optional(&c.db)
+                .await?;
+        Ok(error.flatten())
+    })
+    .await?;
+    assert!(error.contains("HTTP 200"), "{error}");
+    assert!(!error.contains(KEY), "the key leaked: {error}");
     c.stop().await
 }
 

@@ -143,7 +143,14 @@ async fn a_thousand_tracks_are_found_despite_typos_and_accents_and_filtered_by_t
         }
     }
     assert_eq!(seen.len(), 250);
-    for (params, code) in [(vec![("limit", "0"), ("q", "x")], "invalid_limit"), (vec![("q", "  ")], "missing_query")] {
+    let (long_query, long_word, long_tag) = ("love ".repeat(60), "a".repeat(33), "b".repeat(257));
+    for (params, code) in [
+        (vec![("limit", "0"), ("q", "x")], "invalid_limit"),
+        (vec![("q", "  ")], "missing_query"),
+        (vec![("q", long_query.as_str())], "query_too_long"),
+        (vec![("q", long_word.as_str())], "term_too_long"),
+        (vec![("tag", long_tag.as_str())], "query_too_long"),
+    ] {
         let r = reqwest::Client::new().get(format!("{}/search", service.url)).query(&params).send().await?;
         assert_eq!(r.status(), 400);
         assert_eq!(r.json::<Value>().await?["error"], code);

@@ -99,7 +99,7 @@ async fn spawn_gateway(sandbox: &Sandbox, mongo_uri: &str, auth_url: &str) -> an
         .env("MONGODB_URI", mongo_uri)
         .env("MONGODB_DATABASE", &sandbox.mongo_database)
         .env("AUTH_URL", auth_url)
-        .env("LINK_SECRET", "bench")
+        .env("LINK_SECRET", "bench-link-secret-as-long-as-a-real-one")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()?;

@@ -1,14 +1,20 @@
 //! Who is calling: a bearer token verified locally against auth's JWKS (cached; refetched
-//! when a token names a key the cache does not have, at most every 10 s). The algorithm is
-//! the one the JWKS publishes for the key (EdDSA or RS256), never the one the token claims.
+//! when a token names a key the cache does not have, at most every 10 s whether the fetch
+//! worked or not). The algorithm is the one the JWKS publishes for the key (EdDSA or RS256),
+//! never the one the token claims.
+//!
+//! Tokens naming made-up keys are free to send, so they must not cost anyone else: the cache
+//! is read without waiting on a fetch, one fetch runs at a time (callers with unknown keys
+//! arriving meanwhile wait for its result), and the cache is only locked to swap in what
+//! was fetched.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use tokio::sync::RwLock;
 use tunewire_events::{Email, UserId};
 use tunewire_service_runtime::ApiError;
 
@@ -24,14 +30,30 @@ struct Claims {
     sub: String,
     email: String,
     role: String,
+    #[serde(default)]
+    iat: i64,
+}
+
+/// How often the gateway asks auth which accounts changed their password: a token issued
+/// before a change is refused within this long.
+pub const REVOCATIONS_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+struct Revocations {
+    not_before: HashMap<UserId, i64>,
 }
 
 pub struct TokenVerifier {
     jwks_url: String,
+    revocations_url: String,
+    /// Per account that changed its password lately: tokens issued before (unix s) are refused.
+    not_before: std::sync::RwLock<HashMap<UserId, i64>>,
     issuer: String,
     audience: String,
     http: reqwest::Client,
-    cache: RwLock<(JwkSet, Option<Instant>)>,
+    keys: std::sync::RwLock<JwkSet>,
+    /// Held by the one fetch under way; says when the last one started and whether it worked.
+    last_fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
@@ -40,30 +62,74 @@ impl TokenVerifier {
     pub fn new(auth_url: &str, issuer: &str, audience: &str, http: reqwest::Client) -> Arc<Self> {
         Arc::new(Self {
             jwks_url: format!("{}/.well-known/jwks.json", auth_url.trim_end_matches('/')),
+            revocations_url: format!("{}/revocations", auth_url.trim_end_matches('/')),
+            not_before: std::sync::RwLock::new(HashMap::new()),
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             http,
-            cache: RwLock::new((JwkSet { keys: vec![] }, None)),
+            keys: std::sync::RwLock::new(JwkSet { keys: vec![] }),
+            last_fetch: tokio::sync::Mutex::new(None),
         })
     }
 
+    /// Fetches which accounts refuse tokens from before when; returns how many.
+    pub async fn refresh_revocations(&self) -> Result<usize, reqwest::Error> {
+        let fetched: Revocations = self
+            .http
+            .get(&self.revocations_url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let count = fetched.not_before.len();
+        *self.not_before.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fetched.not_before;
+        Ok(count)
+    }
+
+    /// Keeps the revocations fresh until `shutdown`; a failed fetch keeps the last list.
+    pub async fn follow_revocations(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(REVOCATIONS_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            if let Err(e) = self.refresh_revocations().await {
+                tracing::warn!(error = %e.without_url(), "fetching token revocations from auth failed; keeping the last list");
+            }
+        }
+    }
+
+    fn cached(&self, kid: &str) -> Option<Jwk> {
+        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).find(kid).cloned()
+    }
+
     async fn key(&self, kid: &str) -> Result<Option<Jwk>, ApiError> {
-        {
-            let cache = self.cache.read().await;
-            if let Some(jwk) = cache.0.find(kid) {
-                return Ok(Some(jwk.clone()));
+        if let Some(jwk) = self.cached(kid) {
+            return Ok(Some(jwk));
+        }
+        let mut last_fetch = self.last_fetch.lock().await;
+        // The fetch this caller waited for may have brought the key.
+        if let Some(jwk) = self.cached(kid) {
+            return Ok(Some(jwk));
+        }
+        match *last_fetch {
+            Some((at, true)) if at.elapsed() < REFRESH_AT_MOST_EVERY => return Ok(None),
+            Some((at, false)) if at.elapsed() < REFRESH_AT_MOST_EVERY => {
+                let error = ApiError::new(
+                    warp::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "auth_unavailable",
+                    "the token's key cannot be checked: auth is unavailable; try again shortly",
+                );
+                return Err(error.retry_after(REFRESH_AT_MOST_EVERY - at.elapsed()));
             }
-            if cache.1.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
-                return Ok(None);
-            }
+            _ => {}
         }
-        let mut cache = self.cache.write().await;
-        if let Some(jwk) = cache.0.find(kid) {
-            return Ok(Some(jwk.clone()));
-        }
-        if cache.1.is_some_and(|at| at.elapsed() < REFRESH_AT_MOST_EVERY) {
-            return Ok(None);
-        }
+        let started = Instant::now();
+        *last_fetch = Some((started, false));
         let fetched: JwkSet = self
             .http
             .get(&self.jwks_url)
@@ -71,12 +137,14 @@ impl TokenVerifier {
             .send()
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| ApiError::unavailable("auth_unavailable", e))?
+            .map_err(|e| ApiError::unavailable("auth_unavailable", e.without_url()))?
             .json()
             .await
-            .map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
-        *cache = (fetched, Some(Instant::now()));
-        Ok(cache.0.find(kid).cloned())
+            .map_err(|e| ApiError::unavailable("auth_unavailable", e.without_url()))?;
+        *last_fetch = Some((started, true));
+        let found = fetched.find(kid).cloned();
+        *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fetched;
+        Ok(found)
     }
 
     /// Expiry, issuer, audience and subject checked, with 30 s of leeway for clock skew.
@@ -87,6 +155,13 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
         validation
+    }
+
+    /// The caller of a request with this `Authorization` header, if any.
+    pub async fn authorize(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+        let authorization = authorization
+            .ok_or_else(|| ApiError::unauthorized("a bearer token is required (Authorization: Bearer <token>)"))?;
+        self.verify(authorization).await
     }
 
     pub async fn verify(&self, authorization: &str) -> Result<Caller, ApiError> {
@@ -119,8 +194,13 @@ impl TokenVerifier {
             }
         })?;
         let claims = data.claims;
+        let id: UserId = claims.sub.parse().map_err(|_| ApiError::unauthorized("the token's subject is invalid"))?;
+        let not_before = self.not_before.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&id).copied();
+        if not_before.is_some_and(|at| claims.iat < at) {
+            return Err(ApiError::unauthorized("the password was changed after this token was issued; log in again"));
+        }
         Ok(Caller {
-            id: claims.sub.parse().map_err(|_| ApiError::unauthorized("the token's subject is invalid"))?,
+            id,
             email: claims.email.parse().map_err(|_| ApiError::unauthorized("the token's email is invalid"))?,
             admin: claims.role == "admin",
         })

@@ -3,7 +3,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{required_secret, secret, var};
+use tunewire_service_runtime::config::{required_secret_key, secret, secret_key, var};
+use tunewire_signed_links::MIN_SECRET_BYTES;
+
+use crate::upload_admission::Limits;
 
 #[derive(Clone)]
 pub struct Config {
@@ -29,6 +32,7 @@ pub struct Config {
     /// the built gateway).
     pub probe_program: PathBuf,
     pub retention: crate::retention::Policy,
+    pub upload_limits: crate::upload_admission::Limits,
 }
 
 fn this_program() -> PathBuf {
@@ -48,8 +52,8 @@ impl Config {
             catalog_url: var("CATALOG_URL", "http://127.0.0.1:8082".to_string())?,
             token_issuer: var("AUTH_ISSUER", "tunewire-auth".to_string())?,
             token_audience: var("AUTH_AUDIENCE", "tunewire".to_string())?,
-            link_secret: required_secret("LINK_SECRET")?,
-            link_secret_previous: secret("LINK_SECRET_PREVIOUS")?,
+            link_secret: required_secret_key("LINK_SECRET", MIN_SECRET_BYTES)?,
+            link_secret_previous: secret_key("LINK_SECRET_PREVIOUS", MIN_SECRET_BYTES)?,
             max_upload_bytes: var("MAX_UPLOAD_BYTES", 2u64 << 30)?,
             upload_idle_timeout: Duration::from_secs(var("UPLOAD_IDLE_TIMEOUT_S", 60)?),
             probe_program: this_program(),
@@ -57,6 +61,10 @@ impl Config {
                 originals: Duration::from_secs(var("RETENTION_ORIGINALS_S", 24 * 3600)?),
                 outputs: Duration::from_secs(var("RETENTION_OUTPUTS_S", 7 * 24 * 3600)?),
                 every: Duration::from_secs(var("RETENTION_SWEEP_S", 300)?),
+            },
+            upload_limits: crate::upload_admission::Limits {
+                per_process: var("GATEWAY_UPLOADS_IN_FLIGHT", Limits::DEFAULT.per_process)?,
+                per_user: var("GATEWAY_UPLOADS_IN_FLIGHT_PER_USER", Limits::DEFAULT.per_user)?,
             },
         })
     }
@@ -73,7 +81,7 @@ impl Config {
             catalog_url: "http://127.0.0.1:8082".into(),
             token_issuer: "tunewire-auth".into(),
             token_audience: "tunewire".into(),
-            link_secret: "local-link-secret".into(),
+            link_secret: "local-link-secret-of-thirty-two-bytes".into(),
             link_secret_previous: None,
             max_upload_bytes: 2 << 30,
             upload_idle_timeout: Duration::from_secs(60),
@@ -83,6 +91,7 @@ impl Config {
                 outputs: Duration::from_secs(7 * 24 * 3600),
                 every: Duration::from_secs(300),
             },
+            upload_limits: Limits::DEFAULT,
         }
     }
 }

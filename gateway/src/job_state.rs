@@ -1,8 +1,25 @@
 //! Follows the pipeline's events to keep `gateway.jobs` current.
+//!
+//! An event is a claim, not proof: anything that can publish on the bus could send one. A
+//! `media.converted` is applied only when the file it names is the output the store has
+//! claimed for that job, so no event can point a job at another user's file.
 
 use sqlx::PgPool;
 use tunewire_events::{HandleError, HandleResultExt, Incoming, JobUpdate};
+use tunewire_media_store::{Bucket, MediaStore};
 
-pub async fn handle(db: PgPool, msg: Incoming<JobUpdate>) -> Result<(), HandleError> {
+pub async fn handle(db: PgPool, store: MediaStore, msg: Incoming<JobUpdate>) -> Result<(), HandleError> {
+    if let JobUpdate::Converted(converted) = &msg.event {
+        let claimed = store.output_of(Bucket::Audio, converted.job_id).await.or_retry("looking up the job's output")?;
+        if claimed.as_ref() != Some(&converted.output.file_id) {
+            tracing::warn!(
+                job_id = %converted.job_id,
+                named = %converted.output.file_id,
+                claimed = ?claimed.map(|f| f.to_string()),
+                "media.converted names a file that is not the job's output; ignored"
+            );
+            return Ok(());
+        }
+    }
     crate::jobs::apply(&db, &msg.event).await.or_retry("updating the job")
 }

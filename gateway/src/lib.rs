@@ -15,6 +15,7 @@ pub mod probe;
 pub mod retention;
 pub mod routes;
 pub mod upload;
+pub mod upload_admission;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,12 +101,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config: Arc::new(config.clone()),
         db: db.clone(),
         store: store.clone(),
-        verifier,
+        verifier: verifier.clone(),
         links,
         http,
         outbox_wake: outbox_wake.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        uploads: Arc::new(upload_admission::UploadAdmission::new(config.upload_limits)),
         probes: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )),
@@ -122,10 +124,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     let server = health::spawn_server(listener, api, shutdown.clone());
+    tokio::spawn(verifier.clone().follow_revocations(shutdown.clone()));
     let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, relay_metrics, shutdown.clone()));
-    let retention = tokio::spawn(retention::run(db.clone(), store, config.retention, shutdown.clone()));
+    let retention = tokio::spawn(retention::run(db.clone(), store.clone(), config.retention, shutdown.clone()));
     let task = tokio::spawn(async move {
-        let handler = move |msg| job_state::handle(db.clone(), msg);
+        let handler = move |msg| job_state::handle(db.clone(), store.clone(), msg);
         bus.consume(GATEWAY_QUEUE, 32, handler, shutdown).await;
         let _ = relay.await;
         let _ = retention.await;

@@ -98,6 +98,7 @@ pub fn route_template(path: &str) -> &'static str {
     match segments.as_slice() {
         ["v1", "auth", "register"] => "/v1/auth/register",
         ["v1", "auth", "login"] => "/v1/auth/login",
+        ["v1", "auth", "password"] => "/v1/auth/password",
         ["v1", "me"] => "/v1/me",
         ["v1", "uploads"] => "/v1/uploads",
         ["v1", "jobs"] => "/v1/jobs",

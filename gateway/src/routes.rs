@@ -37,6 +37,7 @@ pub struct State {
     pub outbox_wake: Arc<Notify>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    pub uploads: Arc<crate::upload_admission::UploadAdmission>,
     /// Probes running at once.
     pub probes: Arc<tokio::sync::Semaphore>,
 }
@@ -54,12 +55,19 @@ fn with<T: Clone + Send + Sync + 'static>(
 fn caller(state: State) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization").and(with(state)).and_then(
         |auth: Option<String>, state: State| async move {
-            let auth = auth.ok_or_else(|| {
-                warp::reject::custom(ApiError::unauthorized(
-                    "a bearer token is required (Authorization: Bearer <token>)",
-                ))
-            })?;
-            state.verifier.verify(&auth).await.map_err(warp::reject::custom)
+            state.verifier.authorize(auth.as_deref()).await.map_err(warp::reject::custom)
+        },
+    )
+}
+
+/// What an upload's handler needs to answer before reading the body: the token, unchecked
+/// (a refusal must still read some of the body first), and whether the client waits for
+/// `100 Continue` before sending it.
+fn upload_request() -> impl Filter<Extract = (upload::Door,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and(warp::header::optional::<String>("expect")).map(
+        |authorization, expect: Option<String>| upload::Door {
+            authorization,
+            expects_continue: expect.is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue")),
         },
     )
 }
@@ -108,9 +116,10 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::body::bytes())
         .and(warp::addr::remote())
         .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("authorization"))
         .and(with(state.clone()))
-        .and_then(|action: String, body: Bytes, remote, forwarded, state: State| async move {
-            answer(auth_proxy(action, body, remote, forwarded, state).await).await
+        .and_then(|action: String, body: Bytes, remote, forwarded, authorization, state: State| async move {
+            answer(auth_proxy(action, body, remote, (forwarded, authorization), state).await).await
         })
         .boxed();
     let me = warp::path!("v1" / "me")
@@ -124,21 +133,21 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let upload_form = warp::path!("v1" / "uploads")
         .and(warp::post().or(warp::put()).unify())
         .and(multipart_body())
-        .and(caller(state.clone()))
+        .and(upload_request())
         .and(warp::multipart::form().max_length(None))
         .and(with(state.clone()))
-        .and_then(|caller, form, state| async move { answer(upload::multipart(caller, form, state).await).await })
+        .and_then(|door, form, state| async move { answer(upload::multipart(door, form, state).await).await })
         .boxed();
     let upload_raw = warp::path!("v1" / "uploads")
         .and(warp::post().or(warp::put()).unify())
         .and(not_multipart_body())
-        .and(caller(state.clone()))
+        .and(upload_request())
         .and(warp::query::<HashMap<String, String>>())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(with(state.clone()))
-        .and_then(|caller, query, headers, body, state| async move {
-            answer(raw_upload(caller, query, headers, body, state).await).await
+        .and_then(|door, query, headers, body, state| async move {
+            answer(raw_upload(door, query, headers, body, state).await).await
         })
         .boxed();
     let list = warp::path!("v1" / "jobs")
@@ -218,7 +227,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
 }
 
 async fn raw_upload<B, S>(
-    caller: Caller,
+    door: upload::Door,
     query: HashMap<String, String>,
     headers: HeaderMap,
     body: S,
@@ -228,7 +237,7 @@ where
     B: Buf + Send,
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
 {
-    let details = details_from_query(query)?;
+    let details = details_from_query(query);
     let raw = RawUpload {
         filename: upload::raw_filename(
             headers.get("x-filename").map(|v| v.as_bytes()),
@@ -237,7 +246,7 @@ where
         content_length: headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
     };
     let body = Box::pin(body.map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string()));
-    upload::raw(caller, raw, details, body, state).await
+    upload::raw(door, raw, details, body, state).await
 }
 
 /// Raw uploads take their details from the query string.
@@ -258,17 +267,18 @@ fn details_from_query(query: HashMap<String, String>) -> Result<Details, ApiErro
     Ok(details)
 }
 
-/// Register and login live in auth; a client only needs the gateway's address. The client's
-/// address travels in `X-Forwarded-For` (auth limits failed logins by it), and auth's
-/// `Retry-After` comes back.
+/// Register, login and password changes live in auth; a client only needs the gateway's
+/// address. The client's address travels in `X-Forwarded-For` (auth limits attempts by it),
+/// the bearer token of a password change in `Authorization`, and auth's `Retry-After`
+/// comes back.
 async fn auth_proxy(
     action: String,
     body: Bytes,
     remote: Option<SocketAddr>,
-    forwarded: Option<String>,
+    (forwarded, authorization): (Option<String>, Option<String>),
     state: State,
 ) -> Result<Response, ApiError> {
-    if action != "register" && action != "login" {
+    if !["register", "login", "password"].contains(&action.as_str()) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
     let url = format!("{}/{action}", state.config.auth_url.trim_end_matches('/'));
@@ -284,6 +294,9 @@ async fn auth_proxy(
             _ => remote.ip().to_string(),
         };
         request = request.header("x-forwarded-for", chain);
+    }
+    if let Some(authorization) = authorization.filter(|_| action == "password") {
+        request = request.header(header::AUTHORIZATION, authorization);
     }
     let resp = request.send().await.map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
     let status = resp.status();

@@ -22,6 +22,7 @@ use crate::caller::Caller;
 use crate::jobs::{self, Created};
 use crate::probe::{self, ProbeError, Verdict};
 use crate::routes::State;
+use crate::upload_admission::UploadPlace;
 
 /// What the client says about the file besides its bytes.
 #[derive(Debug, Default, Deserialize)]
@@ -331,7 +332,33 @@ async fn parse_form(
     Ok(())
 }
 
-pub async fn multipart(caller: Caller, mut form: FormData, state: State) -> Result<Response, ApiError> {
+/// An upload at the door: what is known of it before its body is read.
+pub struct Door {
+    pub authorization: Option<String>,
+    /// The client sent `Expect: 100-continue`: it sends no body unless told to, so a refusal
+    /// needs no draining (and draining would ask for the body).
+    pub expects_continue: bool,
+}
+
+impl Door {
+    /// Who is uploading, and their place among the uploads in flight.
+    async fn admit(&self, state: &State) -> Result<(Caller, UploadPlace), ApiError> {
+        let caller = state.verifier.authorize(self.authorization.as_deref()).await?;
+        let place = state.uploads.admit(&caller.id)?;
+        Ok((caller, place))
+    }
+}
+
+pub async fn multipart(door: Door, mut form: FormData, state: State) -> Result<Response, ApiError> {
+    let (caller, _place) = match door.admit(&state).await {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            if !door.expects_continue {
+                drain(form).await;
+            }
+            return Err(e);
+        }
+    };
     let _in_flight = InFlight::new(&state);
     let mut received = None;
     let mut details = Details::default();
@@ -349,25 +376,47 @@ pub async fn multipart(caller: Caller, mut form: FormData, state: State) -> Resu
     }
 }
 
-/// What is read of a refused form before answering: a client still sending when the
-/// connection closes sees a reset instead of our 4xx, so a small remainder is read first.
-const DRAIN_BYTES: usize = 1 << 20;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// What is read of a refused upload before answering: a client still sending when the
+/// connection closes sees a reset instead of our 4xx (Python's urllib sends the whole body
+/// before it reads a byte of the answer). Read and dropped, so it costs time and bandwidth,
+/// never memory; a client sending more than this should send `Expect: 100-continue` (curl
+/// does above 1 MiB).
+const DRAIN_BYTES: usize = 64 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-async fn drain(mut form: FormData) {
+/// Reads and drops what `sizes` measures, up to `DRAIN_BYTES` or `DRAIN_TIME`.
+async fn drain_sizes(sizes: impl Stream<Item = usize>) {
     let drained = async {
+        let mut sizes = std::pin::pin!(sizes);
         let mut left = DRAIN_BYTES;
-        while let Some(Ok(part)) = form.next().await {
-            let mut data = part.stream();
-            while let Some(Ok(chunk)) = data.next().await {
-                left = left.saturating_sub(chunk.remaining());
-                if left == 0 {
-                    return;
-                }
+        while let Some(size) = sizes.next().await {
+            left = left.saturating_sub(size);
+            if left == 0 {
+                return;
             }
         }
     };
     let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
+}
+
+/// Until the first error: a broken body has nothing more to read.
+fn until_error<T, E>(item: &Result<T, E>) -> std::future::Ready<bool> {
+    std::future::ready(item.is_ok())
+}
+
+async fn drain(form: FormData) {
+    let parts = form.take_while(until_error).filter_map(|part| std::future::ready(part.ok()));
+    let sizes = parts.flat_map(|part| {
+        part.stream().take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.remaining())))
+    });
+    drain_sizes(sizes).await
+}
+
+async fn drain_raw<S>(body: S)
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin,
+{
+    drain_sizes(body.take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.len())))).await
 }
 
 /// The file name of a raw-body upload: `X-Filename` (UTF-8, may be percent-encoded) or the
@@ -389,17 +438,15 @@ pub struct RawUpload {
     pub content_length: Option<u64>,
 }
 
-pub async fn raw<S>(
-    caller: Caller,
+/// Everything a raw upload is refused for before its body is read.
+async fn admit_raw(
+    door: &Door,
     raw: RawUpload,
-    details: Details,
-    body: S,
-    state: State,
-) -> Result<Response, ApiError>
-where
-    S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
-{
-    let _in_flight = InFlight::new(&state);
+    details: Result<Details, ApiError>,
+    state: &State,
+) -> Result<(Caller, UploadPlace, String, Details), ApiError> {
+    let (caller, place) = door.admit(state).await?;
+    let details = details?;
     let Some(filename) = raw.filename else {
         return Err(ApiError::bad_request(
             "missing_filename",
@@ -410,10 +457,32 @@ where
     if raw.content_length.is_some_and(|length| length > limit) {
         return Err(store_error(StoreError::TooLarge { limit }));
     }
-    // Refuse bad details before reading a byte of the body.
     details.tags()?;
     details.preset()?;
     details.loudnorm()?;
+    Ok((caller, place, filename, details))
+}
+
+pub async fn raw<S>(
+    door: Door,
+    raw: RawUpload,
+    details: Result<Details, ApiError>,
+    body: S,
+    state: State,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
+{
+    let (caller, _place, filename, details) = match admit_raw(&door, raw, details, &state).await {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            if !door.expects_continue {
+                drain_raw(body).await;
+            }
+            return Err(e);
+        }
+    };
+    let _in_flight = InFlight::new(&state);
     let received = receive(&state, &caller, clean_filename(Some(&filename)), body).await?;
     accept(&state, &caller, received, &details).await
 }

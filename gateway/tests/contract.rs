@@ -20,6 +20,7 @@ async fn the_openapi_document_lists_every_route_the_gateway_serves() -> anyhow::
     let routes = [
         ("post", "/v1/auth/register"),
         ("post", "/v1/auth/login"),
+        ("post", "/v1/auth/password"),
         ("get", "/v1/me"),
         ("post", "/v1/uploads"),
         ("put", "/v1/uploads"),

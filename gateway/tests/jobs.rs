@@ -167,6 +167,46 @@ async fn deleting_a_job_removes_its_original_and_its_mp3() -> anyhow::Result<()>
     g.stop().await
 }
 
+/// A `media.converted` for `job` naming `file`, as the converter would send it.
+fn converted_event(job: &str, owner: &support::User, file: &FileId) -> anyhow::Result<MediaConverted> {
+    Ok(MediaConverted {
+        job_id: job.parse()?,
+        owner: Owner { id: owner.id.parse()?, email: owner.email.parse()? },
+        source_filename: "t.wav".into(),
+        preset: Preset::default(),
+        output: AudioOutput {
+            file_id: file.clone(),
+            size: 1000,
+            duration_s: 1.0,
+            bitrate: 192_000,
+            sample_rate: 44_100,
+            channels: 1,
+        },
+        tags: TrackTags::default(),
+        source_facts: Default::default(),
+    })
+}
+
+#[tokio::test]
+async fn a_published_event_naming_another_job_s_file_changes_nothing() -> anyhow::Result<()> {
+    let g = Gateway::start().await?;
+    let (victim, attacker) = (g.user().await?, g.user().await?);
+    let theirs = g.accepted(&victim.token, &g.tone("v.wav", 1, 1)?, &[]).await?;
+    let mine = g.accepted(&attacker.token, &g.tone("a.wav", 1, 2)?, &[]).await?;
+    let (their_file, my_file) = (FileId::from_bytes([1; 12]), FileId::from_bytes([2; 12]));
+    g.store.claim_output(Bucket::Audio, theirs.parse()?, &their_file).await?;
+    let publisher = g.bus.publisher().await?;
+    // The attacker's job pointed at the victim's MP3: not the output the store holds for it.
+    publisher.publish(&converted_event(&mine, &attacker, &their_file)?).await?;
+    // Then the converter's real event for the attacker's job.
+    g.store.claim_output(Bucket::Audio, mine.parse()?, &my_file).await?;
+    publisher.publish(&converted_event(&mine, &attacker, &my_file)?).await?;
+    let job = g.wait_for_state(&attacker.token, &mine, "converted").await?;
+    assert_eq!(job["output"]["file_id"], my_file.to_string());
+    assert_eq!(g.job(&victim.token, &theirs).await?["state"], "queued");
+    g.stop().await
+}
+
 #[tokio::test]
 async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> anyhow::Result<()> {
     let g = Gateway::start_with(Options {
@@ -187,22 +227,8 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
     let job_id = id.parse()?;
     let file_id = FileId::from_bytes([7; 12]);
     let mp3_size = 1000;
-    let event = MediaConverted {
-        job_id,
-        owner: Owner { id: user.id.parse()?, email: user.email.parse()? },
-        source_filename: "t.wav".into(),
-        preset: Preset::default(),
-        output: AudioOutput {
-            file_id: file_id.clone(),
-            size: mp3_size,
-            duration_s: 1.0,
-            bitrate: 192_000,
-            sample_rate: 44_100,
-            channels: 1,
-        },
-        tags: TrackTags::default(),
-        source_facts: Default::default(),
-    };
+    let event = converted_event(&id, &user, &file_id)?;
+    g.store.claim_output(Bucket::Audio, job_id, &file_id).await?;
     g.bus.publisher().await?.publish(&event).await?;
     g.wait_for_state(&user.token, &id, "converted").await?;
     let mp3 = g.scratch.join("out.mp3");

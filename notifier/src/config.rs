@@ -1,7 +1,8 @@
 use std::net::SocketAddr;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{required_secret, secret, var};
+use tunewire_service_runtime::config::{required_secret_key, secret, var};
+use tunewire_signed_links::MIN_SECRET_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmtpTls {
@@ -62,7 +63,7 @@ impl Config {
             smtp_pool_size: var("SMTP_POOL_SIZE", 4)?,
             mail_from: var("MAIL_FROM", "Tunewire <noreply@tunewire.local>".to_string())?,
             public_url: var("PUBLIC_URL", "http://127.0.0.1:8080".to_string())?,
-            link_secret: required_secret("LINK_SECRET")?,
+            link_secret: required_secret_key("LINK_SECRET", MIN_SECRET_BYTES)?,
             link_ttl_h: var("LINK_TTL_H", 24)?,
             claim_lease_s: var("NOTIFIER_CLAIM_LEASE_S", 120)?,
         })

@@ -230,7 +230,7 @@ async fn send_test_email_reports_success_or_what_to_fix() -> anyhow::Result<()> 
             .args(["send-test-email", "--to", &to])
             .env("SMTP_HOST", &stack.smtp_host)
             .env("SMTP_PORT", port.to_string())
-            .env("LINK_SECRET", "unused")
+            .env("LINK_SECRET", "unused-but-as-long-as-a-real-one-32")
             .output()
     };
     let ok = run(stack.smtp_port)?;

@@ -13,6 +13,8 @@ pub enum ConfigError {
     SecretFile { key: String, path: String, source: std::io::Error },
     #[error("{key} (or {key}_FILE) must be set")]
     Missing { key: String },
+    #[error("{key} is {length} bytes long; a key must have at least {min_bytes} (e.g. `openssl rand -base64 48`)")]
+    TooShort { key: String, length: usize, min_bytes: usize },
 }
 
 /// `key` parsed as `T`, or `default` when unset or empty.
@@ -56,6 +58,22 @@ pub fn required_secret(key: &str) -> Result<String, ConfigError> {
     secret(key)?.ok_or_else(|| ConfigError::Missing { key: key.into() })
 }
 
+/// A secret used as a key (HMAC, encryption): refused when shorter than `min_bytes`, so an
+/// empty or placeholder file cannot become a guessable key.
+pub fn secret_key(key: &str, min_bytes: usize) -> Result<Option<String>, ConfigError> {
+    match secret(key)? {
+        Some(value) if value.len() < min_bytes => {
+            Err(ConfigError::TooShort { key: key.into(), length: value.len(), min_bytes })
+        }
+        other => Ok(other),
+    }
+}
+
+/// Like [`secret_key`], but the service cannot run without it.
+pub fn required_secret_key(key: &str, min_bytes: usize) -> Result<String, ConfigError> {
+    secret_key(key, min_bytes)?.ok_or_else(|| ConfigError::Missing { key: key.into() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +101,18 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(secret("TW_TEST_SECRET"), Err(ConfigError::SecretFile { .. })));
         assert!(matches!(required_secret("TW_TEST_NOPE"), Err(ConfigError::Missing { .. })));
+    }
+
+    #[test]
+    fn a_key_from_an_empty_file_or_too_short_is_refused_by_name() {
+        let path = std::env::temp_dir().join(format!("tw-key-{}", std::process::id()));
+        std::fs::write(&path, "\n").unwrap();
+        unsafe { std::env::set_var("TW_TEST_KEY_FILE", &path) };
+        let err = required_secret_key("TW_TEST_KEY", 32).unwrap_err().to_string();
+        assert!(err.contains("TW_TEST_KEY") && err.contains("0 bytes"), "{err}");
+        std::fs::write(&path, "x".repeat(32)).unwrap();
+        assert_eq!(required_secret_key("TW_TEST_KEY", 32).unwrap().len(), 32);
+        std::fs::remove_file(&path).unwrap();
+        assert!(secret_key("TW_TEST_KEY_UNSET", 32).unwrap().is_none());
     }
 }

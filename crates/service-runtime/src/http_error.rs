@@ -1,5 +1,6 @@
 //! The JSON error contract of every Tunewire HTTP API: `{"error": code, "message": text}`,
-//! where `code` is stable for programs and `message` is for people.
+//! where `code` is stable for programs and `message` is for people. A refusal that will pass
+//! later (a limit, a busy service) also says when: `Retry-After` and `retry_after_s`.
 
 use std::convert::Infallible;
 
@@ -15,17 +16,27 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Whole seconds, at least 1.
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after_s: None }
+    }
+    /// The same refusal, telling the client when to try again (rounded up, at least 1 s).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -51,8 +62,13 @@ impl warp::reject::Reject for ApiError {}
 
 impl Reply for ApiError {
     fn into_response(self) -> warp::reply::Response {
-        let body = warp::reply::json(&Body { error: self.code, message: &self.message });
-        warp::reply::with_status(body, self.status).into_response()
+        let body =
+            warp::reply::json(&Body { error: self.code, message: &self.message, retry_after_s: self.retry_after_s });
+        let mut response = warp::reply::with_status(body, self.status).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -1,8 +1,9 @@
 //! What every Tunewire service process has in common: typed configuration from the
 //! environment, telemetry, the JSON error contract of its HTTP API, its health, readiness and
-//! metrics endpoints, waiting for dependencies at start, graceful shutdown and the
+//! metrics endpoints, admission of costly work, waiting for dependencies at start, graceful shutdown and the
 //! `healthcheck` subcommand.
 
+pub mod admission;
 pub mod config;
 pub mod health;
 pub mod http_error;

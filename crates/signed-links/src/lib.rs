@@ -14,6 +14,10 @@ use tunewire_events::{FileId, UserId};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The shortest secret the services accept (`LINK_SECRET`, `LINK_SECRET_PREVIOUS`): as long
+/// as the HMAC-SHA256 output, so the key is not the weak part.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkClaims {
     pub file_id: FileId,
