@@ -92,18 +92,39 @@ pub async fn find_by_id(db: &PgPool, id: UserId) -> Result<Option<Account>, Acco
     row.map(account).transpose()
 }
 
-/// Sets a new password; every token issued before the next whole second is refused from
-/// then on. Returns that second (unix), from which new tokens may be issued.
-pub async fn change_password(db: &PgPool, id: UserId, hash: &str) -> Result<i64, AccountError> {
-    let not_before: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
-        "UPDATE auth.users SET password_hash = $2, tokens_not_before = date_trunc('second', now()) + interval '1 second'
-         WHERE id = $1 RETURNING tokens_not_before",
+/// Replaces `old_hash` with `new_hash`; every token issued before the next whole second (and
+/// after any earlier change's) is refused from then on. Returns that second (unix), from
+/// which new tokens may be issued; `None` if the password changed meanwhile.
+pub async fn change_password(
+    db: &PgPool,
+    id: UserId,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<Option<i64>, AccountError> {
+    let not_before: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "UPDATE auth.users SET password_hash = $3,
+                tokens_not_before = GREATEST(date_trunc('second', clock_timestamp()) + interval '1 second',
+                                             tokens_not_before + interval '1 second')
+         WHERE id = $1 AND password_hash = $2 RETURNING tokens_not_before",
     )
     .bind(id.as_uuid())
-    .bind(hash)
-    .fetch_one(db)
+    .bind(old_hash)
+    .bind(new_hash)
+    .fetch_optional(db)
     .await?;
-    Ok(not_before.timestamp())
+    Ok(not_before.map(|at| at.timestamp()))
+}
+
+/// After a password was checked against `hash`: the account's `tokens_not_before` (unix) if
+/// the password is still that one, `None` if it changed in between.
+pub async fn still_current(db: &PgPool, id: UserId, hash: &str) -> Result<Option<i64>, AccountError> {
+    let not_before: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT tokens_not_before FROM auth.users WHERE id = $1 AND password_hash = $2")
+            .bind(id.as_uuid())
+            .bind(hash)
+            .fetch_optional(db)
+            .await?;
+    Ok(not_before.map(|at| at.timestamp()))
 }
 
 /// Accounts whose tokens from before some instant are refused, for those that changed

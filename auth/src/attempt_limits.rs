@@ -27,6 +27,7 @@ pub struct Limits {
     pub per_email: u32,
     pub per_address: u32,
     pub window: Duration,
+    pub first_delay: Duration,
     pub max_delay: Duration,
     pub registrations_per_address: u32,
     pub registration_window: Duration,
@@ -37,6 +38,7 @@ impl Limits {
         per_email: 5,
         per_address: 20,
         window: Duration::from_secs(900),
+        first_delay: Duration::from_secs(1),
         max_delay: Duration::from_secs(60),
         registrations_per_address: 10,
         registration_window: Duration::from_secs(3600),
@@ -62,8 +64,9 @@ pub enum Limit {
 enum Rule {
     /// `limit` attempts per window, then refused until the window ends.
     Window { limit: u32, window: Duration },
-    /// `free` attempts per window at once, then each one a growing delay after the last.
-    Slowdown { free: u32, window: Duration, max_delay: Duration },
+    /// `free` attempts per window at once, then each one a delay after the last, doubling
+    /// from `first_delay` up to `max_delay`.
+    Slowdown { free: u32, window: Duration, first_delay: Duration, max_delay: Duration },
 }
 
 /// One counter's row.
@@ -100,13 +103,13 @@ impl Rule {
                 }
                 next.attempts += 1;
             }
-            Rule::Slowdown { free, max_delay, .. } => {
+            Rule::Slowdown { free, first_delay, max_delay, .. } => {
                 if next.not_before > now {
                     return Err(wait_until(next.not_before, now));
                 }
                 next.attempts += 1;
                 if let Some(beyond) = (next.attempts as u32).checked_sub(free) {
-                    let delay = Duration::from_secs(1u64 << beyond.min(30)).min(max_delay);
+                    let delay = first_delay.saturating_mul(1 << beyond.min(20)).min(max_delay);
                     next.not_before = now + chrono(delay);
                 }
             }
@@ -150,7 +153,12 @@ impl AttemptLimits {
         let l = self.limits;
         (
             Rule::Window { limit: l.per_email, window: l.window },
-            Rule::Slowdown { free: l.per_address, window: l.window, max_delay: l.max_delay },
+            Rule::Slowdown {
+                free: l.per_address,
+                window: l.window,
+                first_delay: l.first_delay,
+                max_delay: l.max_delay,
+            },
         )
     }
 
@@ -175,12 +183,17 @@ impl AttemptLimits {
     /// The attempt was right: the email's failures are forgotten, and the attempt is no
     /// longer counted against its network.
     pub async fn succeeded(&self, attempt: LoginAttempt) -> Result<(), sqlx::Error> {
+        // Rows in key order (`login-address:` before `login-email:`), as `reserve` locks them,
+        // and none deleted, so a reservation waiting on them still finds them.
         let mut tx = self.db.begin().await?;
-        if let Some(key) = &attempt.email_key {
-            sqlx::query("DELETE FROM auth.attempt_limits WHERE key = $1").bind(key).execute(&mut *tx).await?;
-        }
         if let Some(key) = &attempt.address_key {
             sqlx::query("UPDATE auth.attempt_limits SET attempts = GREATEST(attempts - 1, 0) WHERE key = $1")
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(key) = &attempt.email_key {
+            sqlx::query("UPDATE auth.attempt_limits SET attempts = 0 WHERE key = $1")
                 .bind(key)
                 .execute(&mut *tx)
                 .await?;
@@ -198,11 +211,26 @@ impl AttemptLimits {
 
     /// Counts one attempt on every counter, or on none if any refuses it.
     async fn reserve(&self, mut counters: Vec<(String, Rule, Limit)>) -> Result<Result<(), Refused>, sqlx::Error> {
-        if counters.is_empty() {
-            return Ok(Ok(()));
-        }
         // Rows are locked in key order, so two reservations never wait on each other in a cycle.
         counters.sort_by(|a, b| a.0.cmp(&b.0));
+        // A row pruned between the insert and the lock is missing: try again (prune only
+        // takes rows whose window and delay are over, so the second try finds them).
+        for _ in 0..3 {
+            if let Some(outcome) = self.try_reserve(&counters).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(sqlx::Error::RowNotFound)
+    }
+
+    /// `None` when a counter's row vanished before it could be locked.
+    async fn try_reserve(
+        &self,
+        counters: &[(String, Rule, Limit)],
+    ) -> Result<Option<Result<(), Refused>>, sqlx::Error> {
+        if counters.is_empty() {
+            return Ok(Some(Ok(())));
+        }
         let keys: Vec<&str> = counters.iter().map(|(k, ..)| k.as_str()).collect();
         let mut tx = self.db.begin().await?;
         sqlx::query("INSERT INTO auth.attempt_limits (key) SELECT unnest($1::text[]) ON CONFLICT (key) DO NOTHING")
@@ -210,12 +238,16 @@ impl AttemptLimits {
             .execute(&mut *tx)
             .await?;
         let rows: Vec<(String, DateTime<Utc>, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT key, window_ends, attempts, not_before, now() FROM auth.attempt_limits
+            "SELECT key, window_ends, attempts, not_before, clock_timestamp() FROM auth.attempt_limits
              WHERE key = ANY($1) ORDER BY key FOR UPDATE",
         )
         .bind(&keys)
         .fetch_all(&mut *tx)
         .await?;
+        if rows.len() != keys.len() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         let mut refused: Option<Refused> = None;
         let mut updated = Vec::with_capacity(rows.len());
         for (key, window_ends, attempts, not_before, now) in rows {
@@ -231,7 +263,7 @@ impl AttemptLimits {
         }
         if let Some(refused) = refused {
             tx.rollback().await?;
-            return Ok(Err(refused));
+            return Ok(Some(Err(refused)));
         }
         for (key, next) in updated {
             sqlx::query(
@@ -245,7 +277,7 @@ impl AttemptLimits {
             .await?;
         }
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Some(Ok(())))
     }
 
     /// Drops counters whose window and delay are both over, so the table holds only the
@@ -287,7 +319,12 @@ mod tests {
 
     #[test]
     fn a_slowdown_lets_the_free_attempts_through_then_doubles_the_wait() {
-        let rule = Rule::Slowdown { free: 3, window: Duration::from_secs(900), max_delay: Duration::from_secs(8) };
+        let rule = Rule::Slowdown {
+            free: 3,
+            window: Duration::from_secs(900),
+            first_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(8),
+        };
         let mut c = fresh();
         let mut now = t0();
         for _ in 0..2 {

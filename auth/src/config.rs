@@ -70,6 +70,7 @@ impl Config {
                 per_email: var("AUTH_LOGIN_FAILURES_PER_EMAIL", d.per_email)?,
                 per_address: var("AUTH_LOGIN_FAILURES_PER_ADDRESS", d.per_address)?,
                 window: Duration::from_secs(var("AUTH_LOGIN_WINDOW_S", d.window.as_secs())?),
+                first_delay: Duration::from_secs(var("AUTH_LOGIN_FIRST_DELAY_S", d.first_delay.as_secs())?),
                 max_delay: Duration::from_secs(var("AUTH_LOGIN_MAX_DELAY_S", d.max_delay.as_secs())?),
                 registrations_per_address: var("AUTH_REGISTRATIONS_PER_ADDRESS", d.registrations_per_address)?,
                 registration_window: Duration::from_secs(var(

@@ -89,13 +89,19 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    /// Runs `f` (CPU-bound) on a hashing thread once one is free.
+    /// Runs `f` (CPU-bound) on a hashing thread once one is free. The place is held by the
+    /// job, not by the caller: a request dropped while its hash waits or runs (the client hung
+    /// up) still holds its place until the hash is done or skipped, so hanging up cannot
+    /// queue hashes past the bound.
     pub async fn run<T: Send + 'static>(self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Lost> {
-        let _slot = self.ticket.slot().await;
+        let slot = self.ticket.slot().await;
         let (answer, answered) = oneshot::channel();
         self.jobs
             .send(Box::new(move || {
-                let _ = answer.send(f());
+                if !answer.is_closed() {
+                    let _ = answer.send(f());
+                }
+                drop(slot);
             }))
             .map_err(|_| Lost)?;
         answered.await.map_err(|_| Lost)

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, postgres};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, postgres};
 use warp::Filter;
 
 pub use config::Config;
@@ -103,6 +103,6 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "auth listening");
-    let task = health::spawn_server(listener, api, shutdown);
+    let task = tunewire_service_runtime::spawn_server(listener, api, shutdown);
     Ok(Running { addr, task })
 }

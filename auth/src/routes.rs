@@ -44,7 +44,7 @@ pub fn routes(
     state: State,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static {
     let with_state = warp::any().map(move || state.clone());
-    let client = warp::addr::remote()
+    let client = tunewire_service_runtime::server::peer()
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(with_state.clone())
         .map(|remote: Option<SocketAddr>, forwarded: Option<String>, s: State| {
@@ -174,6 +174,13 @@ async fn login(creds: Credentials, client: Option<IpAddr>, state: State) -> Resu
     let Some(account) = account.filter(|_| verified) else {
         return Err(invalid());
     };
+    // A password change may have landed while the hash ran: the old password gets no token.
+    let Some(not_before) =
+        accounts::still_current(&state.db, account.id, &account.password_hash).await.map_err(account_error)?
+    else {
+        return Err(invalid());
+    };
+    let account = accounts::Account { tokens_not_before: not_before, ..account };
     if let Err(e) = state.attempt_limits.succeeded(attempt).await {
         tracing::warn!(user_id = %account.id, error = %e, "clearing the account's failed logins failed; they expire with their window");
     }
@@ -218,7 +225,10 @@ async fn change_password(
     let new_hash = new_hash
         .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is wrong"))?
         .map_err(account_error)?;
-    let not_before = accounts::change_password(&state.db, id, &new_hash).await.map_err(account_error)?;
+    let not_before = accounts::change_password(&state.db, id, &account.password_hash, &new_hash)
+        .await
+        .map_err(account_error)?
+        .ok_or_else(|| ApiError::unauthorized("the password was changed meanwhile; log in again"))?;
     if let Err(e) = state.attempt_limits.succeeded(attempt).await {
         tracing::warn!(user_id = %id, error = %e, "clearing the account's failed logins failed; they expire with their window");
     }

@@ -30,6 +30,8 @@ async fn an_account_is_blocked_after_its_failures_and_an_address_slowed_not_lock
     let mut config = Config::local(sandbox.database_url.clone());
     config.attempt_limits.per_email = 3;
     config.attempt_limits.per_address = 5;
+    // Long enough that a loaded machine's slow hash does not outlast it.
+    config.attempt_limits.first_delay = Duration::from_secs(4);
     let auth = Auth::start(config).await?;
     let victim = email();
     auth.register(&victim, "correct horse").await?.error_for_status()?;
@@ -52,16 +54,18 @@ async fn an_account_is_blocked_after_its_failures_and_an_address_slowed_not_lock
     }
     let r = guess(&auth, "203.0.113.7").await?;
     assert_eq!(r.status(), 429);
-    assert_eq!(retry_after(&r)?, 1, "the first delay beyond the free attempts is a second");
+    let first = retry_after(&r)?;
+    assert!((1..=4).contains(&first), "the first delay beyond the free attempts is 4 s: {first}");
     assert_eq!(guess(&auth, "203.0.113.8").await?.status(), 401);
     // Not a lockout: once the delay is over, the address is heard again.
-    eventually("the guessing address is heard again", Duration::from_secs(10), || async {
+    eventually("the guessing address is heard again", Duration::from_secs(20), || async {
         Ok((guess(&auth, "203.0.113.7").await?.status() == 401).then_some(()))
     })
     .await?;
     let r = guess(&auth, "203.0.113.7").await?;
     assert_eq!(r.status(), 429);
-    assert_eq!(retry_after(&r)?, 2, "each delay doubles");
+    let second = retry_after(&r)?;
+    assert!((5..=8).contains(&second), "each delay doubles: {second}");
     drop(auth);
     sandbox.cleanup().await
 }
@@ -220,6 +224,8 @@ async fn a_burst_of_anonymous_logins_and_registrations_stays_within_the_memory_b
     let (status, body) =
         post("/login", json!({"email": user, "password": "correct horse"}), "192.0.2.1".into()).await?;
     assert_eq!(status, 200, "{body}");
+    let served = statuses.iter().filter(|((_, status), _)| [201, 401].contains(status)).map(|(_, n)| n).sum::<usize>();
+    assert!(served >= SLOTS, "the burst was refused whole: {statuses:?}");
     let peak = auth.peak_rss_mib()?;
     let bound = BASE_MIB + SLOTS as u64 * MIB_PER_SLOT;
     println!(

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
 use tunewire_service_runtime::admission::Admission;
-use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, health, http_error, postgres};
+use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, http_error, postgres};
 use warp::{Filter, Reply};
 
 pub use config::Config;
@@ -277,7 +277,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "catalog-indexer listening");
-    let server = health::spawn_server(listener, routes, shutdown.clone());
+    let server = tunewire_service_runtime::spawn_server(listener, routes, shutdown.clone());
     let task = tokio::spawn(async move {
         let handler = move |msg| indexer.clone().handle(msg);
         // Many in flight: they overlap Last.fm calls and share the index's group commits.

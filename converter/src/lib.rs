@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::{CONVERTER_LIFECYCLE_QUEUE, CONVERTER_QUEUE};
 use tunewire_media_store::{ATTEMPT_HEARTBEAT, ATTEMPT_STALE_AFTER, Bucket, MediaStore};
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, startup};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, startup};
 use warp::Filter;
 
 pub use config::Config;
@@ -78,7 +78,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let health_addr = listener.local_addr()?;
     let health =
         HealthRoutes::new(Arc::new(Dependencies { bus: bus.clone(), store: store.clone() }), Registry::default());
-    let server = health::spawn_server(listener, health.routes().recover(http_error::recover), shutdown.clone());
+    let server = tunewire_service_runtime::spawn_server(
+        listener,
+        health.routes().recover(http_error::recover),
+        shutdown.clone(),
+    );
 
     let sweeper = tokio::spawn(sweep_stale_attempts(store.clone(), shutdown.clone()));
     let concurrency = config.concurrency;

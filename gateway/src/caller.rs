@@ -43,6 +43,14 @@ struct Revocations {
     not_before: HashMap<UserId, i64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Started and not finished (its task always finishes, within the fetch's timeout).
+    Running,
+    Worked,
+    Failed,
+}
+
 pub struct TokenVerifier {
     jwks_url: String,
     revocations_url: String,
@@ -52,8 +60,11 @@ pub struct TokenVerifier {
     audience: String,
     http: reqwest::Client,
     keys: std::sync::RwLock<JwkSet>,
-    /// Held by the one fetch under way; says when the last one started and whether it worked.
-    last_fetch: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// When the last fetch started and whether it worked; written by the fetch itself, so a
+    /// caller that gives up waiting cannot leave it half-told.
+    last_fetch: std::sync::Mutex<Option<(Instant, Fetch)>>,
+    /// Held while one fetch is under way, so there is only ever one.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
@@ -68,7 +79,8 @@ impl TokenVerifier {
             audience: audience.to_string(),
             http,
             keys: std::sync::RwLock::new(JwkSet { keys: vec![] }),
-            last_fetch: tokio::sync::Mutex::new(None),
+            last_fetch: std::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -107,18 +119,40 @@ impl TokenVerifier {
         self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).find(kid).cloned()
     }
 
-    async fn key(&self, kid: &str) -> Result<Option<Jwk>, ApiError> {
+    /// Fetches the JWKS and records the outcome, whether or not anyone still waits for it.
+    async fn fetch(self: Arc<Self>) {
+        let started = Instant::now();
+        let fetched: Result<JwkSet, reqwest::Error> = async {
+            self.http.get(&self.jwks_url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
+        }
+        .await;
+        let outcome = match fetched {
+            Ok(keys) => {
+                *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+                Fetch::Worked
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.without_url(), "fetching auth's JWKS failed");
+                Fetch::Failed
+            }
+        };
+        *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((started, outcome));
+    }
+
+    async fn key(self: &Arc<Self>, kid: &str) -> Result<Option<Jwk>, ApiError> {
         if let Some(jwk) = self.cached(kid) {
             return Ok(Some(jwk));
         }
-        let mut last_fetch = self.last_fetch.lock().await;
+        let _fetching = self.fetching.lock().await;
         // The fetch this caller waited for may have brought the key.
         if let Some(jwk) = self.cached(kid) {
             return Ok(Some(jwk));
         }
-        match *last_fetch {
-            Some((at, true)) if at.elapsed() < REFRESH_AT_MOST_EVERY => return Ok(None),
-            Some((at, false)) if at.elapsed() < REFRESH_AT_MOST_EVERY => {
+        let last_fetch = *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match last_fetch {
+            // A fetch left running by a caller that gave up counts as the one allowed.
+            Some((at, Fetch::Worked | Fetch::Running)) if at.elapsed() < REFRESH_AT_MOST_EVERY => return Ok(None),
+            Some((at, Fetch::Failed)) if at.elapsed() < REFRESH_AT_MOST_EVERY => {
                 let error = ApiError::new(
                     warp::http::StatusCode::SERVICE_UNAVAILABLE,
                     "auth_unavailable",
@@ -128,23 +162,16 @@ impl TokenVerifier {
             }
             _ => {}
         }
-        let started = Instant::now();
-        *last_fetch = Some((started, false));
-        let fetched: JwkSet = self
-            .http
-            .get(&self.jwks_url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| ApiError::unavailable("auth_unavailable", e.without_url()))?
-            .json()
-            .await
-            .map_err(|e| ApiError::unavailable("auth_unavailable", e.without_url()))?;
-        *last_fetch = Some((started, true));
-        let found = fetched.find(kid).cloned();
-        *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fetched;
-        Ok(found)
+        // Its own task: the fetch finishes and is recorded even if this caller is dropped.
+        *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((Instant::now(), Fetch::Running));
+        let fetched = tokio::spawn(self.clone().fetch()).await;
+        let outcome = *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let worked = fetched.is_ok() && outcome.is_some_and(|(_, fetch)| fetch == Fetch::Worked);
+        if !worked {
+            return Err(ApiError::unavailable("auth_unavailable", "the JWKS could not be fetched"));
+        }
+        Ok(self.cached(kid))
     }
 
     /// Expiry, issuer, audience and subject checked, with 30 s of leeway for clock skew.
@@ -158,13 +185,13 @@ impl TokenVerifier {
     }
 
     /// The caller of a request with this `Authorization` header, if any.
-    pub async fn authorize(&self, authorization: Option<&str>) -> Result<Caller, ApiError> {
+    pub async fn authorize(self: &Arc<Self>, authorization: Option<&str>) -> Result<Caller, ApiError> {
         let authorization = authorization
             .ok_or_else(|| ApiError::unauthorized("a bearer token is required (Authorization: Bearer <token>)"))?;
         self.verify(authorization).await
     }
 
-    pub async fn verify(&self, authorization: &str) -> Result<Caller, ApiError> {
+    pub async fn verify(self: &Arc<Self>, authorization: &str) -> Result<Caller, ApiError> {
         let token = authorization
             .strip_prefix("Bearer ")
             .or_else(|| authorization.strip_prefix("bearer "))

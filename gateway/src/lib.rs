@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::GATEWAY_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, postgres, startup};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, postgres, startup};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -108,6 +108,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         uploads: Arc::new(upload_admission::UploadAdmission::new(config.upload_limits)),
+        drains: Arc::new(tokio::sync::Semaphore::new(upload::DRAINS_AT_ONCE)),
         probes: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
         )),
@@ -123,7 +124,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    let server = health::spawn_server(listener, api, shutdown.clone());
+    let server = tunewire_service_runtime::spawn_server(listener, api, shutdown.clone());
     tokio::spawn(verifier.clone().follow_revocations(shutdown.clone()));
     let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, relay_metrics, shutdown.clone()));
     let retention = tokio::spawn(retention::run(db.clone(), store.clone(), config.retention, shutdown.clone()));

@@ -38,6 +38,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub uploads: Arc<crate::upload_admission::UploadAdmission>,
+    /// Refused uploads whose bodies are being drained.
+    pub drains: Arc<tokio::sync::Semaphore>,
     /// Probes running at once.
     pub probes: Arc<tokio::sync::Semaphore>,
 }
@@ -64,12 +66,14 @@ fn caller(state: State) -> impl Filter<Extract = (Caller,), Error = Rejection> +
 /// (a refusal must still read some of the body first), and whether the client waits for
 /// `100 Continue` before sending it.
 fn upload_request() -> impl Filter<Extract = (upload::Door,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and(warp::header::optional::<String>("expect")).map(
-        |authorization, expect: Option<String>| upload::Door {
+    warp::header::optional::<String>("authorization")
+        .and(warp::header::optional::<String>("expect"))
+        .and(warp::header::optional::<u64>("content-length"))
+        .map(|authorization, expect: Option<String>, content_length| upload::Door {
             authorization,
+            content_length,
             expects_continue: expect.is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue")),
-        },
-    )
+        })
 }
 
 /// `true` for HEAD, `false` for GET.
@@ -114,7 +118,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::bytes())
-        .and(warp::addr::remote())
+        .and(tunewire_service_runtime::server::peer())
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(warp::header::optional::<String>("authorization"))
         .and(with(state.clone()))

@@ -335,29 +335,48 @@ async fn parse_form(
 /// An upload at the door: what is known of it before its body is read.
 pub struct Door {
     pub authorization: Option<String>,
+    pub content_length: Option<u64>,
     /// The client sent `Expect: 100-continue`: it sends no body unless told to, so a refusal
     /// needs no draining (and draining would ask for the body).
     pub expects_continue: bool,
 }
 
+/// What a multipart body may carry besides its file (boundaries, part headers, fields).
+const FORM_OVERHEAD: u64 = 1 << 20;
+
+/// Refused uploads whose bodies are being read at once; beyond, a refusal is answered at
+/// once (a client sending its body first may then see a reset instead).
+pub const DRAINS_AT_ONCE: usize = 32;
+
 impl Door {
-    /// Who is uploading, and their place among the uploads in flight.
+    /// Who is uploading, and their place among the uploads in flight; a declared length
+    /// over the limit is refused here too.
     async fn admit(&self, state: &State) -> Result<(Caller, UploadPlace), ApiError> {
         let caller = state.verifier.authorize(self.authorization.as_deref()).await?;
+        let limit = state.config.max_upload_bytes;
+        if self.content_length.is_some_and(|length| length > limit.saturating_add(FORM_OVERHEAD)) {
+            return Err(store_error(StoreError::TooLarge { limit }));
+        }
         let place = state.uploads.admit(&caller.id)?;
         Ok((caller, place))
+    }
+
+    /// `error`, after reading and dropping a bounded part of the body (`drained`) unless the
+    /// client waits for `100 Continue` or too many refusals are being drained already.
+    async fn refuse(&self, state: &State, error: ApiError, drained: impl std::future::Future<Output = ()>) -> ApiError {
+        if !self.expects_continue {
+            if let Ok(_draining) = state.drains.try_acquire() {
+                drained.await;
+            }
+        }
+        error
     }
 }
 
 pub async fn multipart(door: Door, mut form: FormData, state: State) -> Result<Response, ApiError> {
-    let (caller, _place) = match door.admit(&state).await {
+    let (caller, place) = match door.admit(&state).await {
         Ok(admitted) => admitted,
-        Err(e) => {
-            if !door.expects_continue {
-                drain(form).await;
-            }
-            return Err(e);
-        }
+        Err(e) => return Err(door.refuse(&state, e, drain(form)).await),
     };
     let _in_flight = InFlight::new(&state);
     let mut received = None;
@@ -370,8 +389,8 @@ pub async fn multipart(door: Door, mut form: FormData, state: State) -> Result<R
             if let Some(received) = received {
                 discard(&state, &received).await;
             }
-            drain(form).await;
-            Err(e)
+            drop(place);
+            Err(door.refuse(&state, e, drain(form)).await)
         }
     }
 }
@@ -475,12 +494,7 @@ where
 {
     let (caller, _place, filename, details) = match admit_raw(&door, raw, details, &state).await {
         Ok(admitted) => admitted,
-        Err(e) => {
-            if !door.expects_continue {
-                drain_raw(body).await;
-            }
-            return Err(e);
-        }
+        Err(e) => return Err(door.refuse(&state, e, drain_raw(body)).await),
     };
     let _in_flight = InFlight::new(&state);
     let received = receive(&state, &caller, clean_filename(Some(&filename)), body).await?;

@@ -61,21 +61,24 @@ impl UploadAdmission {
     }
 
     pub fn admit(&self, user: &UserId) -> Result<UploadPlace, ApiError> {
-        let refused = |message: String| {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_uploads", message).retry_after(RETRY_AFTER)
+        let refused = |code: &'static str, message: String| {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(RETRY_AFTER)
         };
         let mut users = self.users.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = users.get(user).copied().unwrap_or(0);
         if count >= self.limits.per_user {
-            return Err(refused(format!(
-                "you have {count} uploads in flight, the most one user may have at once; send this one when one of them ends"
-            )));
+            return Err(refused(
+                "too_many_uploads",
+                format!(
+                    "you have {count} uploads in flight, the most one user may have at once; send this one when one of them ends"
+                ),
+            ));
         }
         let process = self.process.clone().try_acquire_owned().map_err(|_| {
-            refused(format!(
-                "this server is receiving {} uploads, its limit; try again shortly",
-                self.limits.per_process
-            ))
+            refused(
+                "server_busy",
+                format!("this server is receiving {} uploads, its limit; try again shortly", self.limits.per_process),
+            )
         })?;
         users.insert(*user, count + 1);
         Ok(UploadPlace { _process: process, user: *user, users: self.users.clone() })
@@ -96,7 +99,7 @@ mod tests {
         assert_eq!(refused, Some((StatusCode::TOO_MANY_REQUESTS, "too_many_uploads", Some(5))));
         let bob_place = admission.admit(&bob);
         assert!(bob_place.is_ok());
-        assert!(admission.admit(&cy).is_err(), "the process is full");
+        assert_eq!(admission.admit(&cy).err().map(|e| e.code), Some("server_busy"), "the process is full");
         drop(ann_places);
         assert!(admission.admit(&ann).is_ok(), "places are given back");
         assert!(admission.users.lock().map(|u| u.len()).unwrap_or(0) <= 2, "users without uploads are forgotten");

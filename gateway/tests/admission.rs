@@ -76,6 +76,16 @@ async fn a_client_that_expects_100_continue_is_refused_before_it_sends_the_body(
     let (status, answer) = send_all_then_read(host(&g), head.to_string(), Vec::new()).await?;
     assert!(status.contains(" 401 "), "no 100 Continue, the refusal at once: {status}");
     assert_eq!(serde_json::from_str::<Value>(&answer)?["error"], "unauthorized");
+    // A multipart form declaring more than the limit is refused before its body, too.
+    let user = g.user().await?;
+    let head = format!(
+        "POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        user.token,
+        g.config.max_upload_bytes + (8 << 20)
+    );
+    let (status, answer) = send_all_then_read(host(&g), head, Vec::new()).await?;
+    assert!(status.contains(" 413 "), "{status}");
+    assert_eq!(serde_json::from_str::<Value>(&answer)?["error"], "payload_too_large");
     g.stop().await
 }
 

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use support::{Gateway, Options};
 use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
+use tunewire_events::topology::GATEWAY_QUEUE;
 use tunewire_events::{FileId, MediaConverted, Preset};
 use tunewire_media_store::Bucket;
 use tunewire_test_stack::eventually;
@@ -198,6 +199,11 @@ async fn a_published_event_naming_another_job_s_file_changes_nothing() -> anyhow
     let publisher = g.bus.publisher().await?;
     // The attacker's job pointed at the victim's MP3: not the output the store holds for it.
     publisher.publish(&converted_event(&mine, &attacker, &their_file)?).await?;
+    eventually("the gateway has handled the forged event", support::DEADLINE, || async {
+        Ok((g.sandbox.queue_stat(GATEWAY_QUEUE.name, "ack").await? >= 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(g.job(&attacker.token, &mine).await?["state"], "queued", "the forged event changed the job");
     // Then the converter's real event for the attacker's job.
     g.store.claim_output(Bucket::Audio, mine.parse()?, &my_file).await?;
     publisher.publish(&converted_event(&mine, &attacker, &my_file)?).await?;

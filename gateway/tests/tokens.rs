@@ -236,21 +236,25 @@ async fn a_flood_of_made_up_kids_does_not_slow_a_valid_user() -> anyhow::Result<
         }
         answers
     };
+    let flood_started = std::time::Instant::now();
     let (answers, during) = tokio::join!(flood, timed_calls(&g, &valid, 240));
+    let flood_took = flood_started.elapsed();
     let during = p99(during?);
     for answer in answers {
         assert!([401, 503].contains(&answer?), "a made-up kid is refused");
     }
-    // Below 20 ms a p99 is the scheduler's noise on a shared machine; what a shared lock
-    // would do is seconds.
-    let floor = Duration::from_millis(20);
+    // Below 100 ms a p99 is the noise of a shared 2-core machine running other tests; what a
+    // lock held across the fetch does is seconds.
+    let floor = Duration::from_millis(100);
     let ratio = during.as_secs_f64() / quiet.max(floor).as_secs_f64();
     println!(
         "valid user's p99: quiet {quiet:?}, during 1,000 made-up kids {during:?}, ratio {ratio:.2} (floor {floor:?}); {} JWKS fetches",
         jwks.fetches.load(Ordering::SeqCst)
     );
     assert!(ratio <= 2.0, "p99 {during:?} during the flood against {quiet:?} quiet");
-    assert!(jwks.fetches.load(Ordering::SeqCst) <= 3, "refetches are limited to one per 10 s");
+    // The first fetch, then at most one per 10 s started (and one more already under way).
+    let allowed = 2 + (flood_took.as_secs() / 10) as usize + 1;
+    assert!(jwks.fetches.load(Ordering::SeqCst) <= allowed, "refetches are limited to one per 10 s");
     g.stop().await
 }
 

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, health, http_error, postgres};
+use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, postgres};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -104,7 +104,11 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;
     let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone(), mailer }), Registry::default());
-    let server = health::spawn_server(listener, health.routes().recover(http_error::recover), shutdown.clone());
+    let server = tunewire_service_runtime::spawn_server(
+        listener,
+        health.routes().recover(http_error::recover),
+        shutdown.clone(),
+    );
     let task = tokio::spawn(async move {
         let handler = move |msg| notifier.clone().handle(msg);
         bus.consume(NOTIFIER_QUEUE, 8, handler, shutdown).await;

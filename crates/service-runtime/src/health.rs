@@ -152,16 +152,3 @@ pub async fn healthcheck(port: u16) -> std::process::ExitCode {
         }
     }
 }
-
-/// Serves `routes` on `listener` until `shutdown` is cancelled, finishing open requests.
-pub fn spawn_server<F>(
-    listener: tokio::net::TcpListener,
-    routes: F,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<()>
-where
-    F: Filter<Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
-    F::Extract: Reply,
-{
-    tokio::spawn(warp::serve(routes).incoming(listener).graceful(shutdown.cancelled_owned()).run())
-}

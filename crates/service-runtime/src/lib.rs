@@ -9,10 +9,12 @@ pub mod health;
 pub mod http_error;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 
 pub use config::ConfigError;
-pub use health::{Check, HealthRoutes, Readiness, spawn_server};
+pub use health::{Check, HealthRoutes, Readiness};
 pub use http_error::ApiError;
+pub use server::spawn_server;
