@@ -174,6 +174,9 @@ impl Pipeline {
         gateway_config.max_upload_bytes = 512 << 20;
         // Short, so that the fault suite's stalling client is answered quickly.
         gateway_config.upload_idle_timeout = Duration::from_secs(5);
+        // The fault suite's bursts (up to 60 clips from one user, queued while RabbitMQ is
+        // away) are the load under test, not an abuse to refuse.
+        gateway_config.quotas = tunewire_gateway::quotas::Quotas { jobs_in_progress: 1_000, stored_bytes: i64::MAX };
         if let Some(retention) = options.retention {
             gateway_config.retention = retention;
         }

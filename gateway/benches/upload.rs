@@ -169,8 +169,18 @@ fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let sandbox = Sandbox::create().await?;
     let shutdown = CancellationToken::new();
-    let auth =
-        tunewire_auth::start(tunewire_auth::Config::local(sandbox.database_url.clone()), shutdown.clone()).await?;
+    let auth = tunewire_auth::start(
+        tunewire_auth::Config {
+            // Fifty bench users register from this one address.
+            attempt_limits: tunewire_auth::attempt_limits::Limits {
+                registrations_per_address: 1_000,
+                ..tunewire_auth::attempt_limits::Limits::DEFAULT
+            },
+            ..tunewire_auth::Config::local(sandbox.database_url.clone())
+        },
+        shutdown.clone(),
+    )
+    .await?;
     let auth_url = format!("http://{}", auth.addr);
     let http = reqwest::Client::new();
     let outcome = run(&sandbox, &auth_url, &http, &shutdown).await;

@@ -6,6 +6,7 @@ use tunewire_service_runtime::ConfigError;
 use tunewire_service_runtime::config::{required_secret_key, secret, secret_key, var};
 use tunewire_signed_links::MIN_SECRET_BYTES;
 
+use crate::quotas::Quotas;
 use crate::upload_admission::Limits;
 
 #[derive(Clone)]
@@ -33,6 +34,7 @@ pub struct Config {
     pub probe_program: PathBuf,
     pub retention: crate::retention::Policy,
     pub upload_limits: crate::upload_admission::Limits,
+    pub quotas: crate::quotas::Quotas,
 }
 
 fn this_program() -> PathBuf {
@@ -66,6 +68,10 @@ impl Config {
                 per_process: var("GATEWAY_UPLOADS_IN_FLIGHT", Limits::DEFAULT.per_process)?,
                 per_user: var("GATEWAY_UPLOADS_IN_FLIGHT_PER_USER", Limits::DEFAULT.per_user)?,
             },
+            quotas: Quotas {
+                jobs_in_progress: var("GATEWAY_QUOTA_JOBS_IN_PROGRESS", Quotas::DEFAULT.jobs_in_progress)?,
+                stored_bytes: var("GATEWAY_QUOTA_STORED_BYTES", Quotas::DEFAULT.stored_bytes)?,
+            },
         })
     }
 
@@ -92,6 +98,7 @@ impl Config {
                 every: Duration::from_secs(300),
             },
             upload_limits: Limits::DEFAULT,
+            quotas: Quotas::DEFAULT,
         }
     }
 }

@@ -8,6 +8,7 @@ use tunewire_events::contract::JobUpdate;
 use tunewire_events::{Event, JobId, MediaDeleted, MediaExpired, MediaUploaded, UserId};
 
 use crate::caller::Caller;
+use crate::quotas::{Exceeded, Quotas, Usage};
 
 pub enum Created {
     New,
@@ -29,13 +30,27 @@ async fn enqueue<E: Event>(tx: &mut sqlx::PgConnection, event: &E) -> Result<(),
         .map(drop)
 }
 
-/// Creates the job and queues its `media.uploaded` in the outbox, atomically; or finds the
-/// live job with the same owner, SHA-256 and preset and queues nothing.
-pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<Created, sqlx::Error> {
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("over a quota: {0:?}")]
+    Quota(Exceeded),
+}
+
+/// Creates the job and queues its `media.uploaded` in the outbox, atomically, if the owner's
+/// quotas have room; or finds the live job with the same owner, SHA-256 and preset and
+/// queues nothing.
+pub async fn create(db: &PgPool, event: &MediaUploaded, quotas: &Quotas) -> Result<Created, CreateError> {
     // A live duplicate can stop being live (failed, expired) between the insert and the
     // lookup; then the insert is simply tried again.
     for _ in 0..3 {
         let mut tx = db.begin().await?;
+        // One creation per owner at a time, so two cannot both fit the last of a quota.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(event.owner.id.to_string())
+            .execute(&mut *tx)
+            .await?;
         let inserted: Option<uuid::Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO gateway.jobs (id, owner_id, owner_email, state, preset, source_file_id, source_filename, source_size, source_sha256)
              VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8)
@@ -53,6 +68,11 @@ pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<Created, sqlx:
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_some() {
+            let usage = Usage::of(&mut *tx, event.owner.id).await?;
+            if let Err(exceeded) = usage.admits(quotas, event.source.size as i64, true) {
+                tx.rollback().await?;
+                return Err(CreateError::Quota(exceeded));
+            }
             enqueue(&mut tx, event).await?;
             tx.commit().await?;
             return Ok(Created::New);
@@ -70,7 +90,7 @@ pub async fn create(db: &PgPool, event: &MediaUploaded) -> Result<Created, sqlx:
             return Ok(Created::Existing(JobId::from(existing)));
         }
     }
-    Err(sqlx::Error::Protocol("the duplicate job kept changing state".into()))
+    Err(sqlx::Error::Protocol("the duplicate job kept changing state".into()).into())
 }
 
 const COLUMNS: &str = "id, state, progress, preset, source_filename, source_size, source_sha256, output_file_id, \

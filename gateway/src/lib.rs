@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod outbox;
 pub mod probe;
+pub mod quotas;
 pub mod retention;
 pub mod routes;
 pub mod upload;

@@ -23,6 +23,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::caller::{Caller, TokenVerifier};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::quotas::Usage;
 use crate::upload::{self, Details, RawUpload};
 use crate::{download, job_events, jobs};
 
@@ -129,10 +130,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let me = warp::path!("v1" / "me")
         .and(warp::get())
         .and(caller(state.clone()))
-        .map(|caller: Caller| {
-            let role = if caller.admin { "admin" } else { "user" };
-            warp::reply::json(&json!({"id": caller.id, "email": caller.email, "role": role})).into_response()
-        })
+        .and(with(state.clone()))
+        .and_then(|caller, state| async move { answer(me(caller, state).await).await })
         .boxed();
     let upload_form = warp::path!("v1" / "uploads")
         .and(warp::post().or(warp::put()).unify())
@@ -313,6 +312,16 @@ async fn auth_proxy(
         response.headers_mut().insert(header::RETRY_AFTER, value);
     }
     Ok(response)
+}
+
+/// The caller, and where they stand against their quotas.
+async fn me(caller: Caller, state: State) -> Result<Response, ApiError> {
+    let role = if caller.admin { "admin" } else { "user" };
+    let usage = Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+    let mut quotas = usage.to_json(&state.config.quotas);
+    quotas["uploads_in_flight"] = json!({"limit": state.config.upload_limits.per_user});
+    let body = json!({"id": caller.id, "email": caller.email, "role": role, "quotas": quotas});
+    Ok(warp::reply::json(&body).into_response())
 }
 
 fn job_id(id: &str) -> Result<JobId, ApiError> {

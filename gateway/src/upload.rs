@@ -19,8 +19,9 @@ use warp::multipart::FormData;
 use warp::{Reply, reply::Response};
 
 use crate::caller::Caller;
-use crate::jobs::{self, Created};
+use crate::jobs::{self, CreateError, Created};
 use crate::probe::{self, ProbeError, Verdict};
+use crate::quotas::Usage;
 use crate::routes::State;
 use crate::upload_admission::UploadPlace;
 
@@ -254,11 +255,14 @@ async fn accept(state: &State, caller: &Caller, received: Received, details: &De
         overrides: tags,
         normalize_loudness,
     };
-    let created = match jobs::create(&state.db, &event).await {
+    let created = match jobs::create(&state.db, &event, &state.config.quotas).await {
         Ok(created) => created,
         Err(e) => {
             discard(state, &received).await;
-            return Err(ApiError::unavailable("database_unavailable", e));
+            return Err(match e {
+                CreateError::Quota(exceeded) => exceeded.api_error(),
+                CreateError::Database(e) => ApiError::unavailable("database_unavailable", e),
+            });
         }
     };
     let (job_id, status) = match created {
@@ -358,6 +362,11 @@ impl Door {
             return Err(store_error(StoreError::TooLarge { limit }));
         }
         let place = state.uploads.admit(&caller.id)?;
+        // The quotas as they stand now; the job's creation checks them again for good.
+        let usage =
+            Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
+        let declared = self.content_length.unwrap_or(0).min(limit) as i64;
+        usage.admits(&state.config.quotas, declared, false).map_err(|e| e.api_error())?;
         Ok((caller, place))
     }
 

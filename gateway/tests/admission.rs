@@ -92,7 +92,11 @@ async fn a_client_that_expects_100_continue_is_refused_before_it_sends_the_body(
 #[tokio::test]
 async fn fifty_uploads_at_once_from_one_user_get_eight_places_and_the_rest_429() -> anyhow::Result<()> {
     let g = Gateway::start_with(Options {
-        tweak: Box::new(|c| c.upload_limits = Limits { per_process: 48, per_user: 8 }),
+        tweak: Box::new(|c| {
+            c.upload_limits = Limits { per_process: 48, per_user: 8 };
+            // All fifty stay queued (no converter here): the jobs quota is not what is tested.
+            c.quotas.jobs_in_progress = 100;
+        }),
         ..Default::default()
     })
     .await?;
@@ -149,5 +153,61 @@ async fn fifty_uploads_at_once_from_one_user_get_eight_places_and_the_rest_429()
     }
     assert_eq!(g.gridfs_counts("uploads").await?.0, 50);
     drop(answers);
+    g.stop().await
+}
+
+#[tokio::test]
+async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_body() -> anyhow::Result<()> {
+    use tunewire_gateway::quotas::Quotas;
+    // No converter: jobs stay queued, so each counts against the quota.
+    let g = Gateway::start_with(Options {
+        tweak: Box::new(|c| c.quotas = Quotas { jobs_in_progress: 2, stored_bytes: 200_000 }),
+        ..Default::default()
+    })
+    .await?;
+    let user = g.user().await?;
+    let me = |token: String| {
+        let r = g.http.get(g.at("/v1/me")).bearer_auth(token).send();
+        async move { anyhow::Ok(r.await?.error_for_status()?.json::<Value>().await?) }
+    };
+    let quotas = me(user.token.clone()).await?["quotas"].clone();
+    assert_eq!(quotas["jobs_in_progress"], serde_json::json!({"used": 0, "limit": 2}));
+    assert_eq!(quotas["stored_bytes"], serde_json::json!({"used": 0, "limit": 200_000}));
+    assert_eq!(quotas["uploads_in_flight"]["limit"], Limits::DEFAULT.per_user);
+
+    // A 1 s tone at 22.05 kHz mono is about 44 KB: two fit the bytes, a 5 s one does not.
+    let big = g.tone("big.wav", 5, 9)?;
+    let r = g.upload(&user.token, &big, &[]).await?;
+    assert_eq!(r.status(), 507);
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"], "storage_quota");
+    // Without a declared length the door cannot tell; the job's creation refuses it.
+    let bytes = tokio::fs::read(&big).await?;
+    let chunked = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+    let r = g
+        .http
+        .put(g.at("/v1/uploads"))
+        .bearer_auth(&user.token)
+        .header("x-filename", "big.wav")
+        .body(reqwest::Body::wrap_stream(chunked))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 507);
+    assert_eq!(r.json::<Value>().await?["error"], "storage_quota");
+    assert_eq!(g.gridfs_counts("uploads").await?.0, 0, "a refused upload leaves nothing");
+
+    for seed in 0..2 {
+        g.accepted(&user.token, &g.tone(&format!("t{seed}.wav"), 1, seed)?, &[]).await?;
+    }
+    let r = g.upload(&user.token, &g.tone("t3.wav", 1, 3)?, &[]).await?;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert_eq!(r.json::<Value>().await?["error"], "job_quota");
+    let quotas = me(user.token.clone()).await?["quotas"].clone();
+    assert_eq!(quotas["jobs_in_progress"]["used"], 2);
+    assert!(quotas["stored_bytes"]["used"].as_i64().is_some_and(|b| b > 80_000), "{quotas}");
+    // Another user's quotas are their own.
+    let other = g.user().await?;
+    g.accepted(&other.token, &g.tone("o.wav", 1, 4)?, &[]).await?;
     g.stop().await
 }
