@@ -1,5 +1,5 @@
-//! Per-user quotas: jobs waiting or converting, and bytes of originals kept (those of jobs
-//! not failed or expired). Checked in the transaction that creates a job, serialised per
+//! Per-user quotas: jobs waiting or converting, and bytes of originals still stored (of jobs
+//! not failed or expired, and not yet removed by retention). Checked in the transaction that creates a job, serialised per
 //! owner, so uploads finishing together cannot pass a quota together; checked again at the
 //! door with the declared length, so most refusals come before the body is read. Shown in
 //! `GET /v1/me`.
@@ -34,7 +34,8 @@ impl Usage {
     pub async fn of<'e>(db: impl sqlx::PgExecutor<'e>, owner: UserId) -> Result<Usage, sqlx::Error> {
         let (jobs_in_progress, stored_bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state IN ('queued', 'converting')),
-                    COALESCE(sum(source_size) FILTER (WHERE state IN ('queued', 'converting', 'converted')), 0)::bigint
+                    COALESCE(sum(source_size) FILTER (WHERE state IN ('queued', 'converting', 'converted')
+                                                        AND source_removed_at IS NULL), 0)::bigint
              FROM gateway.jobs WHERE owner_id = $1",
         )
         .bind(owner.as_uuid())

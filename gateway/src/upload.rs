@@ -362,12 +362,17 @@ impl Door {
             return Err(store_error(StoreError::TooLarge { limit }));
         }
         let place = state.uploads.admit(&caller.id)?;
-        // The quotas as they stand now; the job's creation checks them again for good.
+        Ok((caller, place))
+    }
+
+    /// The caller's quotas as they stand, for a file of at least the declared length less
+    /// `overhead` (what else the body carries). The job's creation checks them again for good,
+    /// with the real size; a repeat of a live job is refused here too when a quota is full.
+    async fn check_quotas(&self, state: &State, caller: &Caller, overhead: u64) -> Result<(), ApiError> {
         let usage =
             Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
-        let declared = self.content_length.unwrap_or(0).min(limit) as i64;
-        usage.admits(&state.config.quotas, declared, false).map_err(|e| e.api_error())?;
-        Ok((caller, place))
+        let declared = self.content_length.unwrap_or(0).saturating_sub(overhead).min(state.config.max_upload_bytes);
+        usage.admits(&state.config.quotas, declared as i64, false).map_err(|e| e.api_error())
     }
 
     /// `error`, after reading and dropping a bounded part of the body (`drained`) unless the
@@ -383,7 +388,11 @@ impl Door {
 }
 
 pub async fn multipart(door: Door, mut form: FormData, state: State) -> Result<Response, ApiError> {
-    let (caller, place) = match door.admit(&state).await {
+    let admitted = match door.admit(&state).await {
+        Ok((caller, place)) => door.check_quotas(&state, &caller, FORM_OVERHEAD).await.map(|()| (caller, place)),
+        Err(e) => Err(e),
+    };
+    let (caller, place) = match admitted {
         Ok(admitted) => admitted,
         Err(e) => return Err(door.refuse(&state, e, drain(form)).await),
     };
@@ -488,6 +497,7 @@ async fn admit_raw(
     details.tags()?;
     details.preset()?;
     details.loudnorm()?;
+    door.check_quotas(state, &caller, 0).await?;
     Ok((caller, place, filename, details))
 }
 

@@ -194,7 +194,7 @@ async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_
         .await?;
     assert_eq!(r.status(), 507);
     assert_eq!(r.json::<Value>().await?["error"], "storage_quota");
-    assert_eq!(g.gridfs_counts("uploads").await?.0, 0, "a refused upload leaves nothing");
+    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0), "a refused upload leaves nothing");
 
     for seed in 0..2 {
         g.accepted(&user.token, &g.tone(&format!("t{seed}.wav"), 1, seed)?, &[]).await?;
@@ -206,8 +206,27 @@ async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_
     let quotas = me(user.token.clone()).await?["quotas"].clone();
     assert_eq!(quotas["jobs_in_progress"]["used"], 2);
     assert!(quotas["stored_bytes"]["used"].as_i64().is_some_and(|b| b > 80_000), "{quotas}");
-    // Another user's quotas are their own.
+    // Another user's quotas are their own. Four uploads at once without a declared length all
+    // pass the door; the creation of their jobs, one at a time per owner, takes two.
     let other = g.user().await?;
-    g.accepted(&other.token, &g.tone("o.wav", 1, 4)?, &[]).await?;
+    let mut sends = Vec::new();
+    for seed in 10..14 {
+        let bytes = tokio::fs::read(g.tone(&format!("o{seed}.wav"), 1, seed)?).await?;
+        let chunked = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+        sends.push(
+            g.http
+                .put(g.at("/v1/uploads"))
+                .bearer_auth(&other.token)
+                .header("x-filename", "o.wav")
+                .body(reqwest::Body::wrap_stream(chunked))
+                .send(),
+        );
+    }
+    let mut statuses = Vec::new();
+    for answer in futures_util::future::join_all(sends).await {
+        statuses.push(answer?.status().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [202, 202, 429, 429]);
     g.stop().await
 }
