@@ -1,15 +1,17 @@
-//! Every service's HTTP server: warp's filters served by hyper with the limits warp's own
-//! server lacks. At most `max_connections` are open at once (the rest wait in the kernel's
-//! accept backlog), a request's headers must arrive within `header_read_timeout` (a client
-//! trickling headers would otherwise hold its connection forever), and on shutdown open
-//! requests are finished.
+//! Every service's HTTP server: warp's filters served by hyper with the limit warp's own
+//! server lacks: at most `max_connections` are open at once (the rest wait in the kernel's
+//! accept backlog). On shutdown open requests are finished.
+//!
+//! No header-read timeout yet: with hyper's (`header_read_timeout` and a timer), a
+//! connection whose request was refused before its body was read was sometimes closed under
+//! a client about to reuse it (the fault suite's bad-input scenario failed one run in two).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Semaphore;
@@ -20,11 +22,10 @@ use warp::{Filter, Reply};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
-    pub header_read_timeout: Duration,
 }
 
 impl Limits {
-    pub const DEFAULT: Limits = Limits { max_connections: 2048, header_read_timeout: Duration::from_secs(10) };
+    pub const DEFAULT: Limits = Limits { max_connections: 2048 };
 }
 
 /// The address a request came from (the TCP peer), for [`peer`].
@@ -85,8 +86,7 @@ where
                 request.extensions_mut().insert(Peer(remote));
                 filtered.clone().call(request)
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
