@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1.7
-# One file, one target per service:
+# One file, one target per service, and one for the deployment's setup Job:
 #   docker build --target gateway -t tunewire/gateway:0.1.0 .
 # BuildKit cache mounts keep the crate registry and target/ between builds, so dependencies
-# compile once and the five targets share one workspace build. Every service image is
+# compile once and the six targets share one workspace build. Every image is
 # debian:bookworm-slim with only the runtime libraries its binary links (ldd decided the
 # lists below), running as an unprivileged user.
 
@@ -22,7 +22,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins \
     && mkdir -p /out \
     && cp target/release/tunewire-gateway target/release/tunewire-auth target/release/tunewire-converter \
-          target/release/tunewire-notifier target/release/tunewire-catalog-indexer /out/
+          target/release/tunewire-notifier target/release/tunewire-catalog-indexer \
+          target/release/tunewire-setup /out/
 
 FROM debian:${DEBIAN}-slim AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 \
@@ -49,6 +50,13 @@ COPY --from=build /out/tunewire-catalog-indexer /usr/local/bin/
 EXPOSE 8082
 HEALTHCHECK CMD ["tunewire-catalog-indexer", "healthcheck"]
 ENTRYPOINT ["tunewire-catalog-indexer"]
+
+# Run once per deployment with the administrators' credentials (k8s/base/setup.yaml): each
+# service's PostgreSQL role and RabbitMQ user, and the bus's topology. A one-shot: no port,
+# no health check.
+FROM runtime AS setup
+COPY --from=build /out/tunewire-setup /usr/local/bin/
+ENTRYPOINT ["tunewire-setup"]
 
 # The gateway probes uploads with FFmpeg's demuxers.
 FROM runtime AS gateway

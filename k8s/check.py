@@ -20,15 +20,25 @@ the rendered objects to the project's rules:
   src/config.rs and the shared telemetry), so manifests and code cannot drift;
 - no secret value is written in a manifest: no Secret objects in the sources, no literal
   env values for secret-looking names, no credentials inside URLs;
+- least privilege: every pod's egress is denied unless a NetworkPolicy lets it; a workload
+  mounts only its own keys of the Secret (a service none of another service's), and only the
+  setup Jobs and the databases themselves hold administrators' credentials (KEDA neither);
+  each service's connection URL logs in as that service's own account;
+- the setup Job gets exactly the settings tunewire-setup reads (setup/src/main.rs);
+- MongoDB runs with authentication (its replica set with a key file), and the mongo,
+  postgres and rabbitmq images are not older than the patch fixing the CVEs in
+  MINIMUM_IMAGES;
 - minikube.md's commands name objects, ports and images the minikube overlay really has.
 
 Run by scripts/test; exits non-zero with one line per broken rule.
 """
 
+import base64
 import pathlib
 import re
 import subprocess
 import sys
+import urllib.parse
 
 import yaml
 
@@ -39,6 +49,41 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 GRACE_MARGIN_S = 5
 # Read by every service through crates/service-runtime's telemetry.
 COMMON_SETTINGS = {"RUST_LOG", "LOG_FORMAT"}
+# Keys of the Secret only these workloads may hold: the administrators' credentials, and the
+# passwords the setup Jobs give each service's account (a service logs in with its URL).
+ADMIN_SECRETS = [
+    (r"database-admin-url|amqp-admin-url|(database|amqp)-password-[\w-]+", {"Job/setup"}),
+    (r"mongo-password-[\w-]+", {"Job/mongo-init"}),
+    (r"mongo-root-password", {"StatefulSet/mongo", "Job/mongo-init"}),
+    (r"mongo-keyfile", {"StatefulSet/mongo"}),
+    (r"postgres-password", {"StatefulSet/postgres"}),
+    (r"rabbitmq-password|rabbitmq-erlang-cookie", {"StatefulSet/rabbitmq"}),
+]
+ADMIN_SETTINGS = {"DATABASE_ADMIN_URL", "AMQP_ADMIN_URL"}
+# A key ending in a service's name is that service's alone (database-url-gateway).
+SERVICE_KEY = re.compile(rf"-({'|'.join(SERVICES)})$")
+# The oldest tag allowed per release line, and why: the CVEs fixed by then. A line that is
+# not listed has no known minimum yet (or no fixes at all, as RabbitMQ 3.13 and 4.1, out of
+# community support): add it, with its reason, before using it.
+MINIMUM_IMAGES = {
+    "mongo": {
+        "7.0": ("7.0.43", "CVE-2025-14847 'MongoBleed' (fixed in 7.0.28), CVE-2026-6914 (7.0.32), "
+                          "CVE-2026-11933 (7.0.37), CVE-2026-89099 (7.0.43)"),
+        "8.0": ("8.0.32", "CVE-2025-14847 'MongoBleed' (fixed in 8.0.17), CVE-2026-6914 (8.0.21), "
+                          "CVE-2026-11933 (8.0.26), CVE-2026-89099 (8.0.32)"),
+    },
+    "postgres": {
+        major: (version, "CVE-2026-6473, CVE-2026-6477 and nine more (the May 2026 releases)")
+        for major, version in {"15": "15.18", "16": "16.14", "17": "17.10", "18": "18.4"}.items()
+    },
+    "rabbitmq": {
+        "4.2": ("4.2.9", "CVE-2026-57211 to CVE-2026-57221"),
+    },
+}
+# How many leading version numbers name a release line.
+LINE_PARTS = {"postgres": 1}
+# The user each service's MongoDB URL logs in as (k8s/base/mongo.yaml's init.js makes them).
+MONGO_USER = "tunewire-{}"
 
 problems: list[str] = []
 
@@ -135,7 +180,11 @@ def pod_spec(doc: dict) -> dict:
     return doc["spec"]["template"]["spec"]
 
 
-def check_workload(overlay: str, doc: dict, config_maps: dict[str, dict]) -> None:
+def all_containers(spec: dict) -> list[dict]:
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def check_workload(overlay: str, doc: dict, config_maps: dict[str, dict], secret: dict[str, str]) -> None:
     kind, name = doc["kind"], doc["metadata"]["name"]
     where = f"{overlay} {kind}/{name}"
     spec = pod_spec(doc)
@@ -168,6 +217,13 @@ def check_workload(overlay: str, doc: dict, config_maps: dict[str, dict]) -> Non
                 problem(at, f"env {env['name']} holds credentials in a URL")
         if service:
             check_service(at, service, spec, container, config_maps)
+    check_secret_keys(where, f"{kind}/{name}", service, spec, secret)
+    for container in all_containers(spec):
+        at = f"{where} container {container['name']}"
+        check_image_minimum(at, container.get("image", ""))
+        check_mongo_auth(at, container)
+    if (kind, name) == ("Job", "setup"):
+        check_setup_job(where, spec["containers"][0])
 
 
 def check_service(at: str, service: str, spec: dict, container: dict, config_maps: dict[str, dict]) -> None:
@@ -224,6 +280,214 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
             problem(at, f"secret setting {name} is given in the clear; use {name}_FILE")
 
 
+def secret_keys(spec: dict) -> tuple[set[str], list[str]]:
+    """The Secret keys a pod is given, and what gives it a whole Secret."""
+    keys: set[str] = set()
+    whole: list[str] = []
+    for volume in spec.get("volumes", []):
+        sources = [volume["secret"]] if "secret" in volume else [
+            s["secret"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s
+        ]
+        for source in sources:
+            if "items" not in source:
+                whole.append(f"volume {volume['name']}")
+            keys |= {item["key"] for item in source.get("items", [])}
+    for container in all_containers(spec):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                keys.add(ref["key"])
+        whole += [f"container {container['name']}'s envFrom" for s in container.get("envFrom", []) if "secretRef" in s]
+    return keys, whole
+
+
+def admin_holders(key: str) -> set[str] | None:
+    """The workloads that may hold `key`, when it is an administrator's credential."""
+    for pattern, holders in ADMIN_SECRETS:
+        if re.fullmatch(pattern, key):
+            return holders
+    return None
+
+
+def check_secret_keys(where: str, workload: str, service: str | None, spec: dict, secret: dict[str, str]) -> None:
+    """A workload holds its own keys only: none of another service's, no administrator's."""
+    keys, whole = secret_keys(spec)
+    for what in whole:
+        problem(where, f"{what} gives it the whole Secret; list the keys it needs (items)")
+    for key in sorted(keys):
+        holders = admin_holders(key)
+        owner = SERVICE_KEY.search(key)
+        if key not in secret:
+            problem(where, f"mounts {key}, which the Secret does not have")
+        if holders is not None:
+            if workload not in holders:
+                problem(where, f"holds {key}, an administrator's credential (only {', '.join(sorted(holders))})")
+        elif owner and owner.group(1) != service:
+            problem(where, f"holds {key}, which is {owner.group(1)}'s")
+    for container in all_containers(spec):
+        for env in container.get("env", []):
+            if env["name"].removesuffix("_FILE") in ADMIN_SETTINGS and workload != "Job/setup":
+                problem(where, f"env {env['name']}: only the setup Job gets an administrator's URL")
+
+
+def check_trigger_authentication(overlay: str, doc: dict) -> None:
+    where = f"{overlay} TriggerAuthentication/{doc['metadata']['name']}"
+    for ref in doc["spec"].get("secretTargetRef", []):
+        if admin_holders(ref["key"]) is not None or SERVICE_KEY.search(ref["key"]):
+            problem(where, f"logs KEDA in with {ref['key']}; give it the read-only monitoring user's")
+
+
+def selects_all(policy: dict) -> bool:
+    return not any(policy["spec"].get("podSelector", {}).values())
+
+
+def check_egress_policies(overlay: str, docs: list[dict]) -> None:
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    if not any(selects_all(p) and "Egress" in p["spec"].get("policyTypes", []) and not p["spec"].get("egress")
+               for p in policies):
+        problem(overlay, "no default-deny egress NetworkPolicy (podSelector {}, policyTypes [Egress], no rule)")
+    for policy in policies:
+        if selects_all(policy) and any(not rule.get("to") for rule in policy["spec"].get("egress", [])):
+            problem(f"{overlay} NetworkPolicy/{policy['metadata']['name']}", "lets every pod reach anywhere")
+
+
+def image_version(tag: str) -> tuple[int, ...] | None:
+    found = re.match(r"(\d+(?:\.\d+)*)", tag)
+    return tuple(int(n) for n in found.group(1).split(".")) if found else None
+
+
+def image_repo(image: str) -> str:
+    name = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    return name.rsplit("/", 1)[-1]
+
+
+def check_image_minimum(at: str, image: str) -> None:
+    repo = image_repo(image)
+    lines = MINIMUM_IMAGES.get(repo)
+    if lines is None:
+        return
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+    version = image_version(tag)
+    if version is None:
+        problem(at, f"{image}: the tag names no version, so its CVE fixes cannot be checked")
+        return
+    line = ".".join(str(n) for n in version[: LINE_PARTS.get(repo, 2)])
+    if line not in lines:
+        problem(at, f"{image}: no minimum known for {repo} {line}; add the line to MINIMUM_IMAGES (if it still gets fixes)")
+        return
+    minimum, reason = lines[line]
+    if version < image_version(minimum):
+        problem(at, f"{image} is older than {minimum}, which fixes {reason}")
+
+
+def check_mongo_auth(at: str, container: dict) -> None:
+    if image_repo(container.get("image", "")) != "mongo" or container.get("command", ["mongod"])[0] != "mongod":
+        return
+    args = container.get("args", [])
+    if "--auth" not in args and "--keyFile" not in args:
+        problem(at, "mongod runs without authentication (--auth, --keyFile)")
+    if "--replSet" in args and "--keyFile" not in args:
+        problem(at, "the replica set's members do not authenticate each other (--keyFile)")
+
+
+def schema_owners() -> dict[str, str]:
+    """Each service's PostgreSQL role, from setup/src/database.rs."""
+    source = (ROOT / "setup" / "src" / "database.rs").read_text()
+    return dict(re.findall(r'SchemaOwner \{ service: "([\w-]+)", schema: "\w+", role: "(\w+)" \}', source))
+
+
+def bus_users() -> dict[str, str]:
+    """Each service's RabbitMQ user, from crates/events/src/topology.rs."""
+    source = (ROOT / "crates" / "events" / "src" / "topology.rs").read_text()
+    return {user.removeprefix("tunewire-"): user for user in re.findall(r'\buser: "(tunewire-[\w-]+)"', source)}
+
+
+def setting_prefix(service: str) -> str:
+    return service.upper().replace("-", "_")
+
+
+def setup_settings() -> tuple[set[str], set[str], set[str]]:
+    """(settings, secret settings, required settings) tunewire-setup reads (setup/src/main.rs)."""
+    source = (ROOT / "setup" / "src" / "main.rs").read_text()
+    reads = re.findall(r'\b(var|var_opt|secret|secret_key|required_secret|required_secret_key)(?:::<[^>]+>)?\(\s*"([A-Z0-9_]+)"', source)
+    # One setting per account: PostgreSQL's per schema owner, RabbitMQ's per user on the bus.
+    accounts = {"DATABASE_PASSWORD": schema_owners(), "AMQP_PASSWORD": bus_users()}
+    for function, suffix in re.findall(r'\b(\w+)\(&format!\("\{\}_([A-Z0-9_]+)"', source):
+        if suffix not in accounts:
+            problem("setup/src/main.rs", f"reads {{}}_{suffix} for accounts k8s/check.py does not know")
+            continue
+        reads += [(function, f"{setting_prefix(service)}_{suffix}") for service in accounts[suffix]]
+    settings = {name for _, name in reads}
+    secrets = {name for function, name in reads if "secret" in function}
+    # The monitoring user is optional to the binary, not here: KEDA and the UI log in as it.
+    required = {name for function, name in reads if function.startswith("required_")} | {"MONITOR_AMQP_PASSWORD"}
+    return settings, secrets, required
+
+
+def check_setup_job(where: str, container: dict) -> None:
+    settings, secrets, required = setup_settings()
+    names = {env["name"] for env in container.get("env", [])}
+    for name in sorted(names):
+        base = name.removesuffix("_FILE") if name.removesuffix("_FILE") in secrets else name
+        if base not in settings and name not in COMMON_SETTINGS:
+            problem(where, f"env {name} is not a setting tunewire-setup reads (setup/src/main.rs)")
+        elif name in secrets:
+            problem(where, f"secret setting {name} is given in the clear; use {name}_FILE")
+    for name in sorted(required - {n.removesuffix("_FILE") for n in names}):
+        problem(where, f"does not set {name}, which tunewire-setup needs")
+
+
+def url_login(url: str) -> tuple[str, str, str]:
+    """(user, password, query) of a connection URL."""
+    parts = urllib.parse.urlsplit(url)
+    unquote = urllib.parse.unquote
+    return unquote(parts.username or ""), unquote(parts.password or ""), parts.query
+
+
+def container_env(docs: list[dict], kind: str, name: str, key: str) -> str | None:
+    for doc in docs:
+        if (doc["kind"], doc["metadata"]["name"]) == (kind, name):
+            for env in pod_spec(doc)["containers"][0].get("env", []):
+                if env["name"] == key:
+                    return env.get("value")
+    return None
+
+
+def check_credentials(overlay: str, docs: list[dict], secret: dict[str, str]) -> None:
+    """Each connection URL logs in as its own account, with the password made for it."""
+    rabbitmq_conf = next((d["data"]["rabbitmq.conf"] for d in docs if d["kind"] == "ConfigMap"
+                          and d["metadata"]["name"].startswith("rabbitmq-config")), "")
+    default_user = re.search(r"^default_user = (\S+)", rabbitmq_conf, re.M)
+    logins = [
+        ("database-admin-url", container_env(docs, "StatefulSet", "postgres", "POSTGRES_USER"), "postgres-password"),
+        ("amqp-admin-url", default_user and default_user.group(1), "rabbitmq-password"),
+        ("rabbitmq-monitor-url", container_env(docs, "Job", "setup", "MONITOR_AMQP_USER") or "monitor",
+         "amqp-password-monitor"),
+    ]
+    logins += [(f"database-url-{s}", role, f"database-password-{s}") for s, role in schema_owners().items()]
+    logins += [(f"amqp-url-{s}", user, f"amqp-password-{s}") for s, user in bus_users().items()]
+    logins += [(f"mongodb-uri-{s}", MONGO_USER.format(s), f"mongo-password-{s}") for s in SERVICES]
+    for key, user, password_key in logins:
+        if key not in secret:
+            continue
+        where = f"{overlay} Secret key {key}"
+        login, password, query = url_login(secret[key])
+        if login != user:
+            problem(where, f"logs in as {login!r}, not as {user!r}")
+        if secret.get(password_key) != password:
+            problem(where, f"does not hold the password in {password_key}")
+        if key.startswith("mongodb-uri-") and "authSource=tunewire" not in query.split("&"):
+            problem(where, "does not name the database its user is in (authSource=tunewire)")
+
+
+def generated_secret(overlay: str, docs: list[dict]) -> dict[str, str]:
+    found = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("tunewire-secrets")]
+    if len(found) != 1:
+        problem(overlay, f"expected one tunewire-secrets Secret, found {len(found)}")
+        return {}
+    return {k: base64.b64decode(v).decode() for k, v in found[0].get("data", {}).items()}
+
+
 def check_sources_have_no_secrets() -> None:
     for path in (ROOT / "k8s").rglob("*.yaml"):
         if "secrets" in path.parts:
@@ -256,21 +520,34 @@ def check_minikube_guide(docs: list[dict]) -> None:
         if image != f"tunewire/{target}:0.1.0":
             problem("minikube.md", f"--target {target} should be tagged tunewire/{target}:0.1.0")
     built = set(re.findall(r"--target ([\w-]+) -t", guide))
-    for service in SERVICES:
-        if service not in built:
-            problem("minikube.md", f"no docker build for {service}")
+    for target in SERVICES + ["setup"]:
+        if target not in built:
+            problem("minikube.md", f"no docker build for {target}")
 
 
 def main() -> int:
     check_sources_have_no_secrets()
+    if not schema_owners():
+        problem("setup/src/database.rs", "no SchemaOwner found: cannot tell each service's PostgreSQL role")
+    if not bus_users():
+        problem("crates/events/src/topology.rs", "no user found: cannot tell each service's RabbitMQ user")
     for overlay in ("minikube", "production"):
         docs = render(overlay)
         validate(overlay, docs)
         # Rendered envFrom references already carry the generated (hash-suffixed) names.
         config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+        secret = generated_secret(overlay, docs)
         for doc in docs:
             if doc["kind"] in WORKLOADS:
-                check_workload(overlay, doc, config_maps)
+                check_workload(overlay, doc, config_maps, secret)
+            if doc["kind"] == "TriggerAuthentication":
+                check_trigger_authentication(overlay, doc)
+        check_egress_policies(overlay, docs)
+        check_credentials(overlay, docs, secret)
+        objects = {(d["kind"], d["metadata"]["name"]) for d in docs}
+        for job in ("setup", "mongo-init"):
+            if ("Job", job) not in objects:
+                problem(overlay, f"no Job {job}: the services' accounts would not exist")
         kinds = {d["kind"] for d in docs}
         for needed in ("Ingress", "NetworkPolicy", "PodDisruptionBudget"):
             if needed not in kinds:

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use tunewire_events::Email;
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{secret, var, var_opt};
+use tunewire_service_runtime::config::{SecretString, secret, var, var_opt};
 
 use crate::attempt_limits::Limits;
 use crate::hashing;
@@ -11,19 +11,19 @@ use crate::hashing;
 #[derive(Clone)]
 pub struct Config {
     pub bind: SocketAddr,
-    pub database_url: String,
+    pub database_url: SecretString,
     /// Ed25519 or RSA private key, PEM (`openssl genpkey -algorithm ed25519`, or
     /// `-algorithm rsa`). EdDSA or RS256 follows from the key. Unset: a throwaway Ed25519 key
     /// per process, fine for one local instance only.
-    pub signing_key_pem: Option<String>,
+    pub signing_key_pem: Option<SecretString>,
     /// The key before the last rotation: its public half stays in the JWKS so tokens it
     /// signed keep working until they expire.
-    pub previous_signing_key_pem: Option<String>,
+    pub previous_signing_key_pem: Option<SecretString>,
     pub issuer: String,
     pub audience: String,
     pub token_ttl_s: u64,
     /// An admin account made (or promoted, with this password) at start.
-    pub admin: Option<(Email, String)>,
+    pub admin: Option<(Email, SecretString)>,
     pub attempt_limits: Limits,
     /// Password hashes at once; unset: as many as the cgroup memory limit allows
     /// ([`hashing::slots_for_memory`]), at most two per CPU.
@@ -88,7 +88,7 @@ impl Config {
     pub fn local(database_url: String) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url,
+            database_url: database_url.into(),
             signing_key_pem: None,
             previous_signing_key_pem: None,
             issuer: "tunewire-auth".into(),

@@ -12,6 +12,7 @@ pub mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tunewire_service_runtime::config::ExposeSecret;
 
 use prometheus_client::registry::Registry;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -26,9 +27,9 @@ pub use config::Config;
 /// `AUTH_ADMIN_PASSWORD_FILE`.
 pub async fn create_admin(config: &Config, email: &tunewire_events::Email) -> anyhow::Result<()> {
     let password = tunewire_service_runtime::config::required_secret("AUTH_ADMIN_PASSWORD")?;
-    let db = PgPoolOptions::new().max_connections(1).connect(&config.database_url).await?;
+    let db = PgPoolOptions::new().max_connections(1).connect(config.database_url.expose_secret()).await?;
     migrate(&db).await?;
-    let id = accounts::provision_admin(&db, email, &password).await?;
+    let id = accounts::provision_admin(&db, email, password.expose_secret()).await?;
     println!("admin {email} ready (id {id})");
     Ok(())
 }
@@ -78,13 +79,13 @@ async fn prune_counters(limits: Arc<attempt_limits::AttemptLimits>, shutdown: Ca
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = SCHEMA.connect(&config.database_url, 10).await?;
+    let db = SCHEMA.connect(config.database_url.expose_secret(), 10).await?;
     let keys = Arc::new(keys::SigningKeys::load(
-        config.signing_key_pem.as_deref(),
-        config.previous_signing_key_pem.as_deref(),
+        config.signing_key_pem.as_ref().map(|k| k.expose_secret()),
+        config.previous_signing_key_pem.as_ref().map(|k| k.expose_secret()),
     )?);
     if let Some((email, password)) = &config.admin {
-        let id = accounts::provision_admin(&db, email, password).await?;
+        let id = accounts::provision_admin(&db, email, password.expose_secret()).await?;
         tracing::info!(user_id = %id, "admin account provisioned from AUTH_ADMIN_EMAIL");
     }
     let attempt_limits = Arc::new(attempt_limits::AttemptLimits::new(db.clone(), config.attempt_limits));

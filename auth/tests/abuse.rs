@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use support::{Auth, email};
 use tunewire_auth::Config;
 use tunewire_auth::hashing::{BASE_MIB, MIB_PER_SLOT};
-use tunewire_test_stack::bench::{free_port, status_kib};
+use tunewire_test_stack::bench::MeasuredService;
 use tunewire_test_stack::{Sandbox, eventually};
 
 /// A failed login for a made-up account from `address`.
@@ -146,42 +146,13 @@ async fn registrations_are_limited_per_address() -> anyhow::Result<()> {
     sandbox.cleanup().await
 }
 
-/// The auth binary as a process of its own, so its memory can be read.
-struct AuthProcess {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl AuthProcess {
-    async fn spawn(database_url: &str, slots: usize) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunewire-auth"))
-            .env("DATABASE_URL", database_url)
-            .env("AUTH_BIND", format!("127.0.0.1:{port}"))
-            .env("AUTH_HASH_SLOTS", slots.to_string())
-            .env("RUST_LOG", "error")
-            .kill_on_drop(true)
-            .spawn()?;
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        eventually("auth process ready", Duration::from_secs(30), || async {
-            Ok(http.get(format!("{url}/readyz")).send().await.ok().filter(|r| r.status().is_success()).map(|_| ()))
-        })
-        .await?;
-        Ok(Self { child, url })
-    }
-
-    fn peak_rss_mib(&self) -> anyhow::Result<u64> {
-        let pid = self.child.id().context("auth exited")?;
-        Ok(status_kib(pid, "VmHWM").context("no VmHWM")? / 1024)
-    }
-}
-
 #[tokio::test]
 async fn a_burst_of_anonymous_logins_and_registrations_stays_within_the_memory_bound() -> anyhow::Result<()> {
     const SLOTS: usize = 4;
     let sandbox = Sandbox::create().await?;
-    let auth = AuthProcess::spawn(&sandbox.database_url, SLOTS).await?;
+    let slots = SLOTS.to_string();
+    let env = [("DATABASE_URL", sandbox.database_url.as_str()), ("AUTH_HASH_SLOTS", slots.as_str())];
+    let auth = MeasuredService::spawn(env!("CARGO_BIN_EXE_tunewire-auth"), "AUTH_BIND", &env).await?;
     let http = reqwest::Client::new();
     let post = |path: &'static str, body: Value, address: String| {
         let request = http.post(format!("{}{path}", auth.url)).header("x-forwarded-for", address).json(&body);

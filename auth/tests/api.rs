@@ -87,15 +87,15 @@ async fn after_a_rotation_the_jwks_still_publishes_the_previous_key() -> anyhow:
     let sandbox = Sandbox::create().await?;
     let (old_pem, new_pem) = (openssl_key("ed25519")?, openssl_key("rsa")?);
     let mut config = Config::local(sandbox.database_url.clone());
-    config.signing_key_pem = Some(old_pem.clone());
+    config.signing_key_pem = Some(old_pem.clone().into());
     let before = Auth::start(config.clone()).await?;
     let address = email();
     before.register(&address, "correct horse").await?.error_for_status()?;
     let (old_header, _) = decode(&before.token(&address, "correct horse").await?)?;
     drop(before);
 
-    config.signing_key_pem = Some(new_pem);
-    config.previous_signing_key_pem = Some(old_pem);
+    config.signing_key_pem = Some(new_pem.into());
+    config.previous_signing_key_pem = Some(old_pem.into());
     let after = Auth::start(config).await?;
     let (new_header, _) = decode(&after.token(&address, "correct horse").await?)?;
     assert_eq!(new_header["alg"], "RS256", "an RSA key signs RS256");

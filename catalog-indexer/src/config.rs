@@ -3,17 +3,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{secret, var};
+use tunewire_service_runtime::config::{SecretString, secret, var};
 
 #[derive(Clone)]
 pub struct Config {
     pub bind: SocketAddr,
-    pub database_url: String,
-    pub amqp_url: String,
+    pub database_url: SecretString,
+    pub amqp_url: SecretString,
     /// The tantivy index; derived from PostgreSQL and rebuilt from it when missing.
     pub index_dir: PathBuf,
     /// No key, no tags.
-    pub lastfm_api_key: Option<String>,
+    pub lastfm_api_key: Option<SecretString>,
     pub lastfm_url: String,
     /// Calls per second to Last.fm, process-wide (its terms ask for no more than 5).
     pub lastfm_rate_per_s: f64,
@@ -54,8 +54,8 @@ impl Config {
     pub fn local(database_url: String, amqp_url: String, index_dir: PathBuf) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url,
-            amqp_url,
+            database_url: database_url.into(),
+            amqp_url: amqp_url.into(),
             index_dir,
             lastfm_api_key: None,
             lastfm_url: "https://ws.audioscrobbler.com/2.0/".into(),

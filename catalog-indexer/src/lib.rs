@@ -11,6 +11,7 @@ pub mod tag_lookup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tunewire_service_runtime::config::ExposeSecret;
 
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -222,7 +223,7 @@ async fn open_index(db: &PgPool, dir: &std::path::Path) -> anyhow::Result<Arc<Se
 /// `tunewire-catalog-indexer reindex`: rebuilds the index from PostgreSQL. The service
 /// must be stopped (the index has one writer).
 pub async fn reindex(config: &Config) -> anyhow::Result<usize> {
-    let db = PgPoolOptions::new().max_connections(2).connect(&config.database_url).await?;
+    let db = PgPoolOptions::new().max_connections(2).connect(config.database_url.expose_secret()).await?;
     migrate(&db).await?;
     let index = Arc::new(SearchIndex::open(&config.index_dir).map_err(|e| {
         anyhow::anyhow!("cannot open the index at {} (is the service still running?): {e}", config.index_dir.display())
@@ -240,14 +241,18 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = SCHEMA.connect(&config.database_url, 10).await?;
+    let db = SCHEMA.connect(config.database_url.expose_secret(), 10).await?;
     let index = open_index(&db, &config.index_dir).await?;
-    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "catalog-indexer"));
+    let bus = Arc::new(Bus::new(config.amqp_url.expose_secret(), "catalog-indexer"));
     let http = reqwest::Client::builder().build()?;
-    let lastfm = config
-        .lastfm_api_key
-        .clone()
-        .map(|api_key| lastfm::Lastfm::new(config.lastfm_url.clone(), api_key, http, config.lastfm_rate_per_s));
+    let lastfm = config.lastfm_api_key.clone().map(|api_key| {
+        lastfm::Lastfm::new(
+            config.lastfm_url.clone(),
+            api_key.expose_secret().to_string(),
+            http,
+            config.lastfm_rate_per_s,
+        )
+    });
     if lastfm.is_none() {
         tracing::warn!("LASTFM_API_KEY is not set: tracks are catalogued without Last.fm tags");
     }

@@ -27,8 +27,8 @@ use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::contract::{Owner, SourceFile, TrackTags};
-use tunewire_events::topology::{CONVERTER_QUEUE, NOTIFIER_QUEUE};
-use tunewire_events::{Bus, HandleError, Incoming, JobId, MediaConverted, MediaUploaded, Outcome, Preset, UserId};
+use tunewire_events::topology::{CONVERTER_QUEUE, GATEWAY_QUEUE};
+use tunewire_events::{Bus, HandleError, Incoming, JobId, JobUpdate, MediaConverted, MediaUploaded, Preset, UserId};
 use tunewire_media_store::{Bucket, MediaStore, StoredFile};
 use tunewire_test_stack::bench::{FreshMongo, free_port, status_kib};
 use tunewire_test_stack::{Sandbox, eventually, media};
@@ -329,23 +329,23 @@ async fn stage_in(
     tick: f64,
 ) -> anyhow::Result<StageRun> {
     let bus = Arc::new(Bus::new(sandbox.amqp_url.clone(), "bench"));
-    // Connecting declares the topology, so the converter's queue exists before we publish.
+    // The sandbox's setup declared the topology, so the converter's queue exists before we publish.
     let publisher = bus.publisher().await?;
-    // The bench stands where the notifier would: its queue gets both outcomes, and nothing
-    // else consumes it in this vhost.
+    // The bench stands where the gateway would: its queue gets the converter's outcomes, and
+    // nothing else consumes it in this vhost.
     let (arrived, mut outcomes) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let _stop_listening = stop.clone().drop_guard();
     tokio::spawn({
         let bus = bus.clone();
-        let handler = move |msg: Incoming<Outcome>| {
+        let handler = move |msg: Incoming<JobUpdate>| {
             let arrived = arrived.clone();
             async move {
                 let _ = arrived.send((Instant::now(), msg.event));
                 Ok::<(), HandleError>(())
             }
         };
-        async move { bus.consume(NOTIFIER_QUEUE, 16, handler, stop).await }
+        async move { bus.consume(GATEWAY_QUEUE, 16, handler, stop).await }
     });
 
     let store = MediaStore::connect(&mongo.uri, &sandbox.mongo_database).await?;
@@ -399,18 +399,18 @@ async fn stage_in(
     while !waiting.is_empty() {
         tokio::select! {
             next = outcomes.recv() => match next {
-                Some((at, Outcome::Converted(done))) => {
+                Some((at, JobUpdate::Converted(done))) => {
                     // A redelivered job announces itself again: count each job once.
                     if waiting.remove(&done.job_id).is_some() {
                         each.push(at - started);
                         outputs.push(done);
                     }
                 }
-                Some((_, Outcome::Failed(failed))) => {
+                Some((_, JobUpdate::Failed(failed))) => {
                     let name = waiting.get(&failed.job_id).map_or("?", String::as_str);
                     return Err(converter.fail(format!("{name}: media.failed: {}", failed.reason)));
                 }
-                Some((_, Outcome::Deleted(_))) => {}
+                Some((_, JobUpdate::Progress(_) | JobUpdate::Catalogued(_))) => {}
                 None => bail!("the outcome listener stopped"),
             },
             _ = poll.tick() => {

@@ -1,14 +1,14 @@
 use std::net::SocketAddr;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{secret, var};
+use tunewire_service_runtime::config::{SecretString, secret, var};
 
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `/healthz`, `/readyz`, `/metrics`.
     pub health_bind: SocketAddr,
-    pub amqp_url: String,
-    pub mongodb_uri: String,
+    pub amqp_url: SecretString,
+    pub mongodb_uri: SecretString,
     pub mongodb_database: String,
     /// Conversions at once (and the queue prefetch).
     pub concurrency: u16,
@@ -36,8 +36,8 @@ impl Config {
     pub fn local(amqp_url: String, mongodb_uri: String, mongodb_database: String) -> Self {
         Self {
             health_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            amqp_url,
-            mongodb_uri,
+            amqp_url: amqp_url.into(),
+            mongodb_uri: mongodb_uri.into(),
             mongodb_database,
             concurrency: 2,
             max_duration_s: 4.0 * 3600.0,

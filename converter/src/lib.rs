@@ -8,6 +8,7 @@ pub mod worker;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tunewire_service_runtime::config::ExposeSecret;
 
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
@@ -64,10 +65,10 @@ async fn sweep_stale_attempts(store: MediaStore, shutdown: CancellationToken) {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     transcode::init()?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
-        MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)
+        MediaStore::connect(config.mongodb_uri.expose_secret(), &config.mongodb_database)
     })
     .await?;
-    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "converter"));
+    let bus = Arc::new(Bus::new(config.amqp_url.expose_secret(), "converter"));
     let worker = Arc::new(Worker {
         store: store.clone(),
         max_duration_s: config.max_duration_s,

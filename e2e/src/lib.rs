@@ -63,14 +63,27 @@ pub struct Faults {
     pub smtp: Proxy,
 }
 
-/// Where the services reach their dependencies (through the proxies).
+/// Where the services reach their dependencies (through the proxies), each with its own
+/// login: the role and RabbitMQ user `tunewire-setup` gives it, as in production.
 #[derive(Debug, Clone)]
 pub struct ServiceUrls {
-    pub database_url: String,
-    pub amqp_url: String,
+    databases: std::collections::BTreeMap<&'static str, String>,
+    brokers: std::collections::BTreeMap<&'static str, String>,
     pub mongo_uri: String,
     pub smtp_host: String,
     pub smtp_port: u16,
+}
+
+impl ServiceUrls {
+    /// PostgreSQL as `service`'s role (`auth`, `gateway`, `catalog-indexer`, `notifier`).
+    pub fn database(&self, service: &str) -> String {
+        self.databases.get(service).cloned().unwrap_or_default()
+    }
+
+    /// RabbitMQ as `service`'s user (`gateway`, `converter`, `catalog-indexer`, `notifier`).
+    pub fn amqp(&self, service: &str) -> String {
+        self.brokers.get(service).cloned().unwrap_or_default()
+    }
 }
 
 /// Each service's HTTP addresses (one per replica), for `/readyz`.
@@ -127,9 +140,17 @@ impl Pipeline {
             mongodb: Proxy::start(host_port(&stack.mongo_uri)).await?,
             smtp: Proxy::start(format!("{}:{}", stack.smtp_host, stack.smtp_port)).await?,
         };
+        let mut databases = std::collections::BTreeMap::new();
+        for owner in tunewire_setup::database::OWNERS {
+            databases.insert(owner.service, faults.postgres.url_for(&sandbox.database_url_for(owner.service)?));
+        }
+        let brokers = tunewire_events::topology::SERVICES
+            .iter()
+            .map(|s| (s.user.trim_start_matches("tunewire-"), faults.rabbitmq.url_for(&sandbox.amqp_url_for(*s))))
+            .collect();
         let urls = ServiceUrls {
-            database_url: faults.postgres.url_for(&sandbox.database_url),
-            amqp_url: faults.rabbitmq.url_for(&sandbox.amqp_url),
+            databases,
+            brokers,
             mongo_uri: tunewire_test_stack::direct_connection(&faults.mongodb.url_for(&stack.mongo_uri)),
             smtp_host: faults.smtp.addr.ip().to_string(),
             smtp_port: faults.smtp.addr.port(),
@@ -144,16 +165,15 @@ impl Pipeline {
         }
         let mut health = Health::default();
 
-        let auth =
-            tunewire_auth::start(tunewire_auth::Config::local(urls.database_url.clone()), shutdown.clone()).await?;
+        let auth = tunewire_auth::start(tunewire_auth::Config::local(urls.database("auth")), shutdown.clone()).await?;
         health.auth.push(auth.addr);
         let catalog = tunewire_catalog_indexer::start(
             tunewire_catalog_indexer::Config {
                 lastfm_api_key: Some("test-key".into()),
                 lastfm_url: format!("http://{lastfm}/2.0/"),
                 ..tunewire_catalog_indexer::Config::local(
-                    urls.database_url.clone(),
-                    urls.amqp_url.clone(),
+                    urls.database("catalog-indexer"),
+                    urls.amqp("catalog-indexer"),
                     scratch.join("index"),
                 )
             },
@@ -162,14 +182,14 @@ impl Pipeline {
         .await?;
         health.catalog.push(catalog.addr);
         let mut gateway_config = tunewire_gateway::Config::local(
-            urls.database_url.clone(),
-            urls.amqp_url.clone(),
+            urls.database("gateway"),
+            urls.amqp("gateway"),
             urls.mongo_uri.clone(),
             sandbox.mongo_database.clone(),
         );
         gateway_config.auth_url = format!("http://{}", auth.addr);
         gateway_config.catalog_url = format!("http://{}", catalog.addr);
-        gateway_config.link_secret = link_secret.clone();
+        gateway_config.link_secret = link_secret.clone().into();
         gateway_config.probe_program = tunewire_test_stack::workspace_binary("tunewire-gateway")?;
         gateway_config.max_upload_bytes = 512 << 20;
         // Short, so that the fault suite's stalling client is answered quickly.
@@ -192,7 +212,7 @@ impl Pipeline {
                     concurrency: 2,
                     max_duration_s: options.max_duration_s,
                     ..tunewire_converter::Config::local(
-                        urls.amqp_url.clone(),
+                        urls.amqp("converter"),
                         urls.mongo_uri.clone(),
                         sandbox.mongo_database.clone(),
                     )
@@ -204,8 +224,8 @@ impl Pipeline {
         }
         for _ in 0..options.replicas.max(1) * usize::from(options.notifier) {
             let mut notifier_config = tunewire_notifier::Config::local(
-                urls.database_url.clone(),
-                urls.amqp_url.clone(),
+                urls.database("notifier"),
+                urls.amqp("notifier"),
                 urls.smtp_host.clone(),
                 urls.smtp_port,
                 link_secret.clone(),

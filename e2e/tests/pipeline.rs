@@ -99,8 +99,8 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
     });
     // The management figures lag by seconds: the first delivery's ack is counted before the
     // baseline is taken, or the barrier below could be met by it.
-    let notifier_acks_before = eventually("the first outcome's ack counted", PIPELINE_DEADLINE, || async {
-        let acks = acked(&p.sandbox, "notifier.outcomes").await?;
+    let catalog_acks_before = eventually("the first media.converted's ack counted", PIPELINE_DEADLINE, || async {
+        let acks = acked(&p.sandbox, "catalog-indexer.media-converted").await?;
         Ok((acks >= 1).then_some(acks))
     })
     .await?;
@@ -116,9 +116,16 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
         )
         .await?
         .await?;
-    // The redelivery has been through the notifier once its ack count moves on.
-    eventually("the notifier to handle the redelivery", PIPELINE_DEADLINE, || async {
-        Ok((acked(&p.sandbox, "notifier.outcomes").await? > notifier_acks_before).then_some(()))
+    // The converter announces its claimed MP3 again; the catalog has handled that once its ack
+    // count moves on. The gateway got the same announcement: an outcome it passed on to the
+    // notifier would sit in its outbox until relayed.
+    eventually("the catalog to handle the announcement again", PIPELINE_DEADLINE, || async {
+        Ok((acked(&p.sandbox, "catalog-indexer.media-converted").await? > catalog_acks_before).then_some(()))
+    })
+    .await?;
+    eventually("the gateway's outbox relayed", PIPELINE_DEADLINE, || async {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.outbox").fetch_one(&db).await?;
+        Ok((rows == 0).then_some(()))
     })
     .await?;
     assert_eq!(maildev::messages_to(&p.sandbox.stack.maildev_url, &email).await?.len(), 1, "one email");
@@ -215,5 +222,134 @@ async fn tokens_and_ownership_are_enforced() -> anyhow::Result<()> {
     assert_eq!(list["jobs"], json!([]));
     let tampered = p.http.get(format!("{}/v1/downloads/abc.def", p.gateway)).send().await?;
     assert_eq!(tampered.status(), 403);
+    p.stop().await
+}
+
+/// Whether `result` is RabbitMQ's or PostgreSQL's refusal for want of a permission.
+fn refused<T>(result: Result<T, impl std::fmt::Debug>) -> bool {
+    match result {
+        Ok(_) => false,
+        Err(e) => {
+            let text = format!("{e:?}");
+            text.contains("ACCESSREFUSED") || text.contains("ACCESS_REFUSED") || text.contains("42501")
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_service_s_own_login_is_refused_on_another_s_schema_and_queues() -> anyhow::Result<()> {
+    use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+    use tunewire_events::contract::{Owner, TrackTags};
+    use tunewire_events::topology::{self, ALL_QUEUES, SERVICES};
+    use tunewire_events::{Bus, JobConverted, MediaProgress};
+
+    // The services run with their own logins here, as in production: every schema is made.
+    let p = Pipeline::start().await?;
+    let tables = [
+        ("auth", "auth.users"),
+        ("gateway", "gateway.jobs"),
+        ("catalog-indexer", "catalog.tracks"),
+        ("notifier", "notifier.deliveries"),
+    ];
+    for (service, own) in tables {
+        let db = sqlx::PgPool::connect(&p.sandbox.database_url_for(service)?).await?;
+        let count = format!("SELECT count(*) FROM {own}");
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count))
+            .fetch_one(&db)
+            .await
+            .with_context(|| format!("{service} reads {own}"))?;
+        for (_, theirs) in tables.iter().filter(|(other, _)| *other != service) {
+            let count = format!("SELECT count(*) FROM {theirs}");
+            let read = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count)).fetch_one(&db).await;
+            assert!(refused(read), "{service} read {theirs}");
+        }
+        assert!(refused(sqlx::query("CREATE SCHEMA intruder").execute(&db).await), "{service} made a schema");
+        assert!(
+            refused(sqlx::query("CREATE TABLE public.intruder (x int)").execute(&db).await),
+            "{service} wrote public"
+        );
+        db.close().await;
+    }
+
+    for service in SERVICES {
+        let connection = Connection::connect(&p.sandbox.amqp_url_for(service), ConnectionProperties::default()).await?;
+        for queue in ALL_QUEUES.iter().filter(|q| !service.consumes.contains(q)) {
+            let channel = connection.create_channel().await?;
+            let got = channel.basic_get(queue.name.into(), BasicGetOptions { no_ack: true }).await;
+            assert!(refused(got), "{} read {}", service.user, queue.name);
+            let channel = connection.create_channel().await?;
+            let deleted = channel.queue_delete(queue.name.into(), QueueDeleteOptions::default()).await;
+            assert!(refused(deleted), "{} deleted {}", service.user, queue.name);
+        }
+        // Nor tap another's dead letters by binding its own queue to the dead-letter exchange.
+        let channel = connection.create_channel().await?;
+        let tapped = channel
+            .queue_bind(
+                service.consumes[0].name.into(),
+                topology::DEAD_LETTER_EXCHANGE.into(),
+                "gateway.job-state".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await;
+        assert!(refused(tapped), "{} bound its queue to the dead letters", service.user);
+        let channel = connection.create_channel().await?;
+        let durable = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let declared = channel
+            .exchange_declare(topology::EVENTS_EXCHANGE.into(), lapin::ExchangeKind::Topic, durable, Default::default())
+            .await;
+        assert!(refused(declared), "{} may redeclare (and so delete) the events exchange", service.user);
+        let _ = connection.close(200, "done".into()).await;
+    }
+
+    // Only the gateway vouches for outcomes: the converter may say how far it got, not that a
+    // job converted.
+    let converter = Bus::new(p.sandbox.amqp_url_for(topology::CONVERTER), "intruder");
+    let job_id = tunewire_events::JobId::new();
+    converter.publisher().await?.publish(&MediaProgress { job_id, progress: 0.5 }).await?;
+    let outcome = JobConverted(tunewire_events::MediaConverted {
+        job_id,
+        owner: Owner { id: tunewire_events::UserId::new(), email: "someone@example.com".parse()? },
+        source_filename: "x.wav".into(),
+        preset: Default::default(),
+        output: tunewire_events::contract::AudioOutput {
+            file_id: tunewire_events::FileId::from_bytes([9; 12]),
+            size: 1,
+            duration_s: 1.0,
+            bitrate: 1,
+            sample_rate: 1,
+            channels: 1,
+        },
+        tags: TrackTags::default(),
+        source_facts: Default::default(),
+    });
+    let forged = converter.publisher().await?.publish(&outcome).await;
+    assert!(refused(forged), "the converter published job.converted");
+
+    // The monitoring login sees the queues' figures, and no message.
+    let (user, password) = &p.sandbox.stack.monitor_user;
+    let queues: Vec<Value> = p
+        .http
+        .get(format!("{}/api/queues/{}", p.sandbox.stack.management_url, p.sandbox.vhost))
+        .basic_auth(user, Some(password))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert!(queues.iter().any(|q| q["name"] == "gateway.job-state"), "{queues:?}");
+    let monitor_url = p.sandbox.amqp_url.replacen(
+        &format!("{}:{}@", p.sandbox.stack.management_user.0, p.sandbox.stack.management_user.1),
+        &format!("{user}:{password}@"),
+        1,
+    );
+    let connection = Connection::connect(&monitor_url, ConnectionProperties::default()).await?;
+    let got = connection
+        .create_channel()
+        .await?
+        .basic_get("gateway.job-state".into(), BasicGetOptions { no_ack: true })
+        .await;
+    assert!(refused(got), "the monitor read a message");
+    let _ = connection.close(200, "done".into()).await;
     p.stop().await
 }

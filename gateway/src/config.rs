@@ -3,18 +3,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{required_secret_key, secret, secret_key, var};
+use tunewire_service_runtime::config::{SecretString, required_secret_key, secret, secret_key, var};
 use tunewire_signed_links::MIN_SECRET_BYTES;
 
+use crate::job_events::DEFAULT_LIMITS as STREAM_LIMITS;
 use crate::quotas::Quotas;
-use crate::upload_admission::Limits;
+use crate::upload_admission::DEFAULT_LIMITS as UPLOAD_LIMITS;
 
 #[derive(Clone)]
 pub struct Config {
     pub bind: SocketAddr,
-    pub database_url: String,
-    pub amqp_url: String,
-    pub mongodb_uri: String,
+    pub database_url: SecretString,
+    pub amqp_url: SecretString,
+    pub mongodb_uri: SecretString,
     pub mongodb_database: String,
     /// Where auth answers (register, login, JWKS).
     pub auth_url: String,
@@ -23,8 +24,8 @@ pub struct Config {
     pub token_issuer: String,
     pub token_audience: String,
     /// HMAC secret of download links, shared with the notifier; and the one before it.
-    pub link_secret: String,
-    pub link_secret_previous: Option<String>,
+    pub link_secret: SecretString,
+    pub link_secret_previous: Option<SecretString>,
     pub max_upload_bytes: u64,
     /// An upload that sends nothing for this long is refused (408) and its partial file
     /// removed: a client that declares more than it sends must not hold them forever.
@@ -34,6 +35,8 @@ pub struct Config {
     pub probe_program: PathBuf,
     pub retention: crate::retention::Policy,
     pub upload_limits: crate::upload_admission::Limits,
+    /// Job event streams open at once, per process and per user.
+    pub stream_limits: crate::places::Limits,
     pub quotas: crate::quotas::Quotas,
 }
 
@@ -65,8 +68,12 @@ impl Config {
                 every: Duration::from_secs(var("RETENTION_SWEEP_S", 300)?),
             },
             upload_limits: crate::upload_admission::Limits {
-                per_process: var("GATEWAY_UPLOADS_IN_FLIGHT", Limits::DEFAULT.per_process)?,
-                per_user: var("GATEWAY_UPLOADS_IN_FLIGHT_PER_USER", Limits::DEFAULT.per_user)?,
+                per_process: var("GATEWAY_UPLOADS_IN_FLIGHT", UPLOAD_LIMITS.per_process)?,
+                per_user: var("GATEWAY_UPLOADS_IN_FLIGHT_PER_USER", UPLOAD_LIMITS.per_user)?,
+            },
+            stream_limits: crate::places::Limits {
+                per_process: var("GATEWAY_EVENT_STREAMS", STREAM_LIMITS.per_process)?,
+                per_user: var("GATEWAY_EVENT_STREAMS_PER_USER", STREAM_LIMITS.per_user)?,
             },
             quotas: Quotas {
                 jobs_in_progress: var("GATEWAY_QUOTA_JOBS_IN_PROGRESS", Quotas::DEFAULT.jobs_in_progress)?,
@@ -79,9 +86,9 @@ impl Config {
     pub fn local(database_url: String, amqp_url: String, mongodb_uri: String, mongodb_database: String) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url,
-            amqp_url,
-            mongodb_uri,
+            database_url: database_url.into(),
+            amqp_url: amqp_url.into(),
+            mongodb_uri: mongodb_uri.into(),
             mongodb_database,
             auth_url: "http://127.0.0.1:8081".into(),
             catalog_url: "http://127.0.0.1:8082".into(),
@@ -97,7 +104,8 @@ impl Config {
                 outputs: Duration::from_secs(7 * 24 * 3600),
                 every: Duration::from_secs(300),
             },
-            upload_limits: Limits::DEFAULT,
+            upload_limits: UPLOAD_LIMITS,
+            stream_limits: STREAM_LIMITS,
             quotas: Quotas::DEFAULT,
         }
     }

@@ -1,62 +1,177 @@
 //! `GET /v1/jobs/{id}/events`: Server-Sent Events with the job's state and progress until it
-//! ends. Each stream polls the job's row (cheap, by primary key) and sends what changed, so
-//! any gateway replica can serve any job whichever replica consumed its events.
+//! ends. One poller per process reads every followed job in one query and fans the changes
+//! out, so a thousand streams cost the database what one does; reading the rows (not events
+//! this replica consumed) lets any replica serve any job.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::JobId;
+use tunewire_events::{JobId, UserId};
+use tunewire_service_runtime::ApiError;
+use warp::http::StatusCode;
 use warp::sse::Event;
 
-use crate::caller::Caller;
 use crate::jobs;
-use crate::routes::State;
+use crate::places::{Full, Limits, Place, Places};
 
-const POLL: Duration = Duration::from_millis(250);
+/// How often the followed jobs are read.
+pub const POLL: Duration = Duration::from_millis(250);
 const TERMINAL: [&str; 3] = ["converted", "failed", "expired"];
+/// When a refused client should try again: streams end when their jobs do.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-fn event(name: &str, job: &Value) -> Event {
-    Event::default().event(name).json_data(job).unwrap_or_else(|_| Event::default().event(name))
+/// Streams open at once: per process (each is a connection and a small task) and per user.
+pub const DEFAULT_LIMITS: Limits = Limits { per_process: 1024, per_user: 16 };
+
+#[derive(Debug, Clone, PartialEq)]
+enum Change {
+    Job(Value),
+    Deleted,
 }
 
-/// The event stream for a job the caller may see; the first event is sent at once.
-pub fn follow(
-    state: State,
-    id: JobId,
-    caller: Caller,
-    first: Value,
-    shutdown: CancellationToken,
-) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + Sync + 'static {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(8);
-    tokio::spawn(async move {
-        let mut last = first;
-        if tx.send(Ok(event("job", &last))).await.is_err() {
-            return;
+impl Change {
+    /// When the row was last changed; `None` for a deleted job (nothing is newer).
+    fn updated_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Change::Job(job) => job["updated_at"].as_str().and_then(|t| t.parse().ok()),
+            Change::Deleted => None,
         }
-        while !TERMINAL.contains(&last["state"].as_str().unwrap_or_default()) {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tx.closed() => return,
-                _ = tokio::time::sleep(POLL) => {}
+    }
+
+    fn is_last(&self) -> bool {
+        match self {
+            Change::Job(job) => TERMINAL.contains(&job["state"].as_str().unwrap_or_default()),
+            Change::Deleted => true,
+        }
+    }
+
+    fn event(&self, id: JobId) -> Event {
+        match self {
+            Change::Job(job) => {
+                Event::default().event("job").json_data(job).unwrap_or_else(|_| Event::default().event("job"))
             }
-            match jobs::get(&state.db, id, &caller).await {
-                Ok(Some(job)) if job != last => {
-                    last = job;
-                    if tx.send(Ok(event("job", &last))).await.is_err() {
-                        return;
+            Change::Deleted => Event::default().event("deleted").data(id.to_string()),
+        }
+    }
+}
+
+/// The jobs someone follows, each with the last version read.
+pub struct JobEvents {
+    places: Places,
+    followed: Mutex<HashMap<JobId, watch::Sender<Change>>>,
+}
+
+impl JobEvents {
+    pub fn new(limits: Limits) -> Self {
+        Self { places: Places::new(limits), followed: Mutex::new(HashMap::new()) }
+    }
+
+    /// A place for one more stream of `user`'s, or the refusal to send.
+    pub fn admit(&self, user: &UserId) -> Result<Place, ApiError> {
+        self.places.take(user).map_err(|full| {
+            let (code, message) = match full {
+                Full::User(count) => (
+                    "too_many_streams",
+                    format!("you follow {count} jobs' events, the most one user may at once; close one first"),
+                ),
+                Full::Process(limit) => {
+                    ("server_busy", format!("this server serves {limit} event streams, its limit; try again shortly"))
+                }
+            };
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(RETRY_AFTER)
+        })
+    }
+
+    /// The event stream of a job the caller may see, whose row reads `first`; the first event
+    /// is sent at once, the stream ends with the job (or with the server).
+    pub fn follow(
+        &self,
+        id: JobId,
+        first: Value,
+        place: Place,
+        shutdown: CancellationToken,
+    ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + Sync + 'static {
+        let first = Change::Job(first);
+        let changes = if first.is_last() {
+            watch::channel(first).1
+        } else {
+            let mut followed = self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let changes = followed.entry(id).or_insert_with(|| watch::channel(first.clone()).0);
+            // The row just read may be newer than the poller's last reading.
+            changes.send_if_modified(|last| {
+                let newer = first.updated_at() > last.updated_at();
+                if newer {
+                    *last = first;
+                }
+                newer
+            });
+            changes.subscribe()
+        };
+        // `None` once the last event is sent; the first event, whatever was last read, is sent
+        // without waiting.
+        let start = Some((changes, false, place));
+        futures_util::stream::unfold(start, move |next| {
+            let shutdown = shutdown.clone();
+            async move {
+                let (mut changes, waits, place) = next?;
+                if waits {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        changed = changes.changed() => changed.ok()?,
                     }
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    let _ = tx.send(Ok(Event::default().event("deleted").data(id.to_string()))).await;
-                    return;
+                let change = changes.borrow_and_update().clone();
+                let next = (!change.is_last()).then_some((changes, true, place));
+                Some((Ok(change.event(id)), next))
+            }
+        })
+    }
+
+    /// Reads every followed job each `POLL` and tells its streams what changed, until
+    /// `shutdown`; jobs no stream follows any more are forgotten.
+    pub async fn poll(&self, db: PgPool, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            let ids: Vec<JobId> = {
+                let mut followed = self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                followed.retain(|_, changes| changes.receiver_count() > 0);
+                followed.keys().copied().collect()
+            };
+            if ids.is_empty() {
+                continue;
+            }
+            let rows = match jobs::get_many(&db, &ids).await {
+                Ok(rows) => rows.into_iter().collect::<HashMap<_, _>>(),
+                // The database will be back; the streams stay open meanwhile.
+                Err(e) => {
+                    tracing::warn!(jobs = ids.len(), error = %e, "job events: reading the followed jobs failed");
+                    continue;
                 }
-                // The database will be back; the client keeps its stream meanwhile.
-                Err(e) => tracing::warn!(job_id = %id, error = %e, "job events: reading the job failed"),
+            };
+            let mut followed = self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            for id in ids {
+                let Some(changes) = followed.get(&id) else { continue };
+                let change = rows.get(&id).map_or(Change::Deleted, |job| Change::Job(job.clone()));
+                changes.send_if_modified(|last| {
+                    let modified = *last != change;
+                    *last = change.clone();
+                    modified
+                });
+                // Its streams end with it: dropping the sender lets them read this last change
+                // and then stop.
+                if change.is_last() {
+                    followed.remove(&id);
+                }
             }
         }
-    });
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
 }

@@ -2,13 +2,23 @@
 //!
 //! An event is a claim, not proof: anything that can publish on the bus could send one. A
 //! `media.converted` is applied only when the file it names is the output the store has
-//! claimed for that job, so no event can point a job at another user's file.
+//! claimed for that job, so no event can point a job at another user's file; and an outcome
+//! applied is passed on to the notifier as `job.*` with the job's own owner, so no event can
+//! get a link mailed to an address it names.
+
+use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tunewire_events::{HandleError, HandleResultExt, Incoming, JobUpdate};
 use tunewire_media_store::{Bucket, MediaStore};
 
-pub async fn handle(db: PgPool, store: MediaStore, msg: Incoming<JobUpdate>) -> Result<(), HandleError> {
+pub async fn handle(
+    db: PgPool,
+    store: MediaStore,
+    outbox_wake: Arc<Notify>,
+    msg: Incoming<JobUpdate>,
+) -> Result<(), HandleError> {
     if let JobUpdate::Converted(converted) = &msg.event {
         let claimed = store.output_of(Bucket::Audio, converted.job_id).await.or_retry("looking up the job's output")?;
         if claimed.as_ref() != Some(&converted.output.file_id) {
@@ -21,5 +31,8 @@ pub async fn handle(db: PgPool, store: MediaStore, msg: Incoming<JobUpdate>) -> 
             return Ok(());
         }
     }
-    crate::jobs::apply(&db, &msg.event).await.or_retry("updating the job")
+    if crate::jobs::apply(&db, &msg.event).await.or_retry("updating the job")? {
+        outbox_wake.notify_one();
+    }
+    Ok(())
 }

@@ -5,7 +5,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use tunewire_events::contract::JobUpdate;
-use tunewire_events::{Event, JobId, MediaDeleted, MediaExpired, MediaUploaded, UserId};
+use tunewire_events::contract::Owner;
+use tunewire_events::{
+    Event, JobConverted, JobFailed, JobId, MediaConverted, MediaDeleted, MediaExpired, MediaFailed, MediaUploaded,
+    UserId,
+};
 
 use crate::caller::Caller;
 use crate::quotas::{Exceeded, Quotas, Usage};
@@ -130,6 +134,15 @@ pub async fn get(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Value
     let row =
         sqlx::query(sql).bind(id.as_uuid()).bind(caller.id.as_uuid()).bind(caller.admin).fetch_optional(db).await?;
     row.as_ref().map(to_json).transpose()
+}
+
+/// The jobs among `ids` that still exist, whoever owns them: for event streams whose caller
+/// was checked when they began.
+pub async fn get_many(db: &PgPool, ids: &[JobId]) -> Result<Vec<(JobId, Value)>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(JobId::as_uuid).collect();
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM gateway.jobs WHERE id = ANY($1)"));
+    let rows = sqlx::query(sql).bind(&ids).fetch_all(db).await?;
+    rows.iter().map(|row| Ok((JobId::from(row.try_get::<uuid::Uuid, _>("id")?), to_json(row)?))).collect()
 }
 
 /// Where a page of `list` ends: the last job's creation time and id.
@@ -276,33 +289,78 @@ pub async fn outputs_expired(db: &PgPool, file_ids: &[String]) -> Result<u64, sq
 }
 
 /// Applies a pipeline event. States only move forward, so redelivered or reordered events
-/// change nothing they should not.
-pub async fn apply(db: &PgPool, update: &JobUpdate) -> Result<(), sqlx::Error> {
-    let query = match update {
-        JobUpdate::Progress(p) => sqlx::query(
-            "UPDATE gateway.jobs SET state = 'converting', progress = GREATEST(progress, $2), updated_at = now()
-             WHERE id = $1 AND state IN ('queued', 'converting')",
-        )
-        .bind(p.job_id.as_uuid())
-        .bind(p.progress.clamp(0.0, 1.0)),
-        JobUpdate::Converted(c) => sqlx::query(
-            "UPDATE gateway.jobs SET state = 'converted', progress = 1, output_file_id = $2, output_duration_s = $3,
-                    output_bitrate = $4, error = NULL, updated_at = now()
-             WHERE id = $1 AND state IN ('queued', 'converting')",
-        )
-        .bind(c.job_id.as_uuid())
-        .bind(c.output.file_id.as_str())
-        .bind(c.output.duration_s)
-        .bind(c.output.bitrate as i32),
-        JobUpdate::Failed(f) => sqlx::query(
-            "UPDATE gateway.jobs SET state = 'failed', error = $2, updated_at = now()
-             WHERE id = $1 AND state IN ('queued', 'converting')",
-        )
-        .bind(f.job_id.as_uuid())
-        .bind(&f.reason),
-        JobUpdate::Catalogued(c) => sqlx::query("UPDATE gateway.jobs SET tags = $2, updated_at = now() WHERE id = $1")
-            .bind(c.job_id.as_uuid())
-            .bind(json!(c.tags)),
+/// change nothing they should not; an outcome naming another owner than the job's changes
+/// nothing either. An outcome that moves its job on is queued again as
+/// `job.converted` or `job.failed` with the job's own owner and source name, in the same
+/// transaction; returns whether it was.
+pub async fn apply(db: &PgPool, update: &JobUpdate) -> Result<bool, sqlx::Error> {
+    const RETURNING: &str = "RETURNING owner_id, owner_email, source_filename";
+    let mut tx = db.begin().await?;
+    let ended: Option<(uuid::Uuid, String, String)> = match update {
+        JobUpdate::Progress(p) => {
+            sqlx::query(
+                "UPDATE gateway.jobs SET state = 'converting', progress = GREATEST(progress, $2), updated_at = now()
+                 WHERE id = $1 AND state IN ('queued', 'converting')",
+            )
+            .bind(p.job_id.as_uuid())
+            .bind(p.progress.clamp(0.0, 1.0))
+            .execute(&mut *tx)
+            .await?;
+            None
+        }
+        JobUpdate::Converted(c) => {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE gateway.jobs SET state = 'converted', progress = 1, output_file_id = $2, output_duration_s = $3,
+                        output_bitrate = $4, error = NULL, updated_at = now()
+                 WHERE id = $1 AND state IN ('queued', 'converting') AND owner_id = $5 AND owner_email = $6 {RETURNING}"
+            ));
+            sqlx::query_as(sql)
+                .bind(c.job_id.as_uuid())
+                .bind(c.output.file_id.as_str())
+                .bind(c.output.duration_s)
+                .bind(c.output.bitrate as i32)
+                .bind(c.owner.id.as_uuid())
+                .bind(c.owner.email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        JobUpdate::Failed(f) => {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "UPDATE gateway.jobs SET state = 'failed', error = $2, updated_at = now()
+                 WHERE id = $1 AND state IN ('queued', 'converting') AND owner_id = $3 AND owner_email = $4 {RETURNING}"
+            ));
+            sqlx::query_as(sql)
+                .bind(f.job_id.as_uuid())
+                .bind(&f.reason)
+                .bind(f.owner.id.as_uuid())
+                .bind(f.owner.email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        JobUpdate::Catalogued(c) => {
+            sqlx::query("UPDATE gateway.jobs SET tags = $2, updated_at = now() WHERE id = $1")
+                .bind(c.job_id.as_uuid())
+                .bind(json!(c.tags))
+                .execute(&mut *tx)
+                .await?;
+            None
+        }
     };
-    query.execute(db).await.map(|_| ())
+    let Some((owner_id, owner_email, source_filename)) = ended else {
+        tx.commit().await?;
+        return Ok(false);
+    };
+    let owner =
+        Owner { id: UserId::from(owner_id), email: owner_email.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))? };
+    match update {
+        JobUpdate::Converted(c) => {
+            enqueue(&mut tx, &JobConverted(MediaConverted { owner, source_filename, ..c.clone() })).await?
+        }
+        JobUpdate::Failed(f) => {
+            enqueue(&mut tx, &JobFailed(MediaFailed { owner, source_filename, ..f.clone() })).await?
+        }
+        JobUpdate::Progress(_) | JobUpdate::Catalogued(_) => {}
+    }
+    tx.commit().await?;
+    Ok(true)
 }

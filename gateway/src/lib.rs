@@ -11,6 +11,7 @@ pub mod job_state;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
+pub mod places;
 pub mod probe;
 pub mod quotas;
 pub mod retention;
@@ -20,6 +21,7 @@ pub mod upload_admission;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tunewire_service_runtime::config::ExposeSecret;
 
 use prometheus_client::registry::Registry;
 use sqlx::postgres::PgPool;
@@ -82,20 +84,21 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = SCHEMA.connect(&config.database_url, 20).await?;
+    let db = SCHEMA.connect(config.database_url.expose_secret(), 20).await?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
-        MediaStore::connect(&config.mongodb_uri, &config.mongodb_database)
+        MediaStore::connect(config.mongodb_uri.expose_secret(), &config.mongodb_database)
     })
     .await?;
-    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "gateway"));
+    let bus = Arc::new(Bus::new(config.amqp_url.expose_secret(), "gateway"));
     let http = reqwest::Client::builder().build()?;
     let verifier =
         caller::TokenVerifier::new(&config.auth_url, &config.token_issuer, &config.token_audience, http.clone());
     let links = LinkSigner::new(
-        config.link_secret.clone().into_bytes(),
-        config.link_secret_previous.clone().map(String::into_bytes),
+        config.link_secret.expose_secret().as_bytes().to_vec(),
+        config.link_secret_previous.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()),
     );
     let outbox_wake = Arc::new(Notify::new());
+    let job_events = Arc::new(job_events::JobEvents::new(config.stream_limits));
     let mut registry = Registry::default();
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let state = routes::State {
@@ -109,6 +112,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         uploads: Arc::new(upload_admission::UploadAdmission::new(config.upload_limits)),
+        job_events: job_events.clone(),
         drains: Arc::new(tokio::sync::Semaphore::new(upload::DRAINS_AT_ONCE)),
         probes: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -127,10 +131,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(%addr, "gateway listening");
     let server = tunewire_service_runtime::spawn_server(listener, api, shutdown.clone());
     tokio::spawn(verifier.clone().follow_revocations(shutdown.clone()));
+    let (poll_db, poll_shutdown) = (db.clone(), shutdown.clone());
+    tokio::spawn(async move { job_events.poll(poll_db, poll_shutdown).await });
+    let job_wake = outbox_wake.clone();
     let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, relay_metrics, shutdown.clone()));
     let retention = tokio::spawn(retention::run(db.clone(), store.clone(), config.retention, shutdown.clone()));
     let task = tokio::spawn(async move {
-        let handler = move |msg| job_state::handle(db.clone(), store.clone(), msg);
+        let handler = move |msg| job_state::handle(db.clone(), store.clone(), job_wake.clone(), msg);
         bus.consume(GATEWAY_QUEUE, 32, handler, shutdown).await;
         let _ = relay.await;
         let _ = retention.await;

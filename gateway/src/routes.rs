@@ -39,6 +39,7 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
     pub uploads: Arc<crate::upload_admission::UploadAdmission>,
+    pub job_events: Arc<job_events::JobEvents>,
     /// Refused uploads whose bodies are being drained.
     pub drains: Arc<tokio::sync::Semaphore>,
     /// Probes running at once.
@@ -320,6 +321,7 @@ async fn me(caller: Caller, state: State) -> Result<Response, ApiError> {
     let usage = Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
     let mut quotas = usage.to_json(&state.config.quotas);
     quotas["uploads_in_flight"] = json!({"limit": state.config.upload_limits.per_user});
+    quotas["event_streams"] = json!({"limit": state.config.stream_limits.per_user});
     let body = json!({"id": caller.id, "email": caller.email, "role": role, "quotas": quotas});
     Ok(warp::reply::json(&body).into_response())
 }
@@ -398,12 +400,13 @@ async fn delete_job(id: String, caller: Caller, state: State) -> Result<Response
 
 async fn job_events(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
+    // Before the database: a refused stream costs it nothing.
+    let place = state.job_events.admit(&caller.id)?;
     let first = jobs::get(&state.db, id, &caller)
         .await
         .map_err(|e| ApiError::unavailable("database_unavailable", e))?
         .ok_or_else(|| ApiError::not_found("job"))?;
-    let shutdown = state.shutdown.clone();
-    let stream = job_events::follow(state, id, caller, first, shutdown);
+    let stream = state.job_events.follow(id, first, place, state.shutdown.clone());
     Ok(warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(stream)).into_response())
 }
 

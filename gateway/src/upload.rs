@@ -20,10 +20,10 @@ use warp::{Reply, reply::Response};
 
 use crate::caller::Caller;
 use crate::jobs::{self, CreateError, Created};
+use crate::places::Place as UploadPlace;
 use crate::probe::{self, ProbeError, Verdict};
 use crate::quotas::Usage;
 use crate::routes::State;
-use crate::upload_admission::UploadPlace;
 
 /// What the client says about the file besides its bytes.
 #[derive(Debug, Default, Deserialize)]

@@ -1,5 +1,6 @@
-//! The gateway's door under pressure: uploads in flight capped per user, and refusals that
-//! reach clients which send their whole body before reading the answer.
+//! The gateway's door under pressure: uploads in flight and event streams capped per user and
+//! per process, and refusals that reach clients which send their whole body before reading the
+//! answer.
 
 mod support;
 
@@ -7,9 +8,16 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future::join_all;
 use serde_json::Value;
 use support::{Gateway, Options};
-use tunewire_gateway::upload_admission::Limits;
+use tunewire_events::MediaFailed;
+use tunewire_events::contract::Owner;
+use tunewire_gateway::places::Limits;
+use tunewire_gateway::upload_admission::DEFAULT_LIMITS as UPLOAD_LIMITS;
+use tunewire_service_runtime::config::ExposeSecret;
+use tunewire_test_stack::bench::MeasuredService;
+use tunewire_test_stack::eventually;
 
 /// Sends `head` and then `body` in full over a plain socket before reading a byte, as
 /// Python's urllib does, and returns the status line and the body of the answer.
@@ -173,7 +181,7 @@ async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_
     let quotas = me(user.token.clone()).await?["quotas"].clone();
     assert_eq!(quotas["jobs_in_progress"], serde_json::json!({"used": 0, "limit": 2}));
     assert_eq!(quotas["stored_bytes"], serde_json::json!({"used": 0, "limit": 200_000}));
-    assert_eq!(quotas["uploads_in_flight"]["limit"], Limits::DEFAULT.per_user);
+    assert_eq!(quotas["uploads_in_flight"]["limit"], UPLOAD_LIMITS.per_user);
 
     // A 1 s tone at 22.05 kHz mono is about 44 KB: two fit the bytes, a 5 s one does not.
     let big = g.tone("big.wav", 5, 9)?;
@@ -228,5 +236,120 @@ async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_
     }
     statuses.sort();
     assert_eq!(statuses, [202, 202, 429, 429]);
+    g.stop().await
+}
+
+/// The gateway binary as a process of its own, on the support's sandbox and auth, so that its
+/// memory can be read.
+async fn gateway_process(g: &Gateway, env: &[(&str, &str)]) -> anyhow::Result<MeasuredService> {
+    let c = &g.config;
+    let mut all = vec![
+        ("DATABASE_URL", c.database_url.expose_secret()),
+        ("AMQP_URL", c.amqp_url.expose_secret()),
+        ("MONGODB_URI", c.mongodb_uri.expose_secret()),
+        ("MONGODB_DATABASE", c.mongodb_database.as_str()),
+        ("AUTH_URL", c.auth_url.as_str()),
+        ("LINK_SECRET", c.link_secret.expose_secret()),
+    ];
+    all.extend_from_slice(env);
+    MeasuredService::spawn(env!("CARGO_BIN_EXE_tunewire-gateway"), "GATEWAY_BIND", &all).await
+}
+
+/// A thousand streams are a thousand sockets on each side (the child gateway inherits the
+/// limit): the soft limit on open files goes up to the hard one, as a server's would be set.
+fn raise_open_files_limit() -> anyhow::Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls on a struct of ours.
+    unsafe {
+        anyhow::ensure!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0, "getrlimit failed");
+        limit.rlim_cur = limit.rlim_max;
+        anyhow::ensure!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0, "setrlimit failed");
+    }
+    anyhow::ensure!(
+        limit.rlim_cur >= 2500,
+        "the hard limit on open files ({}) is below the test's 2,500",
+        limit.rlim_cur
+    );
+    Ok(())
+}
+
+/// Sorts answers into streams kept open and refusals, checking each refusal's body.
+async fn sort_answers(
+    answers: Vec<reqwest::Result<reqwest::Response>>,
+    refusal: &str,
+) -> anyhow::Result<(Vec<reqwest::Response>, usize)> {
+    let (mut streams, mut refused) = (Vec::new(), 0);
+    for answer in answers {
+        let r = answer?;
+        match r.status().as_u16() {
+            200 => streams.push(r),
+            429 => {
+                let retry_after: u64 = r.headers().get("retry-after").context("Retry-After")?.to_str()?.parse()?;
+                let body: Value = r.json().await?;
+                assert_eq!(body["error"], refusal, "{body}");
+                assert_eq!(body["retry_after_s"], retry_after);
+                refused += 1;
+            }
+            other => anyhow::bail!("a stream answered {other}: {}", r.text().await?),
+        }
+    }
+    Ok((streams, refused))
+}
+
+#[tokio::test]
+async fn a_thousand_event_streams_get_their_share_and_the_rest_429_in_bounded_memory() -> anyhow::Result<()> {
+    const PER_USER: usize = 16;
+    const PER_PROCESS: usize = 24;
+    /// The gateway's pod limit is 512 MiB; an idle debug gateway takes about 40.
+    const BOUND_MIB: u64 = 160;
+    raise_open_files_limit()?;
+    let g = Gateway::start().await?;
+    let gateway = gateway_process(
+        &g,
+        &[
+            ("GATEWAY_EVENT_STREAMS", &PER_PROCESS.to_string()),
+            ("GATEWAY_EVENT_STREAMS_PER_USER", &PER_USER.to_string()),
+        ],
+    )
+    .await?;
+    let (ann, bob) = (g.user().await?, g.user().await?);
+    // No converter here: both jobs stay queued, so their streams stay open.
+    let ann_job = g.accepted(&ann.token, &g.tone("a.wav", 1, 1)?, &[]).await?;
+    let bob_job = g.accepted(&bob.token, &g.tone("b.wav", 1, 2)?, &[]).await?;
+    let idle = gateway.peak_rss_mib()?;
+    let http = reqwest::Client::new();
+    let open =
+        |token: &str, job: &str| http.get(format!("{}/v1/jobs/{job}/events", gateway.url)).bearer_auth(token).send();
+
+    let answers = join_all((0..1000).map(|_| open(&ann.token, &ann_job))).await;
+    let (ann_streams, refused) = sort_answers(answers, "too_many_streams").await?;
+    assert_eq!((ann_streams.len(), refused), (PER_USER, 1000 - PER_USER));
+    // The process has PER_PROCESS - PER_USER places left for everyone else.
+    let answers = join_all((0..10).map(|_| open(&bob.token, &bob_job))).await;
+    let (bob_streams, refused) = sort_answers(answers, "server_busy").await?;
+    assert_eq!((bob_streams.len(), refused), (PER_PROCESS - PER_USER, 10 - (PER_PROCESS - PER_USER)));
+    let peak = gateway.peak_rss_mib()?;
+
+    // Every one of Ann's streams hears her job end, and then ends.
+    let failed = MediaFailed {
+        job_id: ann_job.parse()?,
+        owner: Owner { id: ann.id.parse()?, email: ann.email.parse()? },
+        source_filename: "a.wav".into(),
+        reason: "stands in for a converter".into(),
+    };
+    g.bus.publisher().await?.publish(&failed).await?;
+    for jobs in join_all(ann_streams.into_iter().map(support::job_events)).await {
+        let jobs = jobs?;
+        assert_eq!(jobs.first().map(|j| j["state"].clone()), Some("queued".into()));
+        assert_eq!(jobs.last().map(|j| j["state"].clone()), Some("failed".into()), "{jobs:?}");
+    }
+    // Their places are given back: Bob, refused before, is served now.
+    eventually("a place for Bob", support::DEADLINE, || async {
+        Ok((open(&bob.token, &bob_job).await?.status() == 200).then_some(()))
+    })
+    .await?;
+    println!("gateway peak RSS: {idle} MiB idle, {peak} MiB after 1010 event streams asked for ({BOUND_MIB} bound)");
+    assert!(peak < BOUND_MIB, "peak RSS {peak} MiB");
+    drop(bob_streams);
     g.stop().await
 }

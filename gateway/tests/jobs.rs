@@ -6,11 +6,10 @@ mod support;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use serde_json::Value;
 use support::{Gateway, Options};
 use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
-use tunewire_events::topology::GATEWAY_QUEUE;
+use tunewire_events::topology::{GATEWAY_QUEUE, NOTIFIER_QUEUE};
 use tunewire_events::{FileId, MediaConverted, Preset};
 use tunewire_media_store::Bucket;
 use tunewire_test_stack::eventually;
@@ -81,31 +80,6 @@ async fn jobs_are_paged_by_cursor_and_filtered_by_state() -> anyhow::Result<()> 
     g.stop().await
 }
 
-/// The `data:` of each `event: job` in an SSE body, until the stream ends.
-async fn job_events(response: reqwest::Response) -> anyhow::Result<Vec<Value>> {
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    while let Some(chunk) = tokio::time::timeout(support::DEADLINE, body.next()).await? {
-        text.push_str(std::str::from_utf8(&chunk?)?);
-    }
-    let mut events = Vec::new();
-    for block in text.split("\n\n") {
-        let mut name = None;
-        let mut data = String::new();
-        for line in block.lines() {
-            if let Some(n) = line.strip_prefix("event:") {
-                name = Some(n.trim().to_string());
-            } else if let Some(d) = line.strip_prefix("data:") {
-                data.push_str(d.trim());
-            }
-        }
-        if name.as_deref() == Some("job") {
-            events.push(serde_json::from_str(&data)?);
-        }
-    }
-    Ok(events)
-}
-
 #[tokio::test]
 async fn job_events_stream_state_and_progress_until_the_job_ends() -> anyhow::Result<()> {
     let g = Gateway::start_with(Options { converter: true, ..Default::default() }).await?;
@@ -114,7 +88,7 @@ async fn job_events_stream_state_and_progress_until_the_job_ends() -> anyhow::Re
     let r = g.http.get(g.at(&format!("/v1/jobs/{id}/events"))).bearer_auth(&user.token).send().await?;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("text/event-stream"));
-    let events = job_events(r).await?;
+    let events = support::job_events(r).await?;
     let states: Vec<&str> = events.iter().filter_map(|e| e["state"].as_str()).collect();
     assert_eq!(states.last(), Some(&"converted"), "{states:?}");
     let progress: Vec<f64> = events.iter().filter_map(|e| e["progress"].as_f64()).collect();
@@ -188,8 +162,28 @@ fn converted_event(job: &str, owner: &support::User, file: &FileId) -> anyhow::R
     })
 }
 
+/// Waits until the gateway has acknowledged `count` events and relayed every row of its
+/// outbox, then takes what reached the notifier's queue: `job.*` outcomes the gateway vouches
+/// for (no notifier runs here).
+async fn outcomes_after(g: &Gateway, count: u64) -> anyhow::Result<Vec<Value>> {
+    eventually("the gateway has handled the events", support::DEADLINE, || async {
+        Ok((g.sandbox.queue_stat(GATEWAY_QUEUE.name, "ack").await? >= count).then_some(()))
+    })
+    .await?;
+    // An outcome is queued in the same transaction as the job's change, before the ack.
+    let db = sqlx::PgPool::connect(&g.sandbox.database_url).await?;
+    eventually("the outbox relayed", support::DEADLINE, || async {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.outbox").fetch_one(&db).await?;
+        Ok((rows == 0).then_some(()))
+    })
+    .await?;
+    db.close().await;
+    g.sandbox.take(NOTIFIER_QUEUE.name, 100).await
+}
+
 #[tokio::test]
-async fn a_published_event_naming_another_job_s_file_changes_nothing() -> anyhow::Result<()> {
+async fn a_published_event_naming_another_job_s_file_or_another_address_changes_nothing_and_mails_no_one()
+-> anyhow::Result<()> {
     let g = Gateway::start().await?;
     let (victim, attacker) = (g.user().await?, g.user().await?);
     let theirs = g.accepted(&victim.token, &g.tone("v.wav", 1, 1)?, &[]).await?;
@@ -199,16 +193,28 @@ async fn a_published_event_naming_another_job_s_file_changes_nothing() -> anyhow
     let publisher = g.bus.publisher().await?;
     // The attacker's job pointed at the victim's MP3: not the output the store holds for it.
     publisher.publish(&converted_event(&mine, &attacker, &their_file)?).await?;
-    eventually("the gateway has handled the forged event", support::DEADLINE, || async {
-        Ok((g.sandbox.queue_stat(GATEWAY_QUEUE.name, "ack").await? >= 1).then_some(()))
-    })
-    .await?;
+    // The victim's job, with its real output, but the attacker's address as the owner's.
+    let mut redirected = converted_event(&theirs, &victim, &their_file)?;
+    redirected.owner.email = attacker.email.parse()?;
+    publisher.publish(&redirected).await?;
+    assert_eq!(outcomes_after(&g, 2).await?, Vec::<Value>::new(), "a forged event was passed on to the notifier");
     assert_eq!(g.job(&attacker.token, &mine).await?["state"], "queued", "the forged event changed the job");
-    // Then the converter's real event for the attacker's job.
+    assert_eq!(g.job(&victim.token, &theirs).await?["state"], "queued", "the redirected event changed the job");
+
+    // Then the converter's real event for the attacker's job: applied, and passed on with the
+    // job's own owner.
     g.store.claim_output(Bucket::Audio, mine.parse()?, &my_file).await?;
     publisher.publish(&converted_event(&mine, &attacker, &my_file)?).await?;
     let job = g.wait_for_state(&attacker.token, &mine, "converted").await?;
     assert_eq!(job["output"]["file_id"], my_file.to_string());
+    let outcomes = outcomes_after(&g, 3).await?;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0]["job_id"], mine);
+    assert_eq!(outcomes[0]["owner"]["email"], attacker.email);
+    assert_eq!(outcomes[0]["output"]["file_id"], my_file.to_string());
+    // Announced again (a redelivered job), it is passed on no second time.
+    publisher.publish(&converted_event(&mine, &attacker, &my_file)?).await?;
+    assert_eq!(outcomes_after(&g, 4).await?, Vec::<Value>::new(), "a repeated outcome was passed on again");
     assert_eq!(g.job(&victim.token, &theirs).await?["state"], "queued");
     g.stop().await
 }

@@ -98,8 +98,8 @@ async fn after_rotating_to_rs256_tokens_from_the_old_key_still_work() -> anyhow:
     let (old_for_auth, new_for_auth) = (old.clone(), new.clone());
     let g = Gateway::start_with(Options {
         auth_tweak: Box::new(move |c| {
-            c.signing_key_pem = Some(new_for_auth);
-            c.previous_signing_key_pem = Some(old_for_auth);
+            c.signing_key_pem = Some(new_for_auth.into());
+            c.previous_signing_key_pem = Some(old_for_auth.into());
         }),
         ..Default::default()
     })

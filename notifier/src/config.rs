@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{required_secret_key, secret, var};
+use tunewire_service_runtime::config::{SecretString, required_secret_key, secret, var};
 use tunewire_signed_links::MIN_SECRET_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,13 +26,13 @@ impl std::str::FromStr for SmtpTls {
 #[derive(Clone)]
 pub struct Config {
     pub health_bind: SocketAddr,
-    pub database_url: String,
-    pub amqp_url: String,
+    pub database_url: SecretString,
+    pub amqp_url: SecretString,
     pub smtp_host: String,
     pub smtp_port: u16,
     pub smtp_tls: SmtpTls,
-    pub smtp_username: Option<String>,
-    pub smtp_password: Option<String>,
+    pub smtp_username: Option<SecretString>,
+    pub smtp_password: Option<SecretString>,
     /// Per SMTP command; a stuck server fails the attempt instead of holding a consumer.
     pub smtp_timeout_s: u64,
     /// Open SMTP connections kept for reuse.
@@ -40,7 +40,7 @@ pub struct Config {
     pub mail_from: String,
     /// The gateway's public address, for links in emails.
     pub public_url: String,
-    pub link_secret: String,
+    pub link_secret: SecretString,
     pub link_ttl_h: i64,
     /// A delivery claimed longer ago than this is from a notifier that died mid-send and may
     /// be taken over (sending that email again). Longer than one SMTP conversation can last.
@@ -79,8 +79,8 @@ impl Config {
     ) -> Self {
         Self {
             health_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url,
-            amqp_url,
+            database_url: database_url.into(),
+            amqp_url: amqp_url.into(),
             smtp_host,
             smtp_port,
             smtp_tls: SmtpTls::None,
@@ -90,7 +90,7 @@ impl Config {
             smtp_pool_size: 4,
             mail_from: "Tunewire <noreply@tunewire.test>".into(),
             public_url: "http://127.0.0.1:8080".into(),
-            link_secret,
+            link_secret: link_secret.into(),
             link_ttl_h: 24,
             claim_lease_s: 120,
         }

@@ -181,6 +181,10 @@ impl Notifier {
             Outcome::Converted(c) => (c.job_id, "converted", &c.owner),
             Outcome::Failed(f) => (f.job_id, "failed", &f.owner),
             Outcome::Deleted(d) => return self.cancel(d.job_id).await,
+            Outcome::Unvouched { routing_key } => {
+                warn!(%routing_key, "an outcome the gateway has not checked; not mailed (rerun tunewire-setup to remove its binding)");
+                return Ok(());
+            }
         };
         match self.claim(job, kind, owner.email.as_str()).await? {
             Claim::Won => {}
@@ -221,7 +225,7 @@ impl Notifier {
                 self.templates.converted(c, &link, expires)
             }
             Outcome::Failed(f) => self.templates.failed(f),
-            Outcome::Deleted(_) => return Sent::Recorded,
+            Outcome::Deleted(_) | Outcome::Unvouched { .. } => return Sent::Recorded,
         }
         .or_abort("rendering the email");
         let content = match content {

@@ -10,6 +10,7 @@ pub mod smtp_check;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tunewire_service_runtime::config::ExposeSecret;
 
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, Tokio1Executor};
@@ -35,7 +36,8 @@ pub fn mailer(config: &Config) -> Result<AsyncSmtpTransport<Tokio1Executor>, let
     let mut builder =
         builder.port(config.smtp_port).timeout(Some(Duration::from_secs(config.smtp_timeout_s))).pool_config(pool);
     if let (Some(user), Some(pass)) = (&config.smtp_username, &config.smtp_password) {
-        builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
+        builder =
+            builder.credentials(Credentials::new(user.expose_secret().to_string(), pass.expose_secret().to_string()));
     }
     Ok(builder.build())
 }
@@ -89,14 +91,14 @@ pub struct Running {
 }
 
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
-    let db = SCHEMA.connect(&config.database_url, 10).await?;
+    let db = SCHEMA.connect(config.database_url.expose_secret(), 10).await?;
     let mailer = mailer(&config)?;
-    let bus = Arc::new(Bus::new(config.amqp_url.clone(), "notifier"));
+    let bus = Arc::new(Bus::new(config.amqp_url.expose_secret(), "notifier"));
     let notifier = Arc::new(deliver::Notifier {
         db: db.clone(),
         mailer: mailer.clone(),
         from: config.mail_from.parse()?,
-        links: LinkSigner::new(config.link_secret.clone().into_bytes(), None),
+        links: LinkSigner::new(config.link_secret.expose_secret().as_bytes().to_vec(), None),
         templates: email::Templates::load()?,
         config: Arc::new(config.clone()),
         one_at_a_time: tokio::sync::Mutex::new(()),

@@ -10,7 +10,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_events::{Bus, Event, FileId, JobId, MediaConverted, MediaFailed, Preset, UserId};
+use tunewire_events::{
+    Bus, Event, FileId, JobConverted, JobFailed, JobId, MediaConverted, MediaFailed, Preset, UserId,
+};
 use tunewire_signed_links::LinkSigner;
 use tunewire_test_stack::proxy::Proxy;
 use tunewire_test_stack::{Sandbox, eventually, maildev};
@@ -104,7 +106,7 @@ async fn both_emails_arrive_with_text_and_html_and_a_signed_expiring_link() -> a
     let event = converted(&to, "Nightcall")?;
     let expiry_day = || (chrono::Utc::now() + chrono::Duration::hours(24)).format("%Y-%m-%d").to_string();
     let expiry_before = expiry_day();
-    n.publish(&event).await?;
+    n.publish(&JobConverted(event.clone())).await?;
     let mail = n.emails(&to, 1).await?.remove(0);
     assert_eq!(mail["subject"], "Your MP3 is ready: Nightcall");
     let text = mail["text"].as_str().context("text part")?;
@@ -145,7 +147,7 @@ async fn both_emails_arrive_with_text_and_html_and_a_signed_expiring_link() -> a
         source_filename: "holiday.mp4".into(),
         reason: "no audio track was found in the file".into(),
     };
-    n.publish(&failed).await?;
+    n.publish(&JobFailed(failed.clone())).await?;
     let mails = n.emails(&to, 2).await?;
     let mail = mails.iter().find(|m| m["subject"] == "We could not convert holiday.mp4").context("failure email")?;
     let text = mail["text"].as_str().context("text part")?;
@@ -160,7 +162,7 @@ async fn the_same_event_three_times_sends_one_email() -> anyhow::Result<()> {
     let to = recipient();
     let event = converted(&to, "Once")?;
     for _ in 0..3 {
-        n.publish(&event).await?;
+        n.publish(&JobConverted(event.clone())).await?;
     }
     n.acked(3).await?;
     assert_eq!(maildev::messages_to(&n.sandbox.stack.maildev_url, &to).await?.len(), 1);
@@ -176,7 +178,7 @@ async fn emails_wait_while_smtp_is_away_and_all_arrive_once_when_it_returns() ->
     let n = Notifier::start(Some(proxy.addr.port())).await?;
     let to = recipient();
     for i in 0..3 {
-        n.publish(&converted(&to, &format!("Track {i}"))?).await?;
+        n.publish(&JobConverted(converted(&to, &format!("Track {i}"))?)).await?;
     }
     // Held, not dropped: the three wait unacknowledged with the notifier (which retries in
     // place), and it says it is not ready while SMTP is away.
@@ -206,7 +208,7 @@ async fn an_address_that_cannot_be_mailed_is_recorded_as_failed_and_not_retried(
     let n = Notifier::start(None).await?;
     // Valid for an account, refused by SMTP syntax (quoted local part with a space).
     let event = converted("\"ann smith\"@example.com", "Nowhere")?;
-    n.publish(&event).await?;
+    n.publish(&JobConverted(event.clone())).await?;
     n.acked(1).await?;
     assert_eq!(n.ledger(event.job_id).await?, vec![("converted".to_string(), "failed".to_string())]);
     // Done for good: nothing waits to be tried again (a transient hiccup before the verdict,

@@ -146,8 +146,10 @@ impl Bus {
         }
     }
 
-    /// Opens a connection and declares the whole topology on it.
-    pub(crate) async fn connect(&self) -> Result<Connection, BusError> {
+    /// Opens a connection and checks that the exchanges, and the queue it will consume if any,
+    /// are there: `tunewire-setup` declares them; a service may declare nothing (see
+    /// `topology::Service`).
+    pub(crate) async fn connect(&self, consumes: Option<topology::QueueSpec>) -> Result<Connection, BusError> {
         let props = ConnectionProperties::default().with_connection_name(self.name.as_ref().into());
         // The parser's message would quote the URL, password and all.
         let mut uri: lapin::uri::AMQPUri = self.url.parse().map_err(|_| BusError::BadUrl)?;
@@ -156,8 +158,8 @@ impl Bus {
         uri.query.frame_max.get_or_insert(FRAME_MAX);
         let connection = Connection::connect_uri(uri, props).await?;
         let channel = connection.create_channel().await?;
-        topology::declare_all(&channel).await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        topology::check_declared(&channel, consumes).await?;
+        let _ = channel.close(200, "topology checked".into()).await;
         Ok(connection)
     }
 
@@ -172,7 +174,7 @@ impl Bus {
         }
         *session = None;
         let (connection, publisher) = tokio::time::timeout(SETUP_TIMEOUT, async {
-            let connection = self.connect().await?;
+            let connection = self.connect(None).await?;
             let publisher = Publisher::open(&connection, self.name.clone()).await?;
             Ok::<_, BusError>((connection, publisher))
         })

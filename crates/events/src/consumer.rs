@@ -139,7 +139,7 @@ impl Bus {
     {
         let tag = format!("{}-{}", self.service_name(), uuid::Uuid::new_v4());
         let (connection, channel, mut consumer) = tokio::time::timeout(SETUP_TIMEOUT, async {
-            let connection = self.connect().await?;
+            let connection = self.connect(Some(spec)).await?;
             let channel = connection.create_channel().await?;
             channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
             let consumer = channel

@@ -156,6 +156,18 @@ pub struct MediaFailed {
     pub reason: String,
 }
 
+/// `job.converted`: the gateway applied a `media.converted` to the job it names, whose claimed
+/// output it is; the owner and the source's name are the job's own, from the gateway's row.
+/// The notifier mails only these: a `media.converted` is a claim anything on the bus could make.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobConverted(pub MediaConverted);
+
+/// `job.failed`: the gateway applied a `media.failed`; owner and source name as in `job.converted`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobFailed(pub MediaFailed);
+
 /// `media.catalogued`: the track is in the catalog and the search index, with its tags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MediaCatalogued {
@@ -199,13 +211,18 @@ pub enum JobUpdate {
     Catalogued(MediaCatalogued),
 }
 
-/// How a job ended, for the notifier, or that it is gone.
+/// How a job ended, as the gateway vouches for it, for the notifier; or that it is gone.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Converted(MediaConverted),
     Failed(MediaFailed),
     Deleted(MediaDeleted),
+    /// An unchecked `media.converted` or `media.failed`, under a binding of an earlier version
+    /// (kept by a broker until the setup removes it): never mailed, and not worth a dead letter.
+    Unvouched {
+        routing_key: String,
+    },
 }
 
 /// What the catalog follows: tracks to add, and tracks to forget.
@@ -236,9 +253,12 @@ impl Message for JobUpdate {
 impl Message for Outcome {
     fn decode(routing_key: &str, payload: &[u8]) -> Result<Self, String> {
         match routing_key {
-            MediaConverted::ROUTING_KEY => decode_as(payload).map(Outcome::Converted),
-            MediaFailed::ROUTING_KEY => decode_as(payload).map(Outcome::Failed),
+            JobConverted::ROUTING_KEY => decode_as(payload).map(|JobConverted(c)| Outcome::Converted(c)),
+            JobFailed::ROUTING_KEY => decode_as(payload).map(|JobFailed(f)| Outcome::Failed(f)),
             MediaDeleted::ROUTING_KEY => decode_as(payload).map(Outcome::Deleted),
+            MediaConverted::ROUTING_KEY | MediaFailed::ROUTING_KEY => {
+                Ok(Outcome::Unvouched { routing_key: routing_key.to_string() })
+            }
             other => Err(format!("unexpected routing key {other:?}")),
         }
     }
@@ -273,6 +293,20 @@ event!(MediaFailed, "media.failed");
 event!(MediaCatalogued, "media.catalogued");
 event!(MediaDeleted, "media.deleted");
 event!(MediaExpired, "media.expired");
+
+impl Event for JobConverted {
+    const ROUTING_KEY: &'static str = "job.converted";
+    fn job_id(&self) -> JobId {
+        self.0.job_id
+    }
+}
+
+impl Event for JobFailed {
+    const ROUTING_KEY: &'static str = "job.failed";
+    fn job_id(&self) -> JobId {
+        self.0.job_id
+    }
+}
 
 #[cfg(test)]
 mod tests {

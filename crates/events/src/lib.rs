@@ -14,7 +14,7 @@ pub mod topology;
 pub use bus::{Bus, BusError, Publisher};
 pub use consumer::{HandleError, HandleResultExt, Incoming};
 pub use contract::{
-    CatalogChange, Event, JobUpdate, MediaCatalogued, MediaConverted, MediaDeleted, MediaExpired, MediaFailed,
-    MediaProgress, MediaUploaded, Message, Outcome, Preset,
+    CatalogChange, Event, JobConverted, JobFailed, JobUpdate, MediaCatalogued, MediaConverted, MediaDeleted,
+    MediaExpired, MediaFailed, MediaProgress, MediaUploaded, Message, Outcome, Preset,
 };
 pub use ids::{Email, FileId, IdError, JobId, UserId};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_events::{Bus, HandleError, MediaFailed};
+use tunewire_events::{Bus, Event, HandleError, JobFailed, MediaFailed};
 use tunewire_test_stack::{Sandbox, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -20,7 +20,7 @@ async fn publish_one(bus: &Bus) -> anyhow::Result<()> {
         "source_filename": "song.mp4",
         "reason": "no audio",
     });
-    bus.publisher().await?.publish_raw("media.failed", &serde_json::to_vec(&event)?, "m-1").await?;
+    bus.publisher().await?.publish_raw(JobFailed::ROUTING_KEY, &serde_json::to_vec(&event)?, "m-1").await?;
     Ok(())
 }
 

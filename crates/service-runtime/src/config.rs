@@ -5,6 +5,8 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
+pub use secrecy::{ExposeSecret, SecretString};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{key}={value:?} is invalid: {reason}")]
@@ -42,35 +44,36 @@ where
     }
 }
 
-/// A secret from `key`, or from the file `key_FILE` names (trailing newline trimmed).
-pub fn secret(key: &str) -> Result<Option<String>, ConfigError> {
+/// A secret from `key`, or from the file `key_FILE` names (trailing newline trimmed). A
+/// `SecretString`: its `Debug` prints no value, so no config dump or error shows it.
+pub fn secret(key: &str) -> Result<Option<SecretString>, ConfigError> {
     let file_key = format!("{key}_FILE");
     if let Some(path) = var_opt::<String>(&file_key)? {
         return std::fs::read_to_string(&path)
-            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map(|s| Some(SecretString::from(s.trim_end_matches(['\n', '\r']))))
             .map_err(|source| ConfigError::SecretFile { key: key.into(), path, source });
     }
-    var_opt(key)
+    Ok(std::env::var(key).ok().filter(|v| !v.trim().is_empty()).map(|v| SecretString::from(v.trim())))
 }
 
 /// Like [`secret`], but the service cannot run without it.
-pub fn required_secret(key: &str) -> Result<String, ConfigError> {
+pub fn required_secret(key: &str) -> Result<SecretString, ConfigError> {
     secret(key)?.ok_or_else(|| ConfigError::Missing { key: key.into() })
 }
 
 /// A secret used as a key (HMAC, encryption): refused when shorter than `min_bytes`, so an
 /// empty or placeholder file cannot become a guessable key.
-pub fn secret_key(key: &str, min_bytes: usize) -> Result<Option<String>, ConfigError> {
+pub fn secret_key(key: &str, min_bytes: usize) -> Result<Option<SecretString>, ConfigError> {
     match secret(key)? {
-        Some(value) if value.len() < min_bytes => {
-            Err(ConfigError::TooShort { key: key.into(), length: value.len(), min_bytes })
+        Some(value) if value.expose_secret().len() < min_bytes => {
+            Err(ConfigError::TooShort { key: key.into(), length: value.expose_secret().len(), min_bytes })
         }
         other => Ok(other),
     }
 }
 
 /// Like [`secret_key`], but the service cannot run without it.
-pub fn required_secret_key(key: &str, min_bytes: usize) -> Result<String, ConfigError> {
+pub fn required_secret_key(key: &str, min_bytes: usize) -> Result<SecretString, ConfigError> {
     secret_key(key, min_bytes)?.ok_or_else(|| ConfigError::Missing { key: key.into() })
 }
 
@@ -97,7 +100,9 @@ mod tests {
             std::env::set_var("TW_TEST_SECRET", "inline");
             std::env::set_var("TW_TEST_SECRET_FILE", &path);
         }
-        assert_eq!(secret("TW_TEST_SECRET").unwrap().as_deref(), Some("s3cret"));
+        let read = secret("TW_TEST_SECRET").unwrap().unwrap();
+        assert_eq!(read.expose_secret(), "s3cret");
+        assert!(!format!("{read:?}").contains("s3cret"), "a secret's Debug shows its value");
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(secret("TW_TEST_SECRET"), Err(ConfigError::SecretFile { .. })));
         assert!(matches!(required_secret("TW_TEST_NOPE"), Err(ConfigError::Missing { .. })));
@@ -111,7 +116,7 @@ mod tests {
         let err = required_secret_key("TW_TEST_KEY", 32).unwrap_err().to_string();
         assert!(err.contains("TW_TEST_KEY") && err.contains("0 bytes"), "{err}");
         std::fs::write(&path, "x".repeat(32)).unwrap();
-        assert_eq!(required_secret_key("TW_TEST_KEY", 32).unwrap().len(), 32);
+        assert_eq!(required_secret_key("TW_TEST_KEY", 32).unwrap().expose_secret().len(), 32);
         std::fs::remove_file(&path).unwrap();
         assert!(secret_key("TW_TEST_KEY_UNSET", 32).unwrap().is_none());
     }

@@ -22,10 +22,18 @@ pub struct Schema {
 }
 
 impl Schema {
-    /// Brings the schema up to date, recording it in `<name>._sqlx_migrations`.
+    /// Brings the schema up to date, recording it in `<name>._sqlx_migrations`. Creates the
+    /// schema only when it is missing: a service's own role owns its schema (made by
+    /// `tunewire-setup`) but may not create schemas, not even `IF NOT EXISTS`.
     pub async fn migrate(&self, db: &PgPool) -> Result<(), MigrateError> {
         let mut migrator = (self.migrations)();
-        migrator.create_schema(self.name);
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(self.name)
+            .fetch_one(db)
+            .await?;
+        if !exists {
+            migrator.create_schema(self.name);
+        }
         migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.name));
         migrator.run(db).await
     }

@@ -71,3 +71,44 @@ impl Drop for FreshMongo {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A service's binary run as a process of its own on a free local port, so that its memory
+/// can be read; killed when dropped.
+pub struct MeasuredService {
+    child: Child,
+    pub url: String,
+}
+
+impl MeasuredService {
+    /// Starts `program` with `bind_var` set to a free local port and `env` (logging errors
+    /// only), and waits until its `/readyz` answers.
+    pub async fn spawn(program: &str, bind_var: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new(program)
+            .env(bind_var, format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        let service = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let http = reqwest::Client::new();
+        eventually(&format!("{program} ready"), Duration::from_secs(60), || async {
+            let ready = http.get(format!("{}/readyz", service.url)).send().await.ok();
+            Ok(ready.filter(|r| r.status().is_success()).map(|_| ()))
+        })
+        .await?;
+        Ok(service)
+    }
+
+    /// The process's peak resident memory so far.
+    pub fn peak_rss_mib(&self) -> anyhow::Result<u64> {
+        Ok(status_kib(self.child.id(), "VmHWM").context("the process is gone")? / 1024)
+    }
+}
+
+impl Drop for MeasuredService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

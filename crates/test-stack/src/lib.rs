@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use tunewire_events::topology::SERVICES;
+use tunewire_setup::database::OWNERS;
 
 pub mod balancer;
 pub mod bench;
@@ -85,26 +87,56 @@ impl Sandbox {
         if !put.status().is_success() {
             bail!("creating vhost {name}: {}", put.status());
         }
-        for who in [user.as_str(), stack.monitor_user.0.as_str()] {
-            let perms = if who == user { (".*", ".*", ".*") } else { ("^$", "^$", ".*") };
-            let url = format!("{}/api/permissions/{name}/{who}", stack.management_url);
-            let body = serde_json::json!({"configure": perms.0, "write": perms.1, "read": perms.2});
-            let resp = http.put(&url).basic_auth(user, Some(pass)).json(&body).send().await?;
-            if !resp.status().is_success() {
-                bail!("granting {who} on vhost {name}: {}", resp.status());
-            }
+        let url = format!("{}/api/permissions/{name}/{user}", stack.management_url);
+        let body = serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"});
+        let resp = http.put(&url).basic_auth(user, Some(pass)).json(&body).send().await?;
+        if !resp.status().is_success() {
+            bail!("granting {user} on vhost {name}: {}", resp.status());
         }
         let amqp_url = replace_path(&stack.amqp_url, &name);
+        // Each service's role and RabbitMQ user, as `tunewire-setup` makes them; tests that
+        // do not ask for a service's own credentials use the administrator's.
+        let roles: Vec<_> = OWNERS.iter().map(|o| (*o, local_password(o.role))).collect();
+        tunewire_setup::database::apply(&database_url, &roles).await.context("setting up the sandbox's roles")?;
+        let users: Vec<_> = SERVICES.iter().map(|s| (*s, local_password(s.user))).collect();
+        let management = tunewire_setup::broker::Management {
+            url: stack.management_url.clone(),
+            user: user.clone(),
+            password: pass.clone().into(),
+        };
+        let monitor = Some((stack.monitor_user.0.as_str(), stack.monitor_user.1.as_str()));
+        tunewire_setup::broker::apply(&amqp_url, &management, &name, &users, monitor)
+            .await
+            .context("setting up the sandbox's broker")?;
         Ok(Self { database_url, amqp_url, vhost: name.clone(), mongo_database: name.clone(), name, stack })
+    }
+
+    /// The sandbox's database as `service`'s own role (`tunewire_setup::database::OWNERS`).
+    pub fn database_url_for(&self, service: &str) -> anyhow::Result<String> {
+        let owner = OWNERS.iter().find(|o| o.service == service).with_context(|| format!("no schema for {service}"))?;
+        Ok(with_login(&self.database_url, owner.role, &local_password(owner.role)))
+    }
+
+    /// The sandbox's vhost as `service`'s own RabbitMQ user.
+    pub fn amqp_url_for(&self, service: tunewire_events::topology::Service) -> String {
+        with_login(&self.amqp_url, service.user, &local_password(service.user))
     }
 
     /// Drops what `create` made. Tests call it at the end; a failed test leaves its sandbox
     /// behind for inspection (removed by `scripts/stack reset`).
     pub async fn cleanup(self) -> anyhow::Result<()> {
         let admin = sqlx::postgres::PgPool::connect(&self.stack.database_url).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-            .execute(&admin)
-            .await?;
+        // FORCE may not end an autovacuum worker busy in the database (the roles' setup leaves
+        // it catalog work): that refusal passes once the worker is done.
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        eventually("the sandbox's database dropped", Duration::from_secs(30), || async {
+            match sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&admin).await {
+                Ok(_) => Ok(Some(())),
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
         let (user, pass) = &self.stack.management_user;
         reqwest::Client::new()
             .delete(format!("{}/api/vhosts/{}", self.stack.management_url, self.vhost))
@@ -151,6 +183,18 @@ impl Sandbox {
         let _ = conn.close(200, "done".into()).await;
         Ok(taken)
     }
+}
+
+/// The password of a service's account on the local stack (and in tests): local only.
+pub fn local_password(account: &str) -> String {
+    format!("local-{account}-password")
+}
+
+/// `url` (`scheme://user:password@host...`) with another login.
+fn with_login(url: &str, user: &str, password: &str) -> String {
+    let start = url.find("://").map(|i| i + 3).unwrap_or(0);
+    let host = url[start..].find('@').map(|i| start + i + 1).unwrap_or(start);
+    format!("{}{user}:{password}@{}", &url[..start], &url[host..])
 }
 
 /// Replaces the path of a URL (`scheme://auth@host:port/path`) with `path`.

@@ -388,7 +388,7 @@ pub async fn dependencies_down_at_start() -> anyhow::Result<Report> {
 
 fn converter_env(p: &Pipeline) -> Vec<(&'static str, String)> {
     vec![
-        ("AMQP_URL", p.urls.amqp_url.clone()),
+        ("AMQP_URL", p.urls.amqp("converter")),
         ("MONGODB_URI", p.urls.mongo_uri.clone()),
         ("MONGODB_DATABASE", p.sandbox.mongo_database.clone()),
         ("CONVERTER_HEALTH_BIND", "127.0.0.1:0".into()),
@@ -453,8 +453,8 @@ pub async fn converter_sigkilled() -> anyhow::Result<Report> {
 
 fn notifier_env(p: &Pipeline, lease_s: u64) -> Vec<(&'static str, String)> {
     vec![
-        ("DATABASE_URL", p.urls.database_url.clone()),
-        ("AMQP_URL", p.urls.amqp_url.clone()),
+        ("DATABASE_URL", p.urls.database("notifier")),
+        ("AMQP_URL", p.urls.amqp("notifier")),
         ("SMTP_HOST", p.urls.smtp_host.clone()),
         ("SMTP_PORT", p.urls.smtp_port.to_string()),
         ("LINK_SECRET", p.link_secret.clone()),
@@ -593,7 +593,8 @@ pub async fn poison_messages() -> anyhow::Result<Report> {
     let p = Pipeline::start().await?;
     let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "poison").publisher().await?;
     let bad: [&[u8]; 2] = [b"not json at all", br#"{"job_id": "nonsense", "preset": 42}"#];
-    for key in ["media.uploaded", "media.progress", "media.converted", "media.failed"] {
+    // `job.*` too: the notifier hears only those (the gateway's, checked against their jobs).
+    for key in ["media.uploaded", "media.progress", "media.converted", "media.failed", "job.converted", "job.failed"] {
         for payload in bad {
             publisher.publish_raw(key, payload, &uuid::Uuid::new_v4().to_string()).await?;
         }

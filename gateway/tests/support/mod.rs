@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_media_store::MediaStore;
+use tunewire_service_runtime::config::ExposeSecret;
 use tunewire_test_stack::media::ffmpeg;
 use tunewire_test_stack::{Sandbox, eventually};
 
@@ -73,7 +74,7 @@ impl Gateway {
         std::fs::create_dir_all(&scratch)?;
         let signing_pem = openssl_ed25519()?;
         let mut auth_config = tunewire_auth::Config::local(sandbox.database_url.clone());
-        auth_config.signing_key_pem = Some(signing_pem.clone());
+        auth_config.signing_key_pem = Some(signing_pem.clone().into());
         auth_config.admin = Some((ADMIN.0.parse()?, ADMIN.1.into()));
         (options.auth_tweak)(&mut auth_config);
         let auth = tunewire_auth::start(auth_config, shutdown.clone()).await?;
@@ -92,7 +93,7 @@ impl Gateway {
             sandbox.mongo_database.clone(),
         );
         config.auth_url = format!("http://{}", auth.addr);
-        config.link_secret = format!("links-{}", sandbox.name);
+        config.link_secret = format!("links-{}", sandbox.name).into();
         config.probe_program = env!("CARGO_BIN_EXE_tunewire-gateway").into();
         if options.catalog {
             let catalog = tunewire_catalog_indexer::start(
@@ -111,7 +112,7 @@ impl Gateway {
             config.catalog_url = format!("http://{}", catalog.addr);
         }
         (options.tweak)(&mut config);
-        let link_secret = config.link_secret.clone();
+        let link_secret = config.link_secret.expose_secret().to_string();
         let gateway = tunewire_gateway::start(config.clone(), shutdown.clone()).await?;
         if options.converter {
             tunewire_converter::start(
@@ -240,4 +241,30 @@ impl Gateway {
         ffmpeg(&["-f", "lavfi", "-i", &spec, "-ac", "1", path.to_str().context("path")?])?;
         Ok(path)
     }
+}
+
+/// The `data:` of each `event: job` in an SSE body, until the stream ends.
+pub async fn job_events(response: reqwest::Response) -> anyhow::Result<Vec<Value>> {
+    use futures_util::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while let Some(chunk) = tokio::time::timeout(DEADLINE, body.next()).await? {
+        text.push_str(std::str::from_utf8(&chunk?)?);
+    }
+    let mut events = Vec::new();
+    for block in text.split("\n\n") {
+        let mut name = None;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event:") {
+                name = Some(n.trim().to_string());
+            } else if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.trim());
+            }
+        }
+        if name.as_deref() == Some("job") {
+            events.push(serde_json::from_str(&data)?);
+        }
+    }
+    Ok(events)
 }
