@@ -24,7 +24,8 @@ the rendered objects to the project's rules:
   mounts only its own keys of the Secret (a service none of another service's), and only the
   setup Jobs and the databases themselves hold administrators' credentials (KEDA neither);
   each service's connection URL logs in as that service's own account;
-- the setup Job gets exactly the settings tunewire-setup reads (setup/src/main.rs);
+- the setup Job gets exactly the settings tunewire-setup reads (setup/src/main.rs), and
+  grants the MongoDB databases the services use (the same MONGODB_DATABASE_PREFIX);
 - MongoDB runs with authentication (its replica set with a key file), and the mongo,
   postgres and rabbitmq images are not older than the patch fixing the CVEs in
   MINIMUM_IMAGES;
@@ -50,16 +51,16 @@ GRACE_MARGIN_S = 5
 # Read by every service through crates/service-runtime's telemetry.
 COMMON_SETTINGS = {"RUST_LOG", "LOG_FORMAT"}
 # Keys of the Secret only these workloads may hold: the administrators' credentials, and the
-# passwords the setup Jobs give each service's account (a service logs in with its URL).
+# passwords the setup Job gives each service's account (a service logs in with its URL).
 ADMIN_SECRETS = [
-    (r"database-admin-url|amqp-admin-url|(database|amqp)-password-[\w-]+", {"Job/setup"}),
-    (r"mongo-password-[\w-]+", {"Job/mongo-init"}),
+    (r"database-admin-url|amqp-admin-url|mongodb-admin-uri|(database|amqp|mongo)-password-[\w-]+", {"Job/setup"}),
+    # mongo-init initiates the replica set as root.
     (r"mongo-root-password", {"StatefulSet/mongo", "Job/mongo-init"}),
     (r"mongo-keyfile", {"StatefulSet/mongo"}),
     (r"postgres-password", {"StatefulSet/postgres"}),
     (r"rabbitmq-password|rabbitmq-erlang-cookie", {"StatefulSet/rabbitmq"}),
 ]
-ADMIN_SETTINGS = {"DATABASE_ADMIN_URL", "AMQP_ADMIN_URL"}
+ADMIN_SETTINGS = {"DATABASE_ADMIN_URL", "AMQP_ADMIN_URL", "MONGODB_ADMIN_URI"}
 # A key ending in a service's name is that service's alone (database-url-gateway).
 SERVICE_KEY = re.compile(rf"-({'|'.join(SERVICES)})$")
 # The oldest tag allowed per release line, and why: the CVEs fixed by then. A line that is
@@ -82,8 +83,8 @@ MINIMUM_IMAGES = {
 }
 # How many leading version numbers name a release line.
 LINE_PARTS = {"postgres": 1}
-# The user each service's MongoDB URL logs in as (k8s/base/mongo.yaml's init.js makes them).
-MONGO_USER = "tunewire-{}"
+# The services' and tunewire-setup's default (their config.rs, setup/src/main.rs).
+MONGODB_DEFAULT_PREFIX = "tunewire"
 
 problems: list[str] = []
 
@@ -93,7 +94,9 @@ def problem(where: str, what: str) -> None:
 
 
 def render(overlay: str) -> list[dict]:
-    subprocess.run([str(ROOT / "scripts" / "k8s-secrets"), overlay], check=True, capture_output=True)
+    made = subprocess.run([str(ROOT / "scripts" / "k8s-secrets"), overlay], capture_output=True, text=True)
+    if made.returncode != 0:
+        sys.exit(f"k8s: scripts/k8s-secrets {overlay} failed:\n{made.stderr}")
     out = subprocess.run(
         [str(VENV_BIN / "kubectl"), "kustomize", str(ROOT / "k8s" / "overlays" / overlay)],
         check=True, capture_output=True, text=True,
@@ -402,6 +405,17 @@ def bus_users() -> dict[str, str]:
     return {user.removeprefix("tunewire-"): user for user in re.findall(r'\buser: "(tunewire-[\w-]+)"', source)}
 
 
+def mongo_accounts() -> list[str]:
+    """The services with a MongoDB user, from crates/media-store/src/access.rs."""
+    source = (ROOT / "crates" / "media-store" / "src" / "access.rs").read_text()
+    return re.findall(r'\bAccount::\w+ => "([\w-]+)"', source)
+
+
+def mongo_user(prefix: str, service: str) -> str:
+    """A service's MongoDB user (and role) in `admin`: Account::user."""
+    return f"{prefix}-{service}"
+
+
 def setting_prefix(service: str) -> str:
     return service.upper().replace("-", "_")
 
@@ -410,8 +424,9 @@ def setup_settings() -> tuple[set[str], set[str], set[str]]:
     """(settings, secret settings, required settings) tunewire-setup reads (setup/src/main.rs)."""
     source = (ROOT / "setup" / "src" / "main.rs").read_text()
     reads = re.findall(r'\b(var|var_opt|secret|secret_key|required_secret|required_secret_key)(?:::<[^>]+>)?\(\s*"([A-Z0-9_]+)"', source)
-    # One setting per account: PostgreSQL's per schema owner, RabbitMQ's per user on the bus.
-    accounts = {"DATABASE_PASSWORD": schema_owners(), "AMQP_PASSWORD": bus_users()}
+    # One setting per account: PostgreSQL's per schema owner, RabbitMQ's per user on the bus,
+    # MongoDB's per service touching the media store.
+    accounts = {"DATABASE_PASSWORD": schema_owners(), "AMQP_PASSWORD": bus_users(), "MONGODB_PASSWORD": mongo_accounts()}
     for function, suffix in re.findall(r'\b(\w+)\(&format!\("\{\}_([A-Z0-9_]+)"', source):
         if suffix not in accounts:
             problem("setup/src/main.rs", f"reads {{}}_{suffix} for accounts k8s/check.py does not know")
@@ -444,6 +459,12 @@ def url_login(url: str) -> tuple[str, str, str]:
     return unquote(parts.username or ""), unquote(parts.password or ""), parts.query
 
 
+def url_server(url: str) -> tuple[str, list[str] | None]:
+    """(hosts, replica set) of a MongoDB URI."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.netloc.rsplit("@", 1)[-1], urllib.parse.parse_qs(parts.query).get("replicaSet")
+
+
 def container_env(docs: list[dict], kind: str, name: str, key: str) -> str | None:
     for doc in docs:
         if (doc["kind"], doc["metadata"]["name"]) == (kind, name):
@@ -453,7 +474,36 @@ def container_env(docs: list[dict], kind: str, name: str, key: str) -> str | Non
     return None
 
 
-def check_credentials(overlay: str, docs: list[dict], secret: dict[str, str]) -> None:
+def workload_setting(docs: list[dict], config_maps: dict[str, dict], kind: str, name: str, key: str) -> str | None:
+    """A setting of a workload's first container: its env value, else its ConfigMaps'."""
+    for doc in docs:
+        if (doc["kind"], doc["metadata"]["name"]) == (kind, name):
+            container = pod_spec(doc)["containers"][0]
+            for env in container.get("env", []):
+                if env["name"] == key:
+                    return env.get("value")
+            for source in container.get("envFrom", []):
+                data = config_maps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {})
+                if key in data:
+                    return data[key]
+    return None
+
+
+def mongo_prefix(overlay: str, docs: list[dict], config_maps: dict[str, dict]) -> str:
+    """The setup Job's MONGODB_DATABASE_PREFIX, which every service touching MongoDB must share:
+    the setup Job's roles grant only that prefix's databases."""
+    setup = workload_setting(docs, config_maps, "Job", "setup", "MONGODB_DATABASE_PREFIX") or MONGODB_DEFAULT_PREFIX
+    for doc in docs:
+        service = doc["metadata"].get("labels", {}).get("tunewire.io/service")
+        if doc["kind"] in WORKLOADS and service in mongo_accounts():
+            used = workload_setting(docs, config_maps, doc["kind"], doc["metadata"]["name"], "MONGODB_DATABASE_PREFIX")
+            if (used or MONGODB_DEFAULT_PREFIX) != setup:
+                problem(f"{overlay} {doc['kind']}/{doc['metadata']['name']}",
+                        f"MONGODB_DATABASE_PREFIX {used!r} is not the setup Job's ({setup!r}), whose roles grant its databases")
+    return setup
+
+
+def check_credentials(overlay: str, docs: list[dict], secret: dict[str, str], prefix: str) -> None:
     """Each connection URL logs in as its own account, with the password made for it."""
     rabbitmq_conf = next((d["data"]["rabbitmq.conf"] for d in docs if d["kind"] == "ConfigMap"
                           and d["metadata"]["name"].startswith("rabbitmq-config")), "")
@@ -466,7 +516,9 @@ def check_credentials(overlay: str, docs: list[dict], secret: dict[str, str]) ->
     ]
     logins += [(f"database-url-{s}", role, f"database-password-{s}") for s, role in schema_owners().items()]
     logins += [(f"amqp-url-{s}", user, f"amqp-password-{s}") for s, user in bus_users().items()]
-    logins += [(f"mongodb-uri-{s}", MONGO_USER.format(s), f"mongo-password-{s}") for s in SERVICES]
+    logins.append(("mongodb-admin-uri", container_env(docs, "StatefulSet", "mongo", "MONGO_INITDB_ROOT_USERNAME"),
+                   "mongo-root-password"))
+    logins += [(f"mongodb-uri-{s}", mongo_user(prefix, s), f"mongo-password-{s}") for s in mongo_accounts()]
     for key, user, password_key in logins:
         if key not in secret:
             continue
@@ -476,8 +528,13 @@ def check_credentials(overlay: str, docs: list[dict], secret: dict[str, str]) ->
             problem(where, f"logs in as {login!r}, not as {user!r}")
         if secret.get(password_key) != password:
             problem(where, f"does not hold the password in {password_key}")
-        if key.startswith("mongodb-uri-") and "authSource=tunewire" not in query.split("&"):
-            problem(where, "does not name the database its user is in (authSource=tunewire)")
+        if key.startswith("mongodb-") and "authSource=admin" not in query.split("&"):
+            problem(where, "does not name the database its user is in (authSource=admin)")
+    # tunewire-setup must make the users on the servers the services log in to.
+    admin = secret.get("mongodb-admin-uri")
+    for key, uri in sorted(secret.items()):
+        if admin is not None and key.startswith("mongodb-uri-") and url_server(uri) != url_server(admin):
+            problem(f"{overlay} Secret key {key}", f"names hosts or a replica set other than mongodb-admin-uri's: {url_server(uri)}")
 
 
 def generated_secret(overlay: str, docs: list[dict]) -> dict[str, str]:
@@ -531,6 +588,8 @@ def main() -> int:
         problem("setup/src/database.rs", "no SchemaOwner found: cannot tell each service's PostgreSQL role")
     if not bus_users():
         problem("crates/events/src/topology.rs", "no user found: cannot tell each service's RabbitMQ user")
+    if not mongo_accounts():
+        problem("crates/media-store/src/access.rs", "no Account found: cannot tell each service's MongoDB user")
     for overlay in ("minikube", "production"):
         docs = render(overlay)
         validate(overlay, docs)
@@ -543,11 +602,11 @@ def main() -> int:
             if doc["kind"] == "TriggerAuthentication":
                 check_trigger_authentication(overlay, doc)
         check_egress_policies(overlay, docs)
-        check_credentials(overlay, docs, secret)
+        check_credentials(overlay, docs, secret, mongo_prefix(overlay, docs, config_maps))
         objects = {(d["kind"], d["metadata"]["name"]) for d in docs}
-        for job in ("setup", "mongo-init"):
+        for job, missing in (("setup", "the services' accounts"), ("mongo-init", "MongoDB's replica set")):
             if ("Job", job) not in objects:
-                problem(overlay, f"no Job {job}: the services' accounts would not exist")
+                problem(overlay, f"no Job {job}: {missing} would not exist")
         kinds = {d["kind"] for d in docs}
         for needed in ("Ingress", "NetworkPolicy", "PodDisruptionBudget"):
             if needed not in kinds:

@@ -133,7 +133,7 @@ impl ConverterProcess {
         let child = command
             .env("AMQP_URL", &sandbox.amqp_url)
             .env("MONGODB_URI", mongo_uri)
-            .env("MONGODB_DATABASE", &sandbox.mongo_database)
+            .env("MONGODB_DATABASE_PREFIX", &sandbox.mongo_prefix)
             .env("CONVERTER_HEALTH_BIND", format!("127.0.0.1:{}", free_port()?))
             .env("CONVERTER_CONCURRENCY", concurrency.to_string())
             .env("RUST_LOG", "info")
@@ -348,7 +348,8 @@ async fn stage_in(
         async move { bus.consume(GATEWAY_QUEUE, 16, handler, stop).await }
     });
 
-    let store = MediaStore::connect(&mongo.uri, &sandbox.mongo_database).await?;
+    let store = MediaStore::connect(&mongo.uri, &sandbox.mongo_prefix).await?;
+    store.prepare().await?;
     let mut originals = Vec::new();
     for path in inputs {
         originals.push((file_name(path)?.to_string(), store_original(&store, path).await?));

@@ -65,7 +65,7 @@ async fn sweep_stale_attempts(store: MediaStore, shutdown: CancellationToken) {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     transcode::init()?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
-        MediaStore::connect(config.mongodb_uri.expose_secret(), &config.mongodb_database)
+        MediaStore::connect(config.mongodb_uri.expose_secret(), &config.mongodb_database_prefix)
     })
     .await?;
     let bus = Arc::new(Bus::new(config.amqp_url.expose_secret(), "converter"));

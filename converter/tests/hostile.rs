@@ -142,7 +142,7 @@ async fn a_read_that_blocks_ends_at_the_time_limit() -> anyhow::Result<()> {
     let proxy = Proxy::start(host_port(&sandbox.stack.mongo_uri)).await?;
     let store = MediaStore::connect(
         &tunewire_test_stack::direct_connection(&proxy.url_for(&sandbox.stack.mongo_uri)),
-        &sandbox.mongo_database,
+        &sandbox.mongo_prefix,
     )
     .await?;
     let file = tokio::fs::File::open(&wav).await?;

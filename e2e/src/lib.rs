@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use tunewire_media_store::access::{ACCOUNTS, Account};
 use tunewire_test_stack::balancer::{Balancer, Probe};
 use tunewire_test_stack::proxy::{Proxy, host_port};
 use tunewire_test_stack::{Sandbox, eventually, maildev};
@@ -64,12 +65,12 @@ pub struct Faults {
 }
 
 /// Where the services reach their dependencies (through the proxies), each with its own
-/// login: the role and RabbitMQ user `tunewire-setup` gives it, as in production.
+/// login: the role and RabbitMQ and MongoDB users `tunewire-setup` gives it, as in production.
 #[derive(Debug, Clone)]
 pub struct ServiceUrls {
     databases: std::collections::BTreeMap<&'static str, String>,
     brokers: std::collections::BTreeMap<&'static str, String>,
-    pub mongo_uri: String,
+    media_stores: Vec<(Account, String)>,
     pub smtp_host: String,
     pub smtp_port: u16,
 }
@@ -83,6 +84,11 @@ impl ServiceUrls {
     /// RabbitMQ as `service`'s user (`gateway`, `converter`, `catalog-indexer`, `notifier`).
     pub fn amqp(&self, service: &str) -> String {
         self.brokers.get(service).cloned().unwrap_or_default()
+    }
+
+    /// MongoDB as `account`'s user.
+    pub fn mongo(&self, account: Account) -> String {
+        self.media_stores.iter().find(|(a, _)| *a == account).map(|(_, uri)| uri.clone()).unwrap_or_default()
     }
 }
 
@@ -151,7 +157,13 @@ impl Pipeline {
         let urls = ServiceUrls {
             databases,
             brokers,
-            mongo_uri: tunewire_test_stack::direct_connection(&faults.mongodb.url_for(&stack.mongo_uri)),
+            media_stores: ACCOUNTS
+                .iter()
+                .map(|a| {
+                    let uri = faults.mongodb.url_for(&sandbox.mongo_uri_for(*a));
+                    (*a, tunewire_test_stack::direct_connection(&uri))
+                })
+                .collect(),
             smtp_host: faults.smtp.addr.ip().to_string(),
             smtp_port: faults.smtp.addr.port(),
         };
@@ -184,8 +196,8 @@ impl Pipeline {
         let mut gateway_config = tunewire_gateway::Config::local(
             urls.database("gateway"),
             urls.amqp("gateway"),
-            urls.mongo_uri.clone(),
-            sandbox.mongo_database.clone(),
+            urls.mongo(Account::Gateway),
+            sandbox.mongo_prefix.clone(),
         );
         gateway_config.auth_url = format!("http://{}", auth.addr);
         gateway_config.catalog_url = format!("http://{}", catalog.addr);
@@ -213,8 +225,8 @@ impl Pipeline {
                     max_duration_s: options.max_duration_s,
                     ..tunewire_converter::Config::local(
                         urls.amqp("converter"),
-                        urls.mongo_uri.clone(),
-                        sandbox.mongo_database.clone(),
+                        urls.mongo(Account::Converter),
+                        sandbox.mongo_prefix.clone(),
                     )
                 },
                 shutdown.clone(),

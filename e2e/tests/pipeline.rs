@@ -136,7 +136,7 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
     assert_eq!(rows, 1, "one catalog row");
     let mongo = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?;
     let mp3s = mongo
-        .database(&p.sandbox.mongo_database)
+        .database(&p.sandbox.mongo_database(tunewire_media_store::Bucket::Audio))
         .collection::<mongodb::bson::Document>("audio.files")
         .count_documents(mongodb::bson::doc! {"metadata.job_id": &job_id})
         .await?;
@@ -231,13 +231,13 @@ fn refused<T>(result: Result<T, impl std::fmt::Debug>) -> bool {
         Ok(_) => false,
         Err(e) => {
             let text = format!("{e:?}");
-            text.contains("ACCESSREFUSED") || text.contains("ACCESS_REFUSED") || text.contains("42501")
+            ["ACCESSREFUSED", "ACCESS_REFUSED", "42501", "Unauthorized"].iter().any(|code| text.contains(code))
         }
     }
 }
 
 #[tokio::test]
-async fn each_service_s_own_login_is_refused_on_another_s_schema_and_queues() -> anyhow::Result<()> {
+async fn each_service_s_own_login_is_refused_on_another_s_schema_queues_and_bucket() -> anyhow::Result<()> {
     use lapin::options::{BasicGetOptions, QueueDeleteOptions};
     use tunewire_events::contract::{Owner, TrackTags};
     use tunewire_events::topology::{self, ALL_QUEUES, SERVICES};
@@ -351,5 +351,54 @@ async fn each_service_s_own_login_is_refused_on_another_s_schema_and_queues() ->
         .await;
     assert!(refused(got), "the monitor read a message");
     let _ = connection.close(200, "done".into()).await;
+
+    // The media store: the gateway writes originals and reads MP3s, the converter the other
+    // way round and alone keeps the MP3s' bookkeeping; neither may make an index (a TTL one
+    // removes documents) or reach another database, and nobody reads without a login.
+    use mongodb::bson::{Document, doc};
+    use tunewire_media_store::Bucket;
+    use tunewire_media_store::access::Account;
+    let sandbox = &p.sandbox;
+    let collection = |uri: String, database: String, name: String| async move {
+        anyhow::Ok(mongodb::Client::with_uri_str(uri).await?.database(&database).collection::<Document>(&name))
+    };
+    for (account, writes, reads) in
+        [(Account::Gateway, Bucket::Uploads, Bucket::Audio), (Account::Converter, Bucket::Audio, Bucket::Uploads)]
+    {
+        let uri = sandbox.mongo_uri_for(account);
+        let own = collection(uri.clone(), sandbox.mongo_database(writes), format!("{}.files", writes.name())).await?;
+        own.insert_one(doc! {"by": account.service()})
+            .await
+            .with_context(|| format!("{account:?} writes {writes:?}"))?;
+        own.delete_many(doc! {"by": account.service()}).await?;
+        let files = collection(uri.clone(), sandbox.mongo_database(reads), format!("{}.files", reads.name())).await?;
+        files.count_documents(doc! {}).await.with_context(|| format!("{account:?} reads {reads:?}"))?;
+        assert!(refused(files.insert_one(doc! {"forged": true}).await), "{account:?} wrote {reads:?}");
+        let chunks = collection(uri.clone(), sandbox.mongo_database(reads), format!("{}.chunks", reads.name())).await?;
+        let changed = chunks.update_many(doc! {}, doc! {"$set": {"data": "forged"}}).await;
+        assert!(refused(changed), "{account:?} changed {reads:?}");
+        for bucket in [writes, reads] {
+            let files =
+                collection(uri.clone(), sandbox.mongo_database(bucket), format!("{}.files", bucket.name())).await?;
+            let ttl = mongodb::options::IndexOptions::builder().expire_after(std::time::Duration::ZERO).build();
+            let index = mongodb::IndexModel::builder().keys(doc! {"uploadDate": 1}).options(ttl).build();
+            assert!(refused(files.create_index(index).await), "{account:?} made an index on {bucket:?}");
+        }
+        let elsewhere = collection(uri, format!("{}-intruder", sandbox.mongo_prefix), "x".into()).await?;
+        assert!(refused(elsewhere.count_documents(doc! {}).await), "{account:?} read another database");
+        assert!(refused(elsewhere.insert_one(doc! {}).await), "{account:?} wrote another database");
+    }
+    let uploads = sandbox.mongo_database(Bucket::Uploads);
+    let originals =
+        collection(sandbox.mongo_uri_for(Account::Converter), uploads.clone(), "uploads.files".into()).await?;
+    assert!(refused(originals.delete_many(doc! {}).await), "the converter removed originals");
+    let outputs = sandbox.mongo_outputs_database(Bucket::Audio);
+    let claims = collection(sandbox.mongo_uri_for(Account::Gateway), outputs, "audio_outputs".into()).await?;
+    claims.count_documents(doc! {}).await.context("the gateway reads which file is a job's MP3")?;
+    assert!(refused(claims.delete_many(doc! {}).await), "the gateway removed the converter's claims");
+    assert!(refused(claims.insert_one(doc! {"_id": "forged"}).await), "the gateway claimed an output");
+    let (_, host) = sandbox.stack.mongo_uri.split_once('@').context("the stack's MongoDB URI has a login")?;
+    let anonymous = collection(format!("mongodb://{host}"), uploads, "uploads.files".into()).await?;
+    assert!(refused(anonymous.count_documents(doc! {}).await), "read without a login");
     p.stop().await
 }

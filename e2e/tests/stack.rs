@@ -76,7 +76,7 @@ async fn rabbitmq_confirms_a_publish_and_redelivers_until_acked() -> anyhow::Res
 #[tokio::test]
 async fn gridfs_stores_and_streams_back_50_mib_intact() -> anyhow::Result<()> {
     let sandbox = Sandbox::create().await?;
-    let store = MediaStore::connect(&sandbox.stack.mongo_uri, &sandbox.mongo_database).await?;
+    let store = MediaStore::connect(&sandbox.stack.mongo_uri, &sandbox.mongo_prefix).await?;
     // 50 MiB of deterministic, incompressible-looking bytes, produced 1 MiB at a time.
     let mut expected = Sha256::new();
     let chunks: Vec<Bytes> = (0u32..50)

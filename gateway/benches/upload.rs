@@ -97,7 +97,7 @@ async fn spawn_gateway(sandbox: &Sandbox, mongo_uri: &str, auth_url: &str) -> an
         .env("DATABASE_URL", &sandbox.database_url)
         .env("AMQP_URL", &sandbox.amqp_url)
         .env("MONGODB_URI", mongo_uri)
-        .env("MONGODB_DATABASE", &sandbox.mongo_database)
+        .env("MONGODB_DATABASE_PREFIX", &sandbox.mongo_prefix)
         .env("AUTH_URL", auth_url)
         .env("LINK_SECRET", "bench-link-secret-as-long-as-a-real-one")
         .env("RUST_LOG", "warn")
@@ -137,7 +137,7 @@ async fn put_file(http: &reqwest::Client, gateway: &str, token: &str, path: &Pat
 
 async fn direct_gridfs(sandbox: &Sandbox, mongo_uri: &str, path: &Path) -> anyhow::Result<Duration> {
     let client = mongodb::Client::with_uri_str(mongo_uri).await?;
-    let bucket = client.database(&sandbox.mongo_database).gridfs_bucket(
+    let bucket = client.database(&sandbox.mongo_prefix).gridfs_bucket(
         // The durability the product asks for (journaled writes), or the comparison lies.
         mongodb::options::GridFsBucketOptions::builder()
             .bucket_name("direct".to_string())
@@ -202,6 +202,7 @@ async fn run(
     let (mut baseline, mut peak) = (f64::MAX, 0f64);
     for (run, through_gateway) in [false, true, false, true].into_iter().enumerate() {
         let mongo = FreshMongo::start().await?;
+        tunewire_media_store::MediaStore::connect(&mongo.uri, &sandbox.mongo_prefix).await?.prepare().await?;
         if !through_gateway {
             let direct = direct_gridfs(sandbox, &mongo.uri, &big).await?;
             println!(
@@ -256,6 +257,7 @@ async fn run(
     println!("== 50 concurrent uploads of 20 MiB, converted by a real converter (concurrency 2) ==");
     let small = wav_of(20 * MIB, "20MiB.wav")?;
     let mongo = FreshMongo::start().await?;
+    tunewire_media_store::MediaStore::connect(&mongo.uri, &sandbox.mongo_prefix).await?.prepare().await?;
     tunewire_converter::start(
         tunewire_converter::Config {
             concurrency: 2,
@@ -263,7 +265,7 @@ async fn run(
             ..tunewire_converter::Config::local(
                 sandbox.amqp_url.clone(),
                 mongo.uri.clone(),
-                sandbox.mongo_database.clone(),
+                sandbox.mongo_prefix.clone(),
             )
         },
         shutdown.clone(),

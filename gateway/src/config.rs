@@ -16,7 +16,7 @@ pub struct Config {
     pub database_url: SecretString,
     pub amqp_url: SecretString,
     pub mongodb_uri: SecretString,
-    pub mongodb_database: String,
+    pub mongodb_database_prefix: String,
     /// Where auth answers (register, login, JWKS).
     pub auth_url: String,
     /// Where catalog-indexer answers `/search`.
@@ -51,8 +51,8 @@ impl Config {
             database_url: secret("DATABASE_URL")?
                 .unwrap_or_else(|| "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire".into()),
             amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".into()),
-            mongodb_uri: secret("MONGODB_URI")?.unwrap_or_else(|| "mongodb://127.0.0.1:27017".into()),
-            mongodb_database: var("MONGODB_DATABASE", "tunewire".to_string())?,
+            mongodb_uri: secret("MONGODB_URI")?.unwrap_or_else(|| "mongodb://tunewire:tunewire@127.0.0.1:27017".into()),
+            mongodb_database_prefix: var("MONGODB_DATABASE_PREFIX", "tunewire".to_string())?,
             auth_url: var("AUTH_URL", "http://127.0.0.1:8081".to_string())?,
             catalog_url: var("CATALOG_URL", "http://127.0.0.1:8082".to_string())?,
             token_issuer: var("AUTH_ISSUER", "tunewire-auth".to_string())?,
@@ -83,13 +83,13 @@ impl Config {
     }
 
     /// Defaults for the local stack with the given dependencies; tests start from it.
-    pub fn local(database_url: String, amqp_url: String, mongodb_uri: String, mongodb_database: String) -> Self {
+    pub fn local(database_url: String, amqp_url: String, mongodb_uri: String, mongodb_database_prefix: String) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.into(),
             amqp_url: amqp_url.into(),
             mongodb_uri: mongodb_uri.into(),
-            mongodb_database,
+            mongodb_database_prefix,
             auth_url: "http://127.0.0.1:8081".into(),
             catalog_url: "http://127.0.0.1:8082".into(),
             token_issuer: "tunewire-auth".into(),

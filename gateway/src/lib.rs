@@ -86,7 +86,7 @@ pub struct Running {
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = SCHEMA.connect(config.database_url.expose_secret(), 20).await?;
     let store = startup::wait_for("mongodb", startup::DEPENDENCY_PATIENCE, || {
-        MediaStore::connect(config.mongodb_uri.expose_secret(), &config.mongodb_database)
+        MediaStore::connect(config.mongodb_uri.expose_secret(), &config.mongodb_database_prefix)
     })
     .await?;
     let bus = Arc::new(Bus::new(config.amqp_url.expose_secret(), "gateway"));

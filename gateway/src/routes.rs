@@ -418,11 +418,22 @@ async fn signed_download(token: String, request: download::Request, state: State
     download::serve(&state, claims.file_id.as_str(), claims.owner, false, request).await
 }
 
+/// Longest search parameter forwarded to the catalog.
+const MAX_SEARCH_PARAMETER_BYTES: usize = 4096;
+
 /// Fronts the catalog's search with the caller's identity: a user searches their own tracks.
 async fn search(caller: Caller, query: HashMap<String, String>, state: State) -> Result<Response, ApiError> {
     let mut params: Vec<(String, String)> = Vec::new();
     for (key, value) in query {
         match key.as_str() {
+            // The catalog holds each to far less (400 with its own reason); this bounds what
+            // is forwarded at all, as a URL too long for the catalog request could not be.
+            _ if value.len() > MAX_SEARCH_PARAMETER_BYTES => {
+                return Err(ApiError::bad_request(
+                    "query_too_long",
+                    format!("`{key}` is longer than {MAX_SEARCH_PARAMETER_BYTES} bytes"),
+                ));
+            }
             "q" | "tag" | "artist" | "limit" | "cursor" => params.push((key, value)),
             other => {
                 return Err(ApiError::bad_request(

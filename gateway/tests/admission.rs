@@ -154,12 +154,12 @@ async fn fifty_uploads_at_once_from_one_user_get_eight_places_and_the_rest_429()
         assert_eq!(answer?.status(), 202, "upload {i}, admitted, is accepted");
     }
     // Nothing of the refused ones was kept; sent again, they are all accepted.
-    assert_eq!(g.gridfs_counts("uploads").await?.0, 8);
+    assert_eq!(g.gridfs_counts(tunewire_media_store::Bucket::Uploads).await?.0, 8);
     for i in refused {
         let r = g.upload_bytes(&user.token, files[i].clone(), "tone.wav", &[]).await?;
         assert_eq!(r.status(), 202, "upload {i} sent again");
     }
-    assert_eq!(g.gridfs_counts("uploads").await?.0, 50);
+    assert_eq!(g.gridfs_counts(tunewire_media_store::Bucket::Uploads).await?.0, 50);
     drop(answers);
     g.stop().await
 }
@@ -202,7 +202,11 @@ async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_
         .await?;
     assert_eq!(r.status(), 507);
     assert_eq!(r.json::<Value>().await?["error"], "storage_quota");
-    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0), "a refused upload leaves nothing");
+    assert_eq!(
+        g.gridfs_counts(tunewire_media_store::Bucket::Uploads).await?,
+        (0, 0),
+        "a refused upload leaves nothing"
+    );
 
     for seed in 0..2 {
         g.accepted(&user.token, &g.tone(&format!("t{seed}.wav"), 1, seed)?, &[]).await?;
@@ -247,7 +251,7 @@ async fn gateway_process(g: &Gateway, env: &[(&str, &str)]) -> anyhow::Result<Me
         ("DATABASE_URL", c.database_url.expose_secret()),
         ("AMQP_URL", c.amqp_url.expose_secret()),
         ("MONGODB_URI", c.mongodb_uri.expose_secret()),
-        ("MONGODB_DATABASE", c.mongodb_database.as_str()),
+        ("MONGODB_DATABASE_PREFIX", c.mongodb_database_prefix.as_str()),
         ("AUTH_URL", c.auth_url.as_str()),
         ("LINK_SECRET", c.link_secret.expose_secret()),
     ];

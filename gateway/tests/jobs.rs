@@ -122,14 +122,14 @@ async fn deleting_a_job_removes_its_original_and_its_mp3() -> anyhow::Result<()>
     let (user, stranger) = (g.user().await?, g.user().await?);
     let id = g.accepted(&user.token, &g.tone("t.wav", 2, 1)?, &[]).await?;
     g.wait_for_state(&user.token, &id, "converted").await?;
-    assert_eq!((g.gridfs_counts("uploads").await?.0, g.gridfs_counts("audio").await?.0), (1, 1));
+    assert_eq!((g.gridfs_counts(Bucket::Uploads).await?.0, g.gridfs_counts(Bucket::Audio).await?.0), (1, 1));
 
     let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&stranger.token).send().await?;
     assert_eq!(r.status(), 404, "another user's job is not theirs to delete");
     let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
     assert_eq!(r.status(), 204);
-    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0));
-    assert_eq!(g.gridfs_counts("audio").await?, (0, 0));
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?, (0, 0));
+    assert_eq!(g.gridfs_counts(Bucket::Audio).await?, (0, 0));
     let r = g.http.get(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
     assert_eq!(r.status(), 404);
     let r = g.http.delete(g.at(&format!("/v1/jobs/{id}"))).bearer_auth(&user.token).send().await?;
@@ -248,7 +248,7 @@ async fn retention_removes_old_originals_and_mp3s_and_the_job_says_expired() -> 
     g.store.store_path(Bucket::Audio, file_id, "t.mp3", Default::default(), &mp3).await?;
     let job = g.wait_for_state(&user.token, &id, "expired").await?;
     eventually("the converted job's original and MP3 removed", support::DEADLINE, || async {
-        let (uploads, audio) = (g.gridfs_counts("uploads").await?, g.gridfs_counts("audio").await?);
+        let (uploads, audio) = (g.gridfs_counts(Bucket::Uploads).await?, g.gridfs_counts(Bucket::Audio).await?);
         Ok((uploads.0 == 1 && audio == (0, 0)).then_some(()))
     })
     .await?;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::{Gateway, Options};
+use tunewire_media_store::Bucket;
 use tunewire_test_stack::eventually;
 use tunewire_test_stack::media::ffmpeg;
 use tunewire_test_stack::proxy::{Proxy, host_port};
@@ -31,7 +32,7 @@ async fn a_multipart_upload_is_stored_hashed_and_queued_with_its_details() -> an
     assert_eq!(job["source"]["filename"], "tone.wav");
     assert_eq!(job["source"]["size"], bytes.len());
     assert_eq!(job["source"]["sha256"], hex::encode(Sha256::digest(&bytes)));
-    assert_eq!(g.gridfs_counts("uploads").await?.0, 1);
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?.0, 1);
 
     // The event on the converter's queue carries the preset and the details.
     let queue = "converter.media-uploaded";
@@ -115,7 +116,7 @@ async fn bad_details_are_refused_and_leave_nothing_behind() -> anyhow::Result<()
         .send()
         .await?;
     assert_eq!(r.status(), 400);
-    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0));
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?, (0, 0));
     g.stop().await
 }
 
@@ -154,7 +155,7 @@ async fn an_upload_over_the_limit_is_413_naming_it_and_leaves_nothing_in_gridfs(
         .send()
         .await?;
     assert_eq!(r.status(), 413);
-    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0));
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?, (0, 0));
     g.stop().await
 }
 
@@ -185,7 +186,7 @@ async fn what_is_not_media_or_has_no_sound_is_415_saying_which() -> anyhow::Resu
     let body: Value = r.json().await?;
     assert_eq!(body["error"], "no_audio_stream");
     assert!(body["message"].as_str().is_some_and(|m| m.contains("no audio stream")), "{body}");
-    assert_eq!(g.gridfs_counts("uploads").await?, (0, 0));
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?, (0, 0));
     g.stop().await
 }
 
@@ -203,7 +204,7 @@ async fn the_same_bytes_and_preset_from_the_same_user_give_the_existing_job() ->
     assert_ne!(other_preset, first);
     let bobs = g.accepted(&bob.token, &tone, &[]).await?;
     assert_ne!(bobs, first);
-    assert_eq!(g.gridfs_counts("uploads").await?.0, 3, "the duplicate's bytes are not kept");
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?.0, 3, "the duplicate's bytes are not kept");
     g.stop().await
 }
 
@@ -320,7 +321,7 @@ async fn a_probe_that_crashes_costs_its_upload_and_nothing_else() -> anyhow::Res
     let r = in_flight.await??;
     assert_eq!(r.status(), 202, "{}", r.text().await?);
     // The crashed upload left nothing behind: one original, the one accepted.
-    assert_eq!(g.gridfs_counts("uploads").await?.0, 1);
+    assert_eq!(g.gridfs_counts(Bucket::Uploads).await?.0, 1);
     let _ = std::fs::remove_dir_all(&dir);
     g.stop().await
 }

@@ -2,10 +2,12 @@
 //! the administrators' credentials; the services then run with their own.
 
 use anyhow::Context;
+use tunewire_media_store::access::ACCOUNTS;
 use tunewire_service_runtime::config::{ExposeSecret, required_secret, required_secret_key, secret_key, var};
 use tunewire_service_runtime::telemetry;
 use tunewire_setup::broker::{self, Management};
 use tunewire_setup::database::{self, OWNERS};
+use tunewire_setup::media_store;
 
 /// Shortest password a service's account may have.
 const MIN_PASSWORD_BYTES: usize = 16;
@@ -20,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init("setup");
     let database_admin_url = required_secret("DATABASE_ADMIN_URL")?;
     let amqp_admin_url = required_secret("AMQP_ADMIN_URL")?;
+    let mongodb_admin_uri = required_secret("MONGODB_ADMIN_URI")?;
+    let mongodb_prefix: String = var("MONGODB_DATABASE_PREFIX", "tunewire".to_string())?;
     let mut roles = Vec::new();
     for owner in OWNERS {
         let password =
@@ -31,6 +35,12 @@ async fn main() -> anyhow::Result<()> {
         let name = service.user.trim_start_matches("tunewire-");
         let password = required_secret_key(&format!("{}_AMQP_PASSWORD", prefix(name)), MIN_PASSWORD_BYTES)?;
         users.push((service, password.expose_secret().to_string()));
+    }
+    let mut accounts = Vec::new();
+    for account in ACCOUNTS {
+        let password =
+            required_secret_key(&format!("{}_MONGODB_PASSWORD", prefix(account.service())), MIN_PASSWORD_BYTES)?;
+        accounts.push((account, password.expose_secret().to_string()));
     }
     // KEDA's and the management UI's read-only login; left alone when not given.
     let monitor_user: String = var("MONITOR_AMQP_USER", "monitor".to_string())?;
@@ -51,5 +61,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("RabbitMQ users, permissions and topology")?;
     tracing::info!(users = users.len(), vhost = %uri.vhost, "rabbitmq: topology declared, each service's user set up");
+    media_store::apply(mongodb_admin_uri.expose_secret(), &mongodb_prefix, &accounts)
+        .await
+        .context("MongoDB users and roles")?;
+    tracing::info!(users = accounts.len(), prefix = %mongodb_prefix, "mongodb: each service's user holds only its role");
     Ok(())
 }

@@ -1,7 +1,11 @@
-//! Media bytes in MongoDB GridFS: originals in bucket `uploads`, MP3s in bucket `audio`.
+//! Media bytes in MongoDB GridFS: originals in bucket `uploads`, MP3s in bucket `audio`, each
+//! in its own database (`<prefix>-uploads`, `<prefix>-audio`), and the bookkeeping of MP3
+//! writers in a third (`<prefix>-audio-outputs`), so that each service's privileges can be
+//! given per database (`access`). The setup makes the collections and indexes (`prepare`).
 //! Everything streams; a file is never held whole in memory. Writes are journaled (`j: true`)
 //! so an acknowledged file survives a server crash.
 
+pub mod access;
 mod outputs;
 mod reader;
 mod writer;
@@ -16,6 +20,7 @@ use bytes::Bytes;
 use futures_util::io::AsyncWriteExt;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use mongodb::bson::{Bson, Document, doc, oid::ObjectId};
+use mongodb::error::ErrorKind;
 use mongodb::gridfs::{GridFsBucket, GridFsDownloadStream};
 use mongodb::options::{CollectionOptions, GridFsBucketOptions, IndexOptions, WriteConcern};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -42,6 +47,16 @@ impl Bucket {
             Bucket::Uploads => "uploads",
             Bucket::Audio => "audio",
         }
+    }
+
+    /// The database holding this bucket's files.
+    pub fn database(self, prefix: &str) -> String {
+        format!("{prefix}-{}", self.name())
+    }
+
+    /// The database holding the bookkeeping of its writers (`outputs`).
+    pub fn outputs_database(self, prefix: &str) -> String {
+        format!("{prefix}-{}-outputs", self.name())
     }
 }
 
@@ -94,44 +109,71 @@ pub struct FileInfo {
 
 #[derive(Clone)]
 pub struct MediaStore {
-    db: Database,
+    client: Client,
+    prefix: String,
     // Kept, not rebuilt per call: each bucket checks its indexes once per instance.
     uploads: GridFsBucket,
     audio: GridFsBucket,
 }
+
+/// MongoDB's `NamespaceExists`: a setup running beside another made it first.
+const NAMESPACE_EXISTS: i32 = 48;
 
 pub(crate) fn oid(id: &FileId) -> Bson {
     Bson::ObjectId(ObjectId::from_bytes(id.bytes()))
 }
 
 impl MediaStore {
-    /// Connects and makes sure the chunk indexes are unique (the driver's own are not).
-    pub async fn connect(uri: &str, database: &str) -> Result<Self, StoreError> {
+    /// Connects and logs in (a ping); `prefix` names the databases (`Bucket::database`).
+    /// Changes nothing: the collections and indexes are `prepare`'s.
+    pub async fn connect(uri: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = Client::with_uri_str(uri).await?;
-        let db = client.database(database);
         let bucket = |bucket: Bucket| {
             let options = GridFsBucketOptions::builder()
                 .bucket_name(bucket.name().to_string())
                 .write_concern(WriteConcern::builder().journal(true).build())
                 .build();
-            db.gridfs_bucket(options)
+            client.database(&bucket.database(prefix)).gridfs_bucket(options)
         };
-        let store = Self { uploads: bucket(Bucket::Uploads), audio: bucket(Bucket::Audio), db };
-        store.ensure_indexes().await?;
+        let store =
+            Self { uploads: bucket(Bucket::Uploads), audio: bucket(Bucket::Audio), prefix: prefix.to_string(), client };
+        store.ping().await?;
         Ok(store)
     }
 
-    async fn ensure_indexes(&self) -> Result<(), StoreError> {
+    /// Makes the collections and indexes, chunk indexes unique (the driver's own are not).
+    /// Run by the setup as the administrator, so that no service may change a database's
+    /// shape (an index is a write: a TTL one removes documents). Idempotent.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
         for bucket in [Bucket::Uploads, Bucket::Audio] {
-            let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
+            let chunks = self.db(bucket).collection::<Document>(&format!("{}.chunks", bucket.name()));
             let unique = IndexOptions::builder().unique(true).name("files_id_1_n_1".to_string()).build();
             chunks
                 .create_index(IndexModel::builder().keys(doc! {"files_id": 1, "n": 1}).options(unique).build())
                 .await?;
-            let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+            let files = self.db(bucket).collection::<Document>(&format!("{}.files", bucket.name()));
             files.create_index(IndexModel::builder().keys(doc! {"filename": 1, "uploadDate": 1}).build()).await?;
         }
+        // Only MP3s have several writers to keep apart.
+        let outputs = self.outputs_db(Bucket::Audio);
+        let existing = outputs.list_collection_names().await?;
+        for name in outputs::collection_names(Bucket::Audio) {
+            if !existing.contains(&name) {
+                match outputs.create_collection(&name).await {
+                    Err(e) if matches!(*e.kind, ErrorKind::Command(ref c) if c.code == NAMESPACE_EXISTS) => {}
+                    other => other?,
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn db(&self, bucket: Bucket) -> Database {
+        self.client.database(&bucket.database(&self.prefix))
+    }
+
+    fn outputs_db(&self, bucket: Bucket) -> Database {
+        self.client.database(&bucket.outputs_database(&self.prefix))
     }
 
     fn bucket(&self, bucket: Bucket) -> GridFsBucket {
@@ -142,7 +184,7 @@ impl MediaStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.db.run_command(doc! {"ping": 1}).await?;
+        self.db(Bucket::Uploads).run_command(doc! {"ping": 1}).await?;
         Ok(())
     }
 
@@ -270,13 +312,13 @@ impl MediaStore {
     pub fn chunk_upload(&self, bucket: Bucket, id: FileId) -> ChunkUpload {
         ChunkUpload {
             chunks: self.chunks(bucket),
-            files: self.db.collection_with_options(&format!("{}.files", bucket.name()), self.journaled()),
+            files: self.db(bucket).collection_with_options(&format!("{}.files", bucket.name()), self.journaled()),
             id,
         }
     }
 
     fn chunks(&self, bucket: Bucket) -> Collection<Document> {
-        self.db.collection_with_options(&format!("{}.chunks", bucket.name()), self.journaled())
+        self.db(bucket).collection_with_options(&format!("{}.chunks", bucket.name()), self.journaled())
     }
 
     fn journaled(&self) -> CollectionOptions {
@@ -292,7 +334,7 @@ impl MediaStore {
         start: u64,
         end: u64,
     ) -> Result<impl Stream<Item = Result<Bytes, StoreError>> + Send + 'static, StoreError> {
-        let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
+        let chunks = self.db(bucket).collection::<Document>(&format!("{}.chunks", bucket.name()));
         let chunk_size = u64::from(info.chunk_size.max(1));
         let (first, last) = (start / chunk_size, end / chunk_size);
         let filter = doc! {"files_id": oid(&info.id), "n": {"$gte": first as i64, "$lte": last as i64}};
@@ -345,7 +387,7 @@ impl MediaStore {
         cutoff: chrono::DateTime<chrono::Utc>,
         limit: i64,
     ) -> Result<Vec<FileId>, StoreError> {
-        let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+        let files = self.db(bucket).collection::<Document>(&format!("{}.files", bucket.name()));
         let cutoff = mongodb::bson::DateTime::from_millis(cutoff.timestamp_millis());
         let found: Vec<Document> = files
             .find(doc! {"uploadDate": {"$lt": cutoff}})
@@ -361,7 +403,7 @@ impl MediaStore {
     /// Removes a file and its chunks; a file that is not there is not an error.
     pub async fn delete(&self, bucket: Bucket, id: &FileId) -> Result<(), StoreError> {
         self.delete_chunks(bucket, id).await?;
-        let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+        let files = self.db(bucket).collection::<Document>(&format!("{}.files", bucket.name()));
         files.delete_one(doc! {"_id": oid(id)}).await?;
         Ok(())
     }
@@ -379,7 +421,7 @@ impl MediaStore {
         newest_allowed[..4].copy_from_slice(&cutoff.to_be_bytes());
         let old = doc! {"files_id": {"$lt": ObjectId::from_bytes(newest_allowed)}};
         let candidates: Vec<Bson> = self.chunks(bucket).distinct("files_id", old).await?;
-        let files = self.db.collection::<Document>(&format!("{}.files", bucket.name()));
+        let files = self.db(bucket).collection::<Document>(&format!("{}.files", bucket.name()));
         let mut swept = 0;
         for id in candidates.into_iter().take(1000) {
             if files.find_one(doc! {"_id": id.clone()}).await?.is_none() {
@@ -397,7 +439,7 @@ impl MediaStore {
 
     /// Removes every chunk stored under `id`.
     async fn delete_chunks(&self, bucket: Bucket, id: &FileId) -> Result<u64, StoreError> {
-        let chunks = self.db.collection::<Document>(&format!("{}.chunks", bucket.name()));
+        let chunks = self.db(bucket).collection::<Document>(&format!("{}.chunks", bucket.name()));
         Ok(chunks.delete_many(doc! {"files_id": oid(id)}).await?.deleted_count)
     }
 }

@@ -53,21 +53,25 @@ fn deleted_name(bucket: Bucket) -> String {
     format!("{}_deleted_jobs", bucket.name())
 }
 
+pub(crate) fn collection_names(bucket: Bucket) -> [String; 3] {
+    [outputs_name(bucket), attempts_name(bucket), deleted_name(bucket)]
+}
+
 fn file_id_of(doc: &Document, key: &str) -> Option<FileId> {
     doc.get_object_id(key).ok().map(|id| FileId::from_bytes(id.bytes()))
 }
 
 impl MediaStore {
     fn outputs(&self, bucket: Bucket) -> mongodb::Collection<Document> {
-        self.db.collection_with_options(&outputs_name(bucket), self.journaled())
+        self.outputs_db(bucket).collection_with_options(&outputs_name(bucket), self.journaled())
     }
 
     fn attempts(&self, bucket: Bucket) -> mongodb::Collection<Document> {
-        self.db.collection_with_options(&attempts_name(bucket), self.journaled())
+        self.outputs_db(bucket).collection_with_options(&attempts_name(bucket), self.journaled())
     }
 
     fn deleted(&self, bucket: Bucket) -> mongodb::Collection<Document> {
-        self.db.collection_with_options(&deleted_name(bucket), self.journaled())
+        self.outputs_db(bucket).collection_with_options(&deleted_name(bucket), self.journaled())
     }
 
     /// Remembers that `job` was deleted, then removes its claimed output if there is one.

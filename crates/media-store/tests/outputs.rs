@@ -13,20 +13,24 @@ use tunewire_test_stack::Stack;
 struct Store {
     store: MediaStore,
     client: mongodb::Client,
-    database: String,
+    prefix: String,
 }
 
 impl Store {
     async fn fresh() -> anyhow::Result<Self> {
         let stack = Stack::from_env();
-        let database = format!("t_outputs_{}", uuid_like());
+        let prefix = format!("t_outputs_{}", uuid_like());
         let uri = tunewire_test_stack::direct_connection(&stack.mongo_uri);
-        let store = MediaStore::connect(&uri, &database).await?;
-        Ok(Self { store, client: mongodb::Client::with_uri_str(&uri).await?, database })
+        let store = MediaStore::connect(&uri, &prefix).await?;
+        store.prepare().await?;
+        Ok(Self { store, client: mongodb::Client::with_uri_str(&uri).await?, prefix })
     }
 
     async fn drop_database(self) -> anyhow::Result<()> {
-        self.client.database(&self.database).drop().await?;
+        for bucket in [Bucket::Uploads, Bucket::Audio] {
+            self.client.database(&bucket.database(&self.prefix)).drop().await?;
+            self.client.database(&bucket.outputs_database(&self.prefix)).drop().await?;
+        }
         Ok(())
     }
 }
@@ -79,7 +83,8 @@ async fn a_file_with_a_missing_chunk_is_not_whole() -> anyhow::Result<()> {
     let job = JobId::new();
     let id = s.store.begin_attempt(Bucket::Audio, job).await?;
     let info = write_file(&s.store, &id, 4).await?;
-    let chunks = s.client.database(&s.database).collection::<mongodb::bson::Document>("audio.chunks");
+    let chunks =
+        s.client.database(&Bucket::Audio.database(&s.prefix)).collection::<mongodb::bson::Document>("audio.chunks");
     let removed =
         chunks.delete_one(doc! {"files_id": mongodb::bson::oid::ObjectId::from_bytes(id.bytes()), "n": 2}).await?;
     assert_eq!(removed.deleted_count, 1);

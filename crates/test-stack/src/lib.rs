@@ -1,5 +1,5 @@
 //! Test support: where the local stack is, and a `Sandbox` per test (its own PostgreSQL
-//! database, RabbitMQ vhost and MongoDB database) so tests run in parallel without seeing
+//! database, RabbitMQ vhost and MongoDB databases) so tests run in parallel without seeing
 //! each other's jobs. Addresses come from the same variables the services read.
 
 use std::future::Future;
@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 use tunewire_events::topology::SERVICES;
+use tunewire_media_store::Bucket;
+use tunewire_media_store::access::{ACCOUNTS, Account};
 use tunewire_setup::database::OWNERS;
 
 pub mod balancer;
@@ -28,6 +30,7 @@ pub struct Stack {
     pub management_url: String,
     pub management_user: (String, String),
     pub monitor_user: (String, String),
+    /// As the administrator, who may do anything: tests' own looks and changes.
     pub mongo_uri: String,
     pub smtp_host: String,
     pub smtp_port: u16,
@@ -42,7 +45,7 @@ impl Stack {
             management_url: env_or("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"),
             management_user: ("tunewire".into(), "tunewire".into()),
             monitor_user: ("monitor".into(), "monitor".into()),
-            mongo_uri: env_or("MONGODB_URI", "mongodb://127.0.0.1:27017"),
+            mongo_uri: env_or("MONGODB_URI", "mongodb://tunewire:tunewire@127.0.0.1:27017"),
             smtp_host: env_or("SMTP_HOST", "127.0.0.1"),
             smtp_port: env_or("SMTP_PORT", "1025").parse().unwrap_or(1025),
             maildev_url: env_or("MAILDEV_URL", "http://127.0.0.1:1080"),
@@ -58,7 +61,8 @@ pub struct Sandbox {
     pub database_url: String,
     pub amqp_url: String,
     pub vhost: String,
-    pub mongo_database: String,
+    /// Names the sandbox's media-store databases (`Bucket::database`).
+    pub mongo_prefix: String,
 }
 
 impl Sandbox {
@@ -108,7 +112,11 @@ impl Sandbox {
         tunewire_setup::broker::apply(&amqp_url, &management, &name, &users, monitor)
             .await
             .context("setting up the sandbox's broker")?;
-        Ok(Self { database_url, amqp_url, vhost: name.clone(), mongo_database: name.clone(), name, stack })
+        let accounts: Vec<_> = ACCOUNTS.iter().map(|a| (*a, local_password(&a.user(&name)))).collect();
+        tunewire_setup::media_store::apply(&stack.mongo_uri, &name, &accounts)
+            .await
+            .context("setting up the sandbox's media-store users: is MongoDB up (scripts/stack up)?")?;
+        Ok(Self { database_url, amqp_url, vhost: name.clone(), mongo_prefix: name.clone(), name, stack })
     }
 
     /// The sandbox's database as `service`'s own role (`tunewire_setup::database::OWNERS`).
@@ -120,6 +128,22 @@ impl Sandbox {
     /// The sandbox's vhost as `service`'s own RabbitMQ user.
     pub fn amqp_url_for(&self, service: tunewire_events::topology::Service) -> String {
         with_login(&self.amqp_url, service.user, &local_password(service.user))
+    }
+
+    /// The sandbox's media store as `account`'s own user.
+    pub fn mongo_uri_for(&self, account: Account) -> String {
+        let user = account.user(&self.mongo_prefix);
+        with_login(&self.stack.mongo_uri, &user, &local_password(&user))
+    }
+
+    /// The name of the sandbox's database holding `bucket`.
+    pub fn mongo_database(&self, bucket: Bucket) -> String {
+        bucket.database(&self.mongo_prefix)
+    }
+
+    /// The name of the sandbox's database holding the bookkeeping of `bucket`'s writers.
+    pub fn mongo_outputs_database(&self, bucket: Bucket) -> String {
+        bucket.outputs_database(&self.mongo_prefix)
     }
 
     /// Drops what `create` made. Tests call it at the end; a failed test leaves its sandbox
@@ -143,8 +167,12 @@ impl Sandbox {
             .basic_auth(user, Some(pass))
             .send()
             .await?;
+        tunewire_setup::media_store::remove(&self.stack.mongo_uri, &self.mongo_prefix, &ACCOUNTS).await?;
         let mongo = mongodb::Client::with_uri_str(&self.stack.mongo_uri).await?;
-        mongo.database(&self.mongo_database).drop().await?;
+        for bucket in [Bucket::Uploads, Bucket::Audio] {
+            mongo.database(&self.mongo_database(bucket)).drop().await?;
+            mongo.database(&bucket.outputs_database(&self.mongo_prefix)).drop().await?;
+        }
         Ok(())
     }
 

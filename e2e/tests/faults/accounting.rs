@@ -65,7 +65,7 @@ impl Accountant {
 
     async fn snapshot(&self, p: &Pipeline, email: &str, uploads: &[Upload]) -> anyhow::Result<Snapshot> {
         let mails = maildev::messages_to(&p.sandbox.stack.maildev_url, email).await?;
-        let mongo = self.mongo.database(&p.sandbox.mongo_database);
+        let mongo = self.mongo.database(&p.sandbox.mongo_database(tunewire_media_store::Bucket::Audio));
         let files = mongo.collection::<mongodb::bson::Document>("audio.files");
         let chunks = mongo.collection::<mongodb::bson::Document>("audio.chunks");
         let mut snapshot = Snapshot::default();

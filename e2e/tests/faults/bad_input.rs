@@ -232,7 +232,9 @@ pub async fn run() -> anyhow::Result<Report> {
     // nothing behind.
     let db = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
     let mongo = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?;
-    let originals = mongo.database(&p.sandbox.mongo_database).collection::<mongodb::bson::Document>("uploads.files");
+    let originals = mongo
+        .database(&p.sandbox.mongo_database(tunewire_media_store::Bucket::Uploads))
+        .collection::<mongodb::bson::Document>("uploads.files");
     let count_jobs = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM gateway.jobs").fetch_one(&db);
     let (jobs_before, files_before) = (count_jobs().await?, originals.count_documents(mongodb::bson::doc! {}).await?);
     let mut stream = tokio::net::TcpStream::connect(&gateway).await?;

@@ -389,8 +389,8 @@ pub async fn dependencies_down_at_start() -> anyhow::Result<Report> {
 fn converter_env(p: &Pipeline) -> Vec<(&'static str, String)> {
     vec![
         ("AMQP_URL", p.urls.amqp("converter")),
-        ("MONGODB_URI", p.urls.mongo_uri.clone()),
-        ("MONGODB_DATABASE", p.sandbox.mongo_database.clone()),
+        ("MONGODB_URI", p.urls.mongo(tunewire_media_store::access::Account::Converter)),
+        ("MONGODB_DATABASE_PREFIX", p.sandbox.mongo_prefix.clone()),
         ("CONVERTER_HEALTH_BIND", "127.0.0.1:0".into()),
         ("CONVERTER_CONCURRENCY", "2".into()),
     ]
@@ -399,7 +399,9 @@ fn converter_env(p: &Pipeline) -> Vec<(&'static str, String)> {
 /// The sandbox's MP3 chunks, and how many of them belong to no stored file.
 async fn audio_chunks(p: &Pipeline) -> anyhow::Result<(u64, u64)> {
     use mongodb::bson::{Document, doc};
-    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri)
+        .await?
+        .database(&p.sandbox.mongo_database(tunewire_media_store::Bucket::Audio));
     let chunks = db.collection::<Document>("audio.chunks");
     let all = chunks.count_documents(doc! {}).await?;
     let files: Vec<mongodb::bson::Bson> = db.collection::<Document>("audio.files").distinct("_id", doc! {}).await?;
@@ -645,8 +647,11 @@ fn one_at_a_time_converter_env(p: &Pipeline) -> Vec<(&'static str, String)> {
 /// How many distinct MP3s are being written right now (chunks under an attempt's id).
 async fn attempts_writing(p: &Pipeline) -> anyhow::Result<usize> {
     use mongodb::bson::{Document, doc};
-    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
-    let live: Vec<mongodb::bson::Bson> = db.collection::<Document>("audio_attempts").distinct("_id", doc! {}).await?;
+    let mongo = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?;
+    let db = mongo.database(&p.sandbox.mongo_database(tunewire_media_store::Bucket::Audio));
+    let outputs = mongo.database(&p.sandbox.mongo_outputs_database(tunewire_media_store::Bucket::Audio));
+    let live: Vec<mongodb::bson::Bson> =
+        outputs.collection::<Document>("audio_attempts").distinct("_id", doc! {}).await?;
     let writing: Vec<mongodb::bson::Bson> =
         db.collection::<Document>("audio.chunks").distinct("files_id", doc! {"files_id": {"$in": live}}).await?;
     Ok(writing.len())
@@ -669,7 +674,9 @@ async fn both_consuming(p: &Pipeline) -> anyhow::Result<()> {
 /// Conversion attempts not yet ended, whatever they have written.
 async fn attempts_open(p: &Pipeline) -> anyhow::Result<u64> {
     use mongodb::bson::{Document, doc};
-    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri)
+        .await?
+        .database(&p.sandbox.mongo_outputs_database(tunewire_media_store::Bucket::Audio));
     Ok(db.collection::<Document>("audio_attempts").count_documents(doc! {}).await?)
 }
 
@@ -805,9 +812,11 @@ pub async fn rabbitmq_restarted_while_two_converters_work() -> anyhow::Result<Re
 async fn remains_of(p: &Pipeline, token: &str, email: &str, job_id: &str, title: &str) -> anyhow::Result<Vec<String>> {
     use mongodb::bson::{Document, doc};
     let mut remains = Vec::new();
-    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let mongo = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?;
+    let db = mongo.database(&p.sandbox.mongo_database(tunewire_media_store::Bucket::Audio));
+    let outputs = mongo.database(&p.sandbox.mongo_outputs_database(tunewire_media_store::Bucket::Audio));
     let mp3s = db.collection::<Document>("audio.files").count_documents(doc! {"metadata.job_id": job_id}).await?;
-    let claims = db.collection::<Document>("audio_outputs").count_documents(doc! {"_id": job_id}).await?;
+    let claims = outputs.collection::<Document>("audio_outputs").count_documents(doc! {"_id": job_id}).await?;
     let pg = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM catalog.tracks WHERE job_id = $1::uuid")
         .bind(job_id)
@@ -845,7 +854,9 @@ async fn remains_of(p: &Pipeline, token: &str, email: &str, job_id: &str, title:
 /// catalog's, and the notifier's cancelled deliveries.
 async fn deletion_seen(p: &Pipeline, job_id: &str) -> anyhow::Result<bool> {
     use mongodb::bson::{Document, doc};
-    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri).await?.database(&p.sandbox.mongo_database);
+    let db = mongodb::Client::with_uri_str(&p.sandbox.stack.mongo_uri)
+        .await?
+        .database(&p.sandbox.mongo_outputs_database(tunewire_media_store::Bucket::Audio));
     let converter = db.collection::<Document>("audio_deleted_jobs").count_documents(doc! {"_id": job_id}).await? == 1;
     let pg = sqlx::PgPool::connect(&p.sandbox.database_url).await?;
     let (catalog, notifier): (bool, bool) = sqlx::query_as(

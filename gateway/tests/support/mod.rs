@@ -11,7 +11,8 @@ use mongodb::bson::{Document, doc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
-use tunewire_media_store::MediaStore;
+use tunewire_media_store::access::Account;
+use tunewire_media_store::{Bucket, MediaStore};
 use tunewire_service_runtime::config::ExposeSecret;
 use tunewire_test_stack::media::ffmpeg;
 use tunewire_test_stack::{Sandbox, eventually};
@@ -89,8 +90,8 @@ impl Gateway {
         let mut config = tunewire_gateway::Config::local(
             sandbox.database_url.clone(),
             amqp_url,
-            sandbox.stack.mongo_uri.clone(),
-            sandbox.mongo_database.clone(),
+            sandbox.mongo_uri_for(Account::Gateway),
+            sandbox.mongo_prefix.clone(),
         );
         config.auth_url = format!("http://{}", auth.addr);
         config.link_secret = format!("links-{}", sandbox.name).into();
@@ -121,15 +122,15 @@ impl Gateway {
                     max_duration_s: 3600.0,
                     ..tunewire_converter::Config::local(
                         sandbox.amqp_url.clone(),
-                        sandbox.stack.mongo_uri.clone(),
-                        sandbox.mongo_database.clone(),
+                        sandbox.mongo_uri_for(Account::Converter),
+                        sandbox.mongo_prefix.clone(),
                     )
                 },
                 shutdown.clone(),
             )
             .await?;
         }
-        let store = MediaStore::connect(&sandbox.stack.mongo_uri, &sandbox.mongo_database).await?;
+        let store = MediaStore::connect(&sandbox.stack.mongo_uri, &sandbox.mongo_prefix).await?;
         let bus = Bus::new(sandbox.amqp_url.clone(), "gateway-tests");
         Ok(Self {
             url: format!("http://{}", gateway.addr),
@@ -226,11 +227,12 @@ impl Gateway {
     }
 
     /// Files and chunks in a GridFS bucket of this sandbox.
-    pub async fn gridfs_counts(&self, bucket: &str) -> anyhow::Result<(u64, u64)> {
+    pub async fn gridfs_counts(&self, bucket: Bucket) -> anyhow::Result<(u64, u64)> {
         let client = mongodb::Client::with_uri_str(&self.sandbox.stack.mongo_uri).await?;
-        let db = client.database(&self.sandbox.mongo_database);
-        let files = db.collection::<Document>(&format!("{bucket}.files")).count_documents(doc! {}).await?;
-        let chunks = db.collection::<Document>(&format!("{bucket}.chunks")).count_documents(doc! {}).await?;
+        let db = client.database(&self.sandbox.mongo_database(bucket));
+        let name = bucket.name();
+        let files = db.collection::<Document>(&format!("{name}.files")).count_documents(doc! {}).await?;
+        let chunks = db.collection::<Document>(&format!("{name}.chunks")).count_documents(doc! {}).await?;
         Ok((files, chunks))
     }
 
