@@ -357,3 +357,44 @@ async fn a_thousand_event_streams_get_their_share_and_the_rest_429_in_bounded_me
     drop(bob_streams);
     g.stop().await
 }
+
+#[tokio::test]
+async fn a_hundred_thousand_character_search_is_refused_in_bounded_memory() -> anyhow::Result<()> {
+    /// As for event streams: an idle debug gateway takes about 40 MiB.
+    const BOUND_MIB: u64 = 160;
+    const ASKERS: usize = 100;
+    let g = Gateway::start().await?;
+    let gateway = gateway_process(&g, &[]).await?;
+    let ann = g.user().await?;
+    let idle = gateway.peak_rss_mib()?;
+    let search =
+        |q: String| g.http.get(format!("{}/v1/search", gateway.url)).query(&[("q", q)]).bearer_auth(&ann.token).send();
+
+    // Under the HTTP layer's limit on a request line, the gateway refuses the parameter itself.
+    let r = search("moonlight ".repeat(500)).await?;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"], "query_too_long", "{body}");
+
+    // A request line over 64 KiB is answered 414 by hyper before any handler runs.
+    let addr = gateway.url.trim_start_matches("http://").to_string();
+    let head = format!(
+        "GET /v1/search?q={} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        "moonlight+".repeat(10_000),
+        ann.token
+    );
+    for answer in join_all((0..ASKERS).map(|_| send_all_then_read(addr.clone(), head.clone(), Vec::new()))).await {
+        let (status, _) = answer?;
+        assert!(status.starts_with("HTTP/1.1 414"), "{status}");
+    }
+    let peak = gateway.peak_rss_mib()?;
+
+    // The gateway still serves the same user.
+    let r = g.http.get(format!("{}/v1/jobs", gateway.url)).bearer_auth(&ann.token).send().await?;
+    assert_eq!(r.status(), 200, "{}", r.text().await?);
+    println!(
+        "gateway peak RSS: {idle} MiB idle, {peak} MiB after {ASKERS} searches of 100,000 characters ({BOUND_MIB} bound)"
+    );
+    assert!(peak < BOUND_MIB, "peak RSS {peak} MiB");
+    g.stop().await
+}
