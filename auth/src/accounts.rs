@@ -5,7 +5,7 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use sqlx::PgPool;
-use tunewire_events::{Email, UserId};
+use tunewire_contract::{Email, Role, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
@@ -61,7 +61,7 @@ pub struct Account {
     pub id: UserId,
     pub email: Email,
     pub password_hash: String,
-    pub role: String,
+    pub role: Role,
     /// Tokens issued before this (unix seconds) are refused.
     pub tokens_not_before: i64,
 }
@@ -71,6 +71,7 @@ type AccountRow = (uuid::Uuid, String, String, String, chrono::DateTime<chrono::
 fn account(row: AccountRow) -> Result<Account, AccountError> {
     let (id, email, password_hash, role, not_before) = row;
     let email = email.parse().map_err(|e| AccountError::Database(sqlx::Error::Decode(Box::new(e))))?;
+    let role = role.parse().map_err(|e| AccountError::Database(sqlx::Error::Decode(Box::new(e))))?;
     Ok(Account { id: UserId::from(id), email, password_hash, role, tokens_not_before: not_before.timestamp() })
 }
 

@@ -20,7 +20,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tunewire_events::Email;
+use tunewire_contract::Email;
+
+/// A limit's row, locked: key, window end, attempts, not before, and the database's clock.
+type LimitRow = (String, DateTime<Utc>, i32, DateTime<Utc>, DateTime<Utc>);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -237,7 +240,7 @@ impl AttemptLimits {
             .bind(&keys)
             .execute(&mut *tx)
             .await?;
-        let rows: Vec<(String, DateTime<Utc>, i32, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        let rows: Vec<LimitRow> = sqlx::query_as(
             "SELECT key, window_ends, attempts, not_before, clock_timestamp() FROM auth.attempt_limits
              WHERE key = ANY($1) ORDER BY key FOR UPDATE",
         )

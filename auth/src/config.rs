@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tunewire_events::Email;
+use tunewire_contract::Email;
 use tunewire_service_runtime::ConfigError;
 use tunewire_service_runtime::config::{SecretString, secret, var, var_opt};
 
@@ -41,7 +41,7 @@ impl Config {
     /// The hashing slots this process runs with.
     pub fn hash_slots(&self) -> usize {
         self.hash_slots.unwrap_or_else(|| {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
             hashing::cgroup_memory_limit_mib().map_or(cpus, hashing::slots_for_memory).min(2 * cpus).max(1)
         })
     }

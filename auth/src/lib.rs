@@ -18,14 +18,14 @@ use prometheus_client::registry::Registry;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, postgres};
+use tunewire_service_runtime::{Dependencies, HealthRoutes, http_error, postgres};
 use warp::Filter;
 
 pub use config::Config;
 
 /// `tunewire-auth create-admin --email ADDRESS`, the password from `AUTH_ADMIN_PASSWORD` or
 /// `AUTH_ADMIN_PASSWORD_FILE`.
-pub async fn create_admin(config: &Config, email: &tunewire_events::Email) -> anyhow::Result<()> {
+pub async fn create_admin(config: &Config, email: &tunewire_contract::Email) -> anyhow::Result<()> {
     let password = tunewire_service_runtime::config::required_secret("AUTH_ADMIN_PASSWORD")?;
     let db = PgPoolOptions::new().max_connections(1).connect(config.database_url.expose_secret()).await?;
     migrate(&db).await?;
@@ -41,20 +41,6 @@ pub const SHUTDOWN_DEADLINE_S: u64 = 10;
 pub struct Running {
     pub addr: SocketAddr,
     pub task: JoinHandle<()>,
-}
-
-struct Dependencies {
-    db: PgPool,
-}
-
-impl Readiness for Dependencies {
-    fn checks(&self) -> Vec<(&'static str, Check)> {
-        let db = self.db.clone();
-        vec![(
-            "postgres",
-            Box::pin(async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) }),
-        )]
-    }
 }
 
 /// This service's tables: schema `auth`.
@@ -81,8 +67,8 @@ async fn prune_counters(limits: Arc<attempt_limits::AttemptLimits>, shutdown: Ca
 pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Running> {
     let db = SCHEMA.connect(config.database_url.expose_secret(), 10).await?;
     let keys = Arc::new(keys::SigningKeys::load(
-        config.signing_key_pem.as_ref().map(|k| k.expose_secret()),
-        config.previous_signing_key_pem.as_ref().map(|k| k.expose_secret()),
+        config.signing_key_pem.as_ref().map(tunewire_service_runtime::config::ExposeSecret::expose_secret),
+        config.previous_signing_key_pem.as_ref().map(tunewire_service_runtime::config::ExposeSecret::expose_secret),
     )?);
     if let Some((email, password)) = &config.admin {
         let id = accounts::provision_admin(&db, email, password.expose_secret()).await?;
@@ -99,7 +85,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         hashing: Arc::new(hashing::Hashing::new(slots, config.hash_queue)),
     };
     tokio::spawn(prune_counters(attempt_limits, shutdown.clone()));
-    let health = HealthRoutes::new(Arc::new(Dependencies { db }), Registry::default());
+    let health = HealthRoutes::new(
+        Arc::new(Dependencies::new().required("postgres", postgres::check(&db))),
+        Registry::default(),
+    );
     let api = routes::routes(state).or(health.routes()).recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;

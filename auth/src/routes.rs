@@ -4,7 +4,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
-use tunewire_events::{Email, UserId};
+use tunewire_contract::{Email, Role, UserId};
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -126,7 +126,7 @@ async fn register(creds: Credentials, client: Option<IpAddr>, state: State) -> R
     let email: Email = creds
         .email
         .parse()
-        .map_err(|e: tunewire_events::IdError| ApiError::bad_request("invalid_email", e.to_string()))?;
+        .map_err(|e: tunewire_contract::IdError| ApiError::bad_request("invalid_email", e.to_string()))?;
     accounts::check_password_length(&creds.password).map_err(account_error)?;
     let admitted = state.hashing.admit().map_err(busy)?;
     state.attempt_limits.begin_registration(client).await.map_err(limits_error)?.map_err(refused)?;
@@ -140,7 +140,7 @@ async fn register(creds: Credentials, client: Option<IpAddr>, state: State) -> R
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", format!("{email} is already registered")));
     };
     tracing::info!(user_id = %id, "registered");
-    let body = warp::reply::json(&json!({"id": id, "email": email, "role": "user"}));
+    let body = warp::reply::json(&json!({"id": id, "email": email, "role": Role::User}));
     Ok(warp::reply::with_status(body, StatusCode::CREATED).into_response())
 }
 
@@ -190,7 +190,7 @@ async fn login(creds: Credentials, client: Option<IpAddr>, state: State) -> Resu
 /// A fresh token for `account`, never dated before its password's last change.
 fn token_reply(state: &State, account: &accounts::Account) -> Result<warp::reply::Response, ApiError> {
     let issued_at = chrono::Utc::now().timestamp().max(account.tokens_not_before);
-    let token = tokens::issue(&state.keys, &state.config, (account.id, &account.email, &account.role), issued_at)
+    let token = tokens::issue(&state.keys, &state.config, (account.id, &account.email, account.role), issued_at)
         .map_err(|e| ApiError::internal("signing", e))?;
     let ttl = state.config.token_ttl_s;
     Ok(warp::reply::json(&json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})).into_response())

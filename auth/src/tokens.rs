@@ -1,38 +1,25 @@
-//! Access tokens: their claims, issuing one, and checking one auth issued itself (a password
+//! Access tokens: issuing one, and checking one auth issued itself (a password
 //! change is made with the caller's token).
 
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
-use tunewire_events::{Email, UserId};
+use tunewire_contract::{AccessClaims, Email, Role, UserId};
 use tunewire_service_runtime::ApiError;
 
 use crate::config::Config;
 use crate::keys::SigningKeys;
-
-/// The access token's claims; the gateway reads the same names.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
-    pub sub: String,
-    pub email: String,
-    pub role: String,
-    pub iss: String,
-    pub aud: String,
-    pub iat: i64,
-    pub exp: i64,
-}
 
 /// A token for this account, issued at `issued_at` (unix seconds); `None` only when the key
 /// cannot sign, which is a bug.
 pub fn issue(
     keys: &SigningKeys,
     config: &Config,
-    (id, email, role): (UserId, &Email, &str),
+    (id, email, role): (UserId, &Email, Role),
     issued_at: i64,
 ) -> Result<String, jsonwebtoken::errors::Error> {
-    let claims = Claims {
+    let claims = AccessClaims {
         sub: id.to_string(),
         email: email.to_string(),
-        role: role.to_string(),
+        role,
         iss: config.issuer.clone(),
         aud: config.audience.clone(),
         iat: issued_at,
@@ -46,7 +33,7 @@ pub fn issue(
 
 /// The claims of `Authorization: Bearer <token>`, if auth signed it with a published key
 /// and it is alive and meant for this audience.
-pub fn verify(keys: &SigningKeys, config: &Config, authorization: Option<&str>) -> Result<Claims, ApiError> {
+pub fn verify(keys: &SigningKeys, config: &Config, authorization: Option<&str>) -> Result<AccessClaims, ApiError> {
     let invalid = || ApiError::unauthorized("a valid bearer token is required (Authorization: Bearer <token>)");
     let token = authorization
         .and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")))
@@ -66,5 +53,5 @@ pub fn verify(keys: &SigningKeys, config: &Config, authorization: Option<&str>) 
     validation.set_audience(&[&config.audience]);
     validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
     validation.leeway = 30;
-    jsonwebtoken::decode::<Claims>(token, &key, &validation).map(|data| data.claims).map_err(|_| invalid())
+    jsonwebtoken::decode::<AccessClaims>(token, &key, &validation).map(|data| data.claims).map_err(|_| invalid())
 }

@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use tunewire_catalog_indexer::lastfm::Tag;
 use tunewire_catalog_indexer::search_index::{SearchIndex, SearchRequest, TrackDoc};
 use tunewire_catalog_indexer::{catalog, migrate};
-use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
-use tunewire_events::{FileId, JobId, MediaConverted, Preset, UserId};
+use tunewire_contract::{AudioOutput, Owner, TrackTags};
+use tunewire_contract::{FileId, JobId, MediaConverted, Preset, UserId};
 use tunewire_test_stack::Sandbox;
 
 const TRACKS: usize = 100_000;

@@ -2,7 +2,7 @@
 //! job id and normalised names, so a redelivered event changes nothing.
 
 use sqlx::{PgPool, Postgres, Transaction};
-use tunewire_events::MediaConverted;
+use tunewire_contract::MediaConverted;
 
 use crate::lastfm::Tag;
 

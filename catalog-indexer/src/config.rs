@@ -27,7 +27,7 @@ pub struct Config {
 }
 
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 const DEFAULT_SEARCH_QUEUE: usize = 32;

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tracing::{info, warn};
-use tunewire_events::{
-    CatalogChange, HandleError, HandleResultExt, Incoming, JobId, MediaCatalogued, MediaConverted, Publisher,
-};
+use tunewire_contract::{CatalogChange, JobId, MediaCatalogued, MediaConverted};
+use tunewire_events::{HandleError, HandleResultExt, Incoming, Publisher};
 
 use crate::catalog;
 use crate::lastfm::Tag;

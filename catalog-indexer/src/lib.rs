@@ -15,62 +15,28 @@ use tunewire_service_runtime::config::ExposeSecret;
 
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
-use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tunewire_contract::SearchPage;
 use tunewire_events::Bus;
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
 use tunewire_service_runtime::admission::Admission;
-use tunewire_service_runtime::{ApiError, Check, HealthRoutes, Readiness, http_error, postgres};
+use tunewire_service_runtime::{ApiError, Dependencies, HealthRoutes, check_with, http_error, postgres};
 use warp::{Filter, Reply};
 
 pub use config::Config;
 use search_index::SearchIndex;
 
-struct Dependencies {
-    db: PgPool,
-    bus: Arc<Bus>,
-    index: Arc<SearchIndex>,
-    tags: Arc<tag_lookup::TagLookup>,
-}
-
-/// Ready means search answers: that takes the index alone. PostgreSQL and RabbitMQ feed the
-/// catalog; without them new tracks wait, and search still serves what is indexed.
-impl Readiness for Dependencies {
-    fn checks(&self) -> Vec<(&'static str, Check)> {
-        let index = self.index.clone();
-        vec![(
-            "search_index",
-            Box::pin(
-                async move { tokio::task::spawn_blocking(move || index.check()).await.map_err(|e| e.to_string())? },
-            ),
-        )]
-    }
-
-    fn optional_checks(&self) -> Vec<(&'static str, Check)> {
-        let (db, bus) = (self.db.clone(), self.bus.clone());
-        vec![
-            (
-                "postgres",
-                Box::pin(
-                    async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
-                ),
-            ),
-            ("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) })),
-        ]
-    }
-
-    /// Last.fm is optional: without it tracks are catalogued untagged, which an operator
-    /// should know, but search still works.
-    fn notes(&self) -> Vec<(&'static str, String)> {
-        if self.tags.lastfm.is_none() {
-            vec![("lastfm", "LASTFM_API_KEY is not set: tracks get no Last.fm tags".into())]
-        } else if self.tags.key_rejected() {
-            vec![("lastfm", "Last.fm rejected LASTFM_API_KEY (invalid or suspended): no tags until it is fixed".into())]
-        } else {
-            vec![]
-        }
+/// Last.fm is optional: without it tracks are catalogued untagged, which an operator should
+/// know, but search still works.
+fn lastfm_notes(tags: &tag_lookup::TagLookup) -> Vec<(&'static str, String)> {
+    if tags.lastfm.is_none() {
+        vec![("lastfm", "LASTFM_API_KEY is not set: tracks get no Last.fm tags".into())]
+    } else if tags.key_rejected() {
+        vec![("lastfm", "Last.fm rejected LASTFM_API_KEY (invalid or suspended): no tags until it is fixed".into())]
+    } else {
+        vec![]
     }
 }
 
@@ -169,7 +135,7 @@ async fn search(
     Ok(match outcome {
         Ok(Ok((hits, total))) => {
             let next = (offset + hits.len() < total).then(|| (offset + hits.len()).to_string());
-            warp::reply::json(&json!({"total": total, "hits": hits, "next_cursor": next})).into_response()
+            warp::reply::json(&SearchPage { total, hits, next_cursor: next }).into_response()
         }
         Ok(Err(e)) => ApiError::internal("search_failed", e).into_response(),
         Err(e) => ApiError::internal("search_failed", e).into_response(),
@@ -274,10 +240,19 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .and(warp::any().map(move || search_index.clone()))
         .and(warp::any().map(move || searches.clone()))
         .and_then(search);
-    let health = HealthRoutes::new(
-        Arc::new(Dependencies { db, bus: bus.clone(), index: index.clone(), tags }),
-        Registry::default(),
-    );
+    // Ready means search answers: that takes the index alone. PostgreSQL and RabbitMQ feed
+    // the catalog; without them new tracks wait, and search still serves what is indexed.
+    let dependencies = Dependencies::new()
+        .required(
+            "search_index",
+            check_with(index.clone(), |index| async move {
+                tokio::task::spawn_blocking(move || index.check()).await.map_err(|e| e.to_string())?
+            }),
+        )
+        .optional("postgres", postgres::check(&db))
+        .optional("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }))
+        .notes(move || lastfm_notes(&tags));
+    let health = HealthRoutes::new(Arc::new(dependencies), Registry::default());
     let routes = search_route.or(health.routes()).unify().recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;

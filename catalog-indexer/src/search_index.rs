@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::tokenizer::{AsciiFoldingFilter, LowerCaser, SimpleTokenizer, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+use tunewire_contract::SearchHit;
 
 const TOKENIZER: &str = "folded";
 
@@ -70,16 +70,6 @@ pub struct TrackDoc<'a> {
     pub artist: Option<&'a str>,
     pub album: Option<&'a str>,
     pub tags: Vec<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Hit {
-    pub job_id: String,
-    pub title: String,
-    pub artist: Option<String>,
-    pub album: Option<String>,
-    pub tags: Vec<String>,
-    pub score: f32,
 }
 
 fn analyzer() -> TextAnalyzer {
@@ -201,7 +191,7 @@ impl SearchIndex {
     }
 
     /// Hits best first, and how many match in all.
-    pub fn search(&self, request: &SearchRequest<'_>) -> tantivy::Result<(Vec<Hit>, usize)> {
+    pub fn search(&self, request: &SearchRequest<'_>) -> tantivy::Result<(Vec<SearchHit>, usize)> {
         let f = self.fields;
         let tokens = self.tokens(request.text);
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -245,7 +235,7 @@ impl SearchIndex {
         for (score, address) in top {
             let doc: TantivyDocument = searcher.doc(address)?;
             let text = |field| doc.get_first(field).and_then(|v| v.as_str()).map(str::to_string);
-            hits.push(Hit {
+            hits.push(SearchHit {
                 job_id: text(f.job_id).unwrap_or_default(),
                 title: text(f.title).unwrap_or_default(),
                 artist: text(f.artist),

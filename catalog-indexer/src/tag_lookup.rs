@@ -8,7 +8,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tunewire_events::{Bus, JobId, MediaCatalogued};
+use tunewire_contract::{JobId, MediaCatalogued};
+use tunewire_events::Bus;
+use tunewire_service_runtime::Backoff;
 
 use crate::catalog::{self, name_key};
 use crate::lastfm::{Failure, Lastfm, Tag};
@@ -179,7 +181,7 @@ async fn fill(
 /// Entries looked at per round.
 const ROUND: i64 = 20;
 /// The longest wait between two attempts for one track.
-const MAX_BACKOFF_S: f64 = 6.0 * 3600.0;
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
 async fn round(
     lookup: &TagLookup,
@@ -209,7 +211,7 @@ async fn round(
                 sqlx::query("DELETE FROM catalog.tag_backlog WHERE job_id = $1").bind(job).execute(&lookup.db).await?;
             }
             Tags::Later(reason) => {
-                let backoff = (every.as_secs_f64() * 2f64.powi(attempts.min(20))).min(MAX_BACKOFF_S);
+                let backoff = Backoff::new(every, MAX_BACKOFF).delay(attempts.max(0) as u32).as_secs_f64();
                 sqlx::query(
                     "UPDATE catalog.tag_backlog SET attempts = attempts + 1, last_error = $2,
                             next_attempt_at = now() + make_interval(secs => $3)

@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tunewire_contract::{Event, JobId, UserId};
+use tunewire_events::Bus;
 use tunewire_events::topology::CATALOG_INDEXER_QUEUE;
-use tunewire_events::{Bus, Event, JobId, UserId};
 mod support;
 
 use tunewire_test_stack::{Sandbox, eventually};

@@ -10,7 +10,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tunewire_catalog_indexer::{Config, catalog, lastfm::Tag};
-use tunewire_events::{Bus, UserId};
+use tunewire_contract::UserId;
+use tunewire_events::Bus;
 mod support;
 
 use tunewire_test_stack::{Sandbox, eventually};

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::contract::{Owner, SourceFile, TrackTags};
+use tunewire_contract::{JobId, JobUpdate, MediaConverted, MediaUploaded, Preset, UserId};
+use tunewire_contract::{Owner, SourceFile, TrackTags};
 use tunewire_events::topology::{CONVERTER_QUEUE, GATEWAY_QUEUE};
-use tunewire_events::{Bus, HandleError, Incoming, JobId, JobUpdate, MediaConverted, MediaUploaded, Preset, UserId};
+use tunewire_events::{Bus, HandleError, Incoming};
 use tunewire_media_store::{Bucket, MediaStore, StoredFile};
 use tunewire_test_stack::bench::{FreshMongo, free_port, status_kib};
 use tunewire_test_stack::{Sandbox, eventually, media};
@@ -188,7 +189,7 @@ impl ConverterProcess {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
-    fn fail(&self, what: String) -> anyhow::Error {
+    fn fail(&self, what: &str) -> anyhow::Error {
         anyhow::anyhow!("{what}\n--- converter log ({}), last lines:\n{}", self.log.display(), self.log_tail())
     }
 
@@ -202,12 +203,12 @@ impl ConverterProcess {
                 break status;
             }
             if Instant::now() > until {
-                return Err(self.fail(format!("the converter did not exit within {grace:?} of SIGTERM")));
+                return Err(self.fail(&format!("the converter did not exit within {grace:?} of SIGTERM")));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         if !status.success() {
-            return Err(self.fail(format!("the converter exited with {status} after SIGTERM")));
+            return Err(self.fail(&format!("the converter exited with {status} after SIGTERM")));
         }
         Ok(())
     }
@@ -228,7 +229,7 @@ impl Drop for ConverterProcess {
 
 /// The converter's reader on the original with nothing else to do: what the store alone
 /// costs a conversion.
-async fn read_alone(store: &MediaStore, id: &tunewire_events::FileId) -> anyhow::Result<(Duration, u64)> {
+async fn read_alone(store: &MediaStore, id: &tunewire_contract::FileId) -> anyhow::Result<(Duration, u64)> {
     use std::io::Read;
     let mut reader = store.reader(Bucket::Uploads, id).await?.context("the original is gone")?;
     tokio::task::spawn_blocking(move || {
@@ -366,9 +367,8 @@ async fn stage_in(
         Ok(consumers.filter(|n| *n > 0).map(|_| ()))
     })
     .await;
-    consuming.map_err(|e| converter.fail(format!("{e:#}")))?;
-    let (idle_kib, mut peak_kib) =
-        converter.memory_kib().ok_or_else(|| converter.fail("the converter exited".into()))?;
+    consuming.map_err(|e| converter.fail(&format!("{e:#}")))?;
+    let (idle_kib, mut peak_kib) = converter.memory_kib().ok_or_else(|| converter.fail("the converter exited"))?;
     let pid = converter.pid().to_string();
     let cpu_before = cpu_ticks(&pid, false).unwrap_or(0);
     let store_pid = mongo.pid().to_string();
@@ -409,19 +409,19 @@ async fn stage_in(
                 }
                 Some((_, JobUpdate::Failed(failed))) => {
                     let name = waiting.get(&failed.job_id).map_or("?", String::as_str);
-                    return Err(converter.fail(format!("{name}: media.failed: {}", failed.reason)));
+                    return Err(converter.fail(&format!("{name}: media.failed: {}", failed.reason)));
                 }
                 Some((_, JobUpdate::Progress(_) | JobUpdate::Catalogued(_))) => {}
                 None => bail!("the outcome listener stopped"),
             },
             _ = poll.tick() => {
                 let Some((_, hwm)) = converter.memory_kib() else {
-                    return Err(converter.fail("the converter exited during the conversion".into()));
+                    return Err(converter.fail("the converter exited during the conversion"));
                 };
                 peak_kib = peak_kib.max(hwm);
                 if started.elapsed() > deadline {
                     let names: Vec<&String> = waiting.values().collect();
-                    return Err(converter.fail(format!("{names:?}: no media.converted within {deadline:?}")));
+                    return Err(converter.fail(&format!("{names:?}: no media.converted within {deadline:?}")));
                 }
             }
         }

@@ -20,7 +20,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as u16;
         Ok(Self {
             health_bind: var("CONVERTER_HEALTH_BIND", SocketAddr::from(([0, 0, 0, 0], 9101)))?,
             amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".into()),

@@ -16,26 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::{CONVERTER_LIFECYCLE_QUEUE, CONVERTER_QUEUE};
 use tunewire_media_store::{ATTEMPT_HEARTBEAT, ATTEMPT_STALE_AFTER, Bucket, MediaStore};
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, startup};
+use tunewire_service_runtime::{Dependencies, HealthRoutes, check_with, http_error, startup};
 use warp::Filter;
 
 pub use config::Config;
 use worker::Worker;
-
-struct Dependencies {
-    bus: Arc<Bus>,
-    store: MediaStore,
-}
-
-impl Readiness for Dependencies {
-    fn checks(&self) -> Vec<(&'static str, Check)> {
-        let (bus, store) = (self.bus.clone(), self.store.clone());
-        vec![
-            ("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) })),
-            ("mongodb", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
-        ]
-    }
-}
 
 /// Seconds in-flight work gets after SIGTERM (a conversion in flight gets this long; after it, its message is redelivered); the Kubernetes
 /// manifests set `terminationGracePeriodSeconds` a little above it.
@@ -77,8 +62,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;
-    let health =
-        HealthRoutes::new(Arc::new(Dependencies { bus: bus.clone(), store: store.clone() }), Registry::default());
+    let dependencies = Dependencies::new()
+        .required("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }))
+        .required("mongodb", check_with(store.clone(), |store| async move { store.ping().await }));
+    let health = HealthRoutes::new(Arc::new(dependencies), Registry::default());
     let server = tunewire_service_runtime::spawn_server(
         listener,
         health.routes().recover(http_error::recover),

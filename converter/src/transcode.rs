@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use ffmpeg::{ChannelLayout, Dictionary, Packet, Rational, codec, filter, format, frame, media};
 use ffmpeg_next as ffmpeg;
-use tunewire_events::Preset;
-use tunewire_events::contract::{SourceFacts, TrackTags};
+use tunewire_contract::Preset;
+use tunewire_contract::{SourceFacts, TrackTags};
 use tunewire_media_input::OpenError;
 
 pub const OUTPUT_RATE: u32 = 44_100;

@@ -11,11 +11,9 @@ use mongodb::bson::{Document, doc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tunewire_events::contract::{AudioOutput, TrackTags};
-use tunewire_events::{
-    FileId, HandleError, HandleResultExt, Incoming, JobId, MediaConverted, MediaDeleted, MediaFailed, MediaProgress,
-    MediaUploaded, Publisher,
-};
+use tunewire_contract::{AudioOutput, TrackTags};
+use tunewire_contract::{FileId, JobId, MediaConverted, MediaDeleted, MediaFailed, MediaProgress, MediaUploaded};
+use tunewire_events::{HandleError, HandleResultExt, Incoming, Publisher};
 use tunewire_media_store::{ATTEMPT_HEARTBEAT, Bucket, ChunkWriter, Claim, FileInfo, MediaStore};
 
 use crate::transcode::{self, TranscodeError};
@@ -253,7 +251,7 @@ impl Worker {
                 Ok(claimed) if claimed.as_ref() != Some(&attempt) => self.discard_attempt(job_id, &attempt).await,
                 Ok(_) => {}
                 Err(e) => {
-                    warn!(%job_id, error = %e, "could not tell whether this attempt is the job's output; leaving it to the sweep")
+                    warn!(%job_id, error = %e, "could not tell whether this attempt is the job's output; leaving it to the sweep");
                 }
             }
         }

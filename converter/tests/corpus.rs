@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use tunewire_contract::Preset;
+use tunewire_contract::TrackTags;
 use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode_file};
-use tunewire_events::Preset;
-use tunewire_events::contract::TrackTags;
 use tunewire_test_stack::media::{ffmpeg, probe};
 
 struct Scratch(PathBuf);

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use mongodb::bson::doc;
+use tunewire_contract::Preset;
+use tunewire_contract::TrackTags;
 use tunewire_converter::transcode::{Request, TranscodeError, transcode, transcode_file};
-use tunewire_events::Preset;
-use tunewire_events::contract::TrackTags;
 use tunewire_media_store::{Bucket, MediaStore};
 use tunewire_test_stack::proxy::{Proxy, host_port};
 use tunewire_test_stack::{Sandbox, media};
@@ -89,7 +89,7 @@ fn playlists_pointing_at_files_and_addresses_are_refused_unread() -> anyhow::Res
         let outcome = convert_within(&input, &dir.0.join("out.mp3"), Duration::from_secs(60))?;
         match outcome {
             Err(TranscodeError::BadMedia(reason)) => {
-                ensure!(reason.contains("not audio or video"), "{name}: unexpected reason {reason:?}")
+                ensure!(reason.contains("not audio or video"), "{name}: unexpected reason {reason:?}");
             }
             other => bail!("{name} was not refused as media: {other:?}"),
         }
@@ -210,7 +210,7 @@ fn a_source_that_fails_halfway_is_the_stores_fault_not_a_short_mp3() -> anyhow::
         let overrides = TrackTags::default();
         match transcode(&request(&overrides, 3600.0, Duration::from_secs(60)), source, output, &mut |_| {}) {
             Err(TranscodeError::Store(reason)) => {
-                ensure!(reason.contains("connection reset by the store"), "{name}: unexpected reason {reason:?}")
+                ensure!(reason.contains("connection reset by the store"), "{name}: unexpected reason {reason:?}");
             }
             other => bail!("{name}: a store failing halfway ended as {other:?}"),
         }

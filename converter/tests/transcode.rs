@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use tunewire_contract::Preset;
+use tunewire_contract::TrackTags;
 use tunewire_converter::transcode::{Report, Request, TranscodeError, transcode_file};
-use tunewire_events::Preset;
-use tunewire_events::contract::TrackTags;
 use tunewire_test_stack::media;
 
 struct Dir(PathBuf);
@@ -16,7 +16,7 @@ impl Drop for Dir {
 
 fn tempdir() -> Dir {
     let dir = std::env::temp_dir().join(format!("tw-transcode-{}", uuid_like()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("a scratch folder");
     Dir(dir)
 }
 
@@ -25,18 +25,18 @@ fn uuid_like() -> String {
 }
 
 fn ffmpeg(args: &[&str]) {
-    media::ffmpeg(args).unwrap();
+    media::ffmpeg(args).expect("the ffmpeg CLI");
 }
 
 /// (codec, sample rate, channels, duration, title tag) of an MP3.
 fn probe(path: &Path) -> (String, u32, u32, f64, String) {
-    let json = media::probe(path).unwrap();
+    let json = media::probe(path).expect("ffprobe");
     let s = &json["streams"][0];
     (
         s["codec_name"].as_str().unwrap_or_default().to_string(),
-        s["sample_rate"].as_str().unwrap_or("0").parse().unwrap(),
+        s["sample_rate"].as_str().unwrap_or("0").parse().expect("a sample rate"),
         s["channels"].as_u64().unwrap_or(0) as u32,
-        json["format"]["duration"].as_str().unwrap_or("0").parse().unwrap(),
+        json["format"]["duration"].as_str().unwrap_or("0").parse().expect("a duration"),
         json["format"]["tags"]["title"].as_str().unwrap_or_default().to_string(),
     )
 }

@@ -168,7 +168,8 @@ impl Pipeline {
             smtp_port: faults.smtp.addr.port(),
         };
         if let Some(outage) = options.down_at_start {
-            let proxies = [&faults.postgres, &faults.rabbitmq, &faults.mongodb, &faults.smtp].map(|p| p.clone());
+            let proxies =
+                [&faults.postgres, &faults.rabbitmq, &faults.mongodb, &faults.smtp].map(std::clone::Clone::clone);
             proxies.iter().for_each(Proxy::down);
             tokio::spawn(async move {
                 tokio::time::sleep(outage).await;

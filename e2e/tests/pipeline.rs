@@ -239,9 +239,10 @@ fn refused<T>(result: Result<T, impl std::fmt::Debug>) -> bool {
 #[tokio::test]
 async fn each_service_s_own_login_is_refused_on_another_s_schema_queues_and_bucket() -> anyhow::Result<()> {
     use lapin::options::{BasicGetOptions, QueueDeleteOptions};
-    use tunewire_events::contract::{Owner, TrackTags};
+    use tunewire_contract::{JobConverted, MediaProgress};
+    use tunewire_contract::{Owner, TrackTags};
+    use tunewire_events::Bus;
     use tunewire_events::topology::{self, ALL_QUEUES, SERVICES};
-    use tunewire_events::{Bus, JobConverted, MediaProgress};
 
     // The services run with their own logins here, as in production: every schema is made.
     let p = Pipeline::start().await?;
@@ -305,15 +306,15 @@ async fn each_service_s_own_login_is_refused_on_another_s_schema_queues_and_buck
     // Only the gateway vouches for outcomes: the converter may say how far it got, not that a
     // job converted.
     let converter = Bus::new(p.sandbox.amqp_url_for(topology::CONVERTER), "intruder");
-    let job_id = tunewire_events::JobId::new();
+    let job_id = tunewire_contract::JobId::new();
     converter.publisher().await?.publish(&MediaProgress { job_id, progress: 0.5 }).await?;
-    let outcome = JobConverted(tunewire_events::MediaConverted {
+    let outcome = JobConverted(tunewire_contract::MediaConverted {
         job_id,
-        owner: Owner { id: tunewire_events::UserId::new(), email: "someone@example.com".parse()? },
+        owner: Owner { id: tunewire_contract::UserId::new(), email: "someone@example.com".parse()? },
         source_filename: "x.wav".into(),
         preset: Default::default(),
-        output: tunewire_events::contract::AudioOutput {
-            file_id: tunewire_events::FileId::from_bytes([9; 12]),
+        output: tunewire_contract::AudioOutput {
+            file_id: tunewire_contract::FileId::from_bytes([9; 12]),
             size: 1,
             duration_s: 1.0,
             bitrate: 1,

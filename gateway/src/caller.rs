@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use tunewire_events::{Email, UserId};
+use tunewire_contract::{AccessClaims, Email, Role, UserId};
 use tunewire_service_runtime::ApiError;
 
 #[derive(Debug, Clone)]
@@ -23,15 +23,6 @@ pub struct Caller {
     pub id: UserId,
     pub email: Email,
     pub admin: bool,
-}
-
-#[derive(Deserialize)]
-struct Claims {
-    sub: String,
-    email: String,
-    role: String,
-    #[serde(default)]
-    iat: i64,
 }
 
 /// How often the gateway asks auth which accounts changed their password: a token issued
@@ -96,7 +87,7 @@ impl TokenVerifier {
             .json()
             .await?;
         let count = fetched.not_before.len();
-        *self.not_before.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fetched.not_before;
+        *self.not_before.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fetched.not_before;
         Ok(count)
     }
 
@@ -116,7 +107,7 @@ impl TokenVerifier {
     }
 
     fn cached(&self, kid: &str) -> Option<Jwk> {
-        self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner()).find(kid).cloned()
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).find(kid).cloned()
     }
 
     /// Fetches the JWKS and records the outcome, whether or not anyone still waits for it.
@@ -128,7 +119,7 @@ impl TokenVerifier {
         .await;
         let outcome = match fetched {
             Ok(keys) => {
-                *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys;
+                *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = keys;
                 Fetch::Worked
             }
             Err(e) => {
@@ -136,7 +127,7 @@ impl TokenVerifier {
                 Fetch::Failed
             }
         };
-        *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((started, outcome));
+        *self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((started, outcome));
     }
 
     async fn key(self: &Arc<Self>, kid: &str) -> Result<Option<Jwk>, ApiError> {
@@ -148,7 +139,7 @@ impl TokenVerifier {
         if let Some(jwk) = self.cached(kid) {
             return Ok(Some(jwk));
         }
-        let last_fetch = *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last_fetch = *self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match last_fetch {
             // A fetch left running by a caller that gave up counts as the one allowed.
             Some((at, Fetch::Worked | Fetch::Running)) if at.elapsed() < REFRESH_AT_MOST_EVERY => return Ok(None),
@@ -163,10 +154,10 @@ impl TokenVerifier {
             _ => {}
         }
         // Its own task: the fetch finishes and is recorded even if this caller is dropped.
-        *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+        *self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((Instant::now(), Fetch::Running));
         let fetched = tokio::spawn(self.clone().fetch()).await;
-        let outcome = *self.last_fetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outcome = *self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let worked = fetched.is_ok() && outcome.is_some_and(|(_, fetch)| fetch == Fetch::Worked);
         if !worked {
             return Err(ApiError::unavailable("auth_unavailable", "the JWKS could not be fetched"));
@@ -212,7 +203,7 @@ impl TokenVerifier {
             return Err(ApiError::unauthorized("the token's algorithm does not match its key"));
         }
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| ApiError::unauthorized("the token's key is unusable"))?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(algorithm)).map_err(|e| {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &key, &self.validation(algorithm)).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => ApiError::unauthorized("the token has expired; log in again"),
@@ -222,14 +213,14 @@ impl TokenVerifier {
         })?;
         let claims = data.claims;
         let id: UserId = claims.sub.parse().map_err(|_| ApiError::unauthorized("the token's subject is invalid"))?;
-        let not_before = self.not_before.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&id).copied();
+        let not_before = self.not_before.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).copied();
         if not_before.is_some_and(|at| claims.iat < at) {
             return Err(ApiError::unauthorized("the password was changed after this token was issued; log in again"));
         }
         Ok(Caller {
             id,
             email: claims.email.parse().map_err(|_| ApiError::unauthorized("the token's email is invalid"))?,
-            admin: claims.role == "admin",
+            admin: claims.role == Role::Admin,
         })
     }
 }

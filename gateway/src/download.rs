@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tunewire_events::{FileId, UserId};
+use tunewire_contract::{FileId, UserId};
 use tunewire_media_store::Bucket;
 use tunewire_service_runtime::ApiError;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -99,8 +99,8 @@ pub struct Request {
     pub headers: HeaderMap,
 }
 
-fn set(response: &mut Response, name: header::HeaderName, value: String) {
-    if let Ok(value) = HeaderValue::from_str(&value) {
+fn set(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, value);
     }
 }
@@ -130,9 +130,9 @@ pub async fn serve(
     let etag = format!("\"{file_id}\"");
     let header_str = |name| request.headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     let mut response = warp::Reply::into_response(warp::reply());
-    set(&mut response, header::ETAG, etag.clone());
-    set(&mut response, header::ACCEPT_RANGES, "bytes".into());
-    set(&mut response, header::CACHE_CONTROL, "private, max-age=3600".into());
+    set(&mut response, header::ETAG, &etag);
+    set(&mut response, header::ACCEPT_RANGES, "bytes");
+    set(&mut response, header::CACHE_CONTROL, "private, max-age=3600");
     if none_match(header_str(header::IF_NONE_MATCH), &etag) {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(response);
@@ -145,7 +145,7 @@ pub async fn serve(
         }
         RangeRequest::Part { start, end } => {
             *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            set(&mut response, header::CONTENT_RANGE, format!("bytes {start}-{end}/{length}"));
+            set(&mut response, header::CONTENT_RANGE, &format!("bytes {start}-{end}/{length}"));
             (start, end)
         }
         RangeRequest::Unsatisfiable => {
@@ -155,14 +155,14 @@ pub async fn serve(
                 format!("the range is outside the file's {length} bytes"),
             );
             let mut response = warp::Reply::into_response(error);
-            set(&mut response, header::CONTENT_RANGE, format!("bytes */{length}"));
+            set(&mut response, header::CONTENT_RANGE, &format!("bytes */{length}"));
             return Ok(response);
         }
     };
     let body_length = if length == 0 { 0 } else { end - start + 1 };
-    set(&mut response, header::CONTENT_TYPE, "audio/mpeg".into());
-    set(&mut response, header::CONTENT_LENGTH, body_length.to_string());
-    set(&mut response, header::CONTENT_DISPOSITION, content_disposition(&job.source_filename));
+    set(&mut response, header::CONTENT_TYPE, "audio/mpeg");
+    set(&mut response, header::CONTENT_LENGTH, &body_length.to_string());
+    set(&mut response, header::CONTENT_DISPOSITION, &content_disposition(&job.source_filename));
     if request.head || body_length == 0 {
         return Ok(response);
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::{JobId, UserId};
+use tunewire_contract::{JobId, UserId};
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
 use warp::sse::Event;
@@ -101,7 +101,7 @@ impl JobEvents {
         let changes = if first.is_last() {
             watch::channel(first).1
         } else {
-            let mut followed = self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let changes = followed.entry(id).or_insert_with(|| watch::channel(first.clone()).0);
             // The row just read may be newer than the poller's last reading.
             changes.send_if_modified(|last| {
@@ -142,7 +142,7 @@ impl JobEvents {
                 _ = tokio::time::sleep(POLL) => {}
             }
             let ids: Vec<JobId> = {
-                let mut followed = self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 followed.retain(|_, changes| changes.receiver_count() > 0);
                 followed.keys().copied().collect()
             };
@@ -157,7 +157,7 @@ impl JobEvents {
                     continue;
                 }
             };
-            let mut followed = self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for id in ids {
                 let Some(changes) = followed.get(&id) else { continue };
                 let change = rows.get(&id).map_or(Change::Deleted, |job| Change::Job(job.clone()));

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tunewire_events::{HandleError, HandleResultExt, Incoming, JobUpdate};
+use tunewire_contract::JobUpdate;
+use tunewire_events::{HandleError, HandleResultExt, Incoming};
 use tunewire_media_store::{Bucket, MediaStore};
 
 pub async fn handle(

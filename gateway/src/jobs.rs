@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
-use tunewire_events::contract::JobUpdate;
-use tunewire_events::contract::Owner;
-use tunewire_events::{
+use tunewire_contract::JobUpdate;
+use tunewire_contract::Owner;
+use tunewire_contract::{
     Event, JobConverted, JobFailed, JobId, MediaConverted, MediaDeleted, MediaExpired, MediaFailed, MediaUploaded,
     UserId,
 };
@@ -354,10 +354,10 @@ pub async fn apply(db: &PgPool, update: &JobUpdate) -> Result<bool, sqlx::Error>
         Owner { id: UserId::from(owner_id), email: owner_email.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))? };
     match update {
         JobUpdate::Converted(c) => {
-            enqueue(&mut tx, &JobConverted(MediaConverted { owner, source_filename, ..c.clone() })).await?
+            enqueue(&mut tx, &JobConverted(MediaConverted { owner, source_filename, ..c.clone() })).await?;
         }
         JobUpdate::Failed(f) => {
-            enqueue(&mut tx, &JobFailed(MediaFailed { owner, source_filename, ..f.clone() })).await?
+            enqueue(&mut tx, &JobFailed(MediaFailed { owner, source_filename, ..f.clone() })).await?;
         }
         JobUpdate::Progress(_) | JobUpdate::Catalogued(_) => {}
     }

@@ -31,40 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::GATEWAY_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, postgres, startup};
+use tunewire_service_runtime::{Dependencies, HealthRoutes, check_with, http_error, postgres, startup};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
 pub use config::Config;
-
-struct Dependencies {
-    db: PgPool,
-    bus: Arc<Bus>,
-    store: MediaStore,
-}
-
-/// Ready means uploads and downloads can be served: PostgreSQL and MongoDB. RabbitMQ down
-/// only delays events (the outbox holds them), so it is a note, not a reason to leave the
-/// Service.
-impl Readiness for Dependencies {
-    fn checks(&self) -> Vec<(&'static str, Check)> {
-        let (db, store) = (self.db.clone(), self.store.clone());
-        vec![
-            (
-                "postgres",
-                Box::pin(
-                    async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
-                ),
-            ),
-            ("mongodb", Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })),
-        ]
-    }
-
-    fn optional_checks(&self) -> Vec<(&'static str, Check)> {
-        let bus = self.bus.clone();
-        vec![("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) }))]
-    }
-}
 
 /// This service's tables: schema `gateway`.
 pub const SCHEMA: postgres::Schema =
@@ -115,12 +86,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         job_events: job_events.clone(),
         drains: Arc::new(tokio::sync::Semaphore::new(upload::DRAINS_AT_ONCE)),
         probes: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(2),
         )),
     };
     let relay_metrics = metrics.clone();
-    let health =
-        HealthRoutes::new(Arc::new(Dependencies { db: db.clone(), bus: bus.clone(), store: store.clone() }), registry);
+    // Ready means uploads and downloads can be served: PostgreSQL and MongoDB. RabbitMQ down
+    // only delays events (the outbox holds them), so it is a note, not a reason to leave the
+    // Service.
+    let dependencies = Dependencies::new()
+        .required("postgres", postgres::check(&db))
+        .required("mongodb", check_with(store.clone(), |store| async move { store.ping().await }))
+        .optional("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }));
+    let health = HealthRoutes::new(Arc::new(dependencies), registry);
     let api = routes::routes(state)
         .or(health.routes())
         .unify()

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use tunewire_events::Bus;
-use tunewire_events::consumer::retry_delay;
+use tunewire_service_runtime::Backoff;
 
 use crate::metrics::Metrics;
 
@@ -121,7 +121,7 @@ pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, metrics: Arc<Metr
                 warn!(error = %e, failures, "outbox relay failed; events stay queued in PostgreSQL");
             }
         }
-        let pause = if failures == 0 { POLL } else { retry_delay(failures.min(5)) };
+        let pause = if failures == 0 { POLL } else { Backoff::DEPENDENCY.delay(failures) };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = wake.notified(), if failures == 0 => {}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tunewire_events::UserId;
+use tunewire_contract::UserId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -39,7 +39,7 @@ pub struct Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut users = self.users.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(count) = users.get_mut(&self.user) {
             *count -= 1;
             if *count == 0 {
@@ -59,7 +59,7 @@ impl Places {
     }
 
     pub fn take(&self, user: &UserId) -> Result<Place, Full> {
-        let mut users = self.users.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let count = users.get(user).copied().unwrap_or(0);
         if count >= self.limits.per_user {
             return Err(Full::User(count));

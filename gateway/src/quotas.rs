@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tunewire_events::UserId;
+use tunewire_contract::UserId;
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
 

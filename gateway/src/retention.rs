@@ -34,7 +34,7 @@ pub async fn sweep(db: &PgPool, store: &MediaStore, policy: &Policy) -> Result<(
     let now = chrono::Utc::now();
     let age = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let old = store.stored_before(Bucket::Uploads, now - age(policy.originals), BATCH).await?;
-    let ids: Vec<String> = old.iter().map(|id| id.to_string()).collect();
+    let ids: Vec<String> = old.iter().map(std::string::ToString::to_string).collect();
     let removable = jobs::removable_sources(db, &ids).await?;
     let originals: Vec<_> = old.into_iter().filter(|id| removable.contains(&id.to_string())).collect();
     for id in &originals {
@@ -43,7 +43,7 @@ pub async fn sweep(db: &PgPool, store: &MediaStore, policy: &Policy) -> Result<(
     jobs::sources_removed(db, &removable).await?;
 
     let outputs = store.stored_before(Bucket::Audio, now - age(policy.outputs), BATCH).await?;
-    let ids: Vec<String> = outputs.iter().map(|id| id.to_string()).collect();
+    let ids: Vec<String> = outputs.iter().map(std::string::ToString::to_string).collect();
     // Expired first, so a download in between answers 410 rather than a missing file.
     jobs::outputs_expired(db, &ids).await?;
     for id in &outputs {

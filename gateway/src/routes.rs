@@ -12,7 +12,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::JobId;
+use tunewire_contract::{JobId, Role, SearchPage};
 use tunewire_media_store::{Bucket, MediaStore};
 use tunewire_service_runtime::ApiError;
 use tunewire_signed_links::LinkSigner;
@@ -244,7 +244,7 @@ where
     let details = details_from_query(query);
     let raw = RawUpload {
         filename: upload::raw_filename(
-            headers.get("x-filename").map(|v| v.as_bytes()),
+            headers.get("x-filename").map(warp::http::HeaderValue::as_bytes),
             headers.get(header::CONTENT_DISPOSITION).and_then(|v| v.to_str().ok()),
         ),
         content_length: headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
@@ -317,7 +317,7 @@ async fn auth_proxy(
 
 /// The caller, and where they stand against their quotas.
 async fn me(caller: Caller, state: State) -> Result<Response, ApiError> {
-    let role = if caller.admin { "admin" } else { "user" };
+    let role = if caller.admin { Role::Admin } else { Role::User };
     let usage = Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
     let mut quotas = usage.to_json(&state.config.quotas);
     quotas["uploads_in_flight"] = json!({"limit": state.config.upload_limits.per_user});
@@ -352,14 +352,13 @@ async fn list_jobs(caller: Caller, query: HashMap<String, String>, state: State)
             "cursor" => {
                 cursor = Some(jobs::Cursor::decode(value).ok_or_else(|| {
                     ApiError::bad_request("invalid_cursor", "the cursor is not one this API handed out")
-                })?)
+                })?);
             }
             "limit" => {
-                limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|l| (1..=100).contains(l))
-                    .ok_or_else(|| ApiError::bad_request("invalid_limit", "limit must be a number from 1 to 100"))?
+                limit =
+                    value.parse::<i64>().ok().filter(|l| (1..=100).contains(l)).ok_or_else(|| {
+                        ApiError::bad_request("invalid_limit", "limit must be a number from 1 to 100")
+                    })?;
             }
             other => {
                 return Err(ApiError::bad_request(
@@ -454,11 +453,13 @@ async fn search(caller: Caller, query: HashMap<String, String>, state: State) ->
         .send()
         .await
         .map_err(|e| ApiError::unavailable("catalog_unavailable", e))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.map_err(|e| ApiError::unavailable("catalog_unavailable", e))?;
-    Ok(warp::reply::with_status(
-        warp::reply::json(&body),
-        StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-    )
-    .into_response())
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let unavailable = |e| ApiError::unavailable("catalog_unavailable", e);
+    // A refusal (the catalog's own limits on a query) is passed on as the catalog words it.
+    if status.is_success() {
+        let page: SearchPage = resp.json().await.map_err(unavailable)?;
+        return Ok(warp::reply::with_status(warp::reply::json(&page), status).into_response());
+    }
+    let refusal: serde_json::Value = resp.json().await.map_err(unavailable)?;
+    Ok(warp::reply::with_status(warp::reply::json(&refusal), status).into_response())
 }

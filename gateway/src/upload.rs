@@ -10,8 +10,8 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use mongodb::bson::doc;
 use serde::Deserialize;
 use serde_json::json;
-use tunewire_events::contract::{Owner, SourceFile, TrackTags};
-use tunewire_events::{JobId, MediaUploaded, Preset};
+use tunewire_contract::{JobId, MediaUploaded, Preset};
+use tunewire_contract::{Owner, SourceFile, TrackTags};
 use tunewire_media_store::{Bucket, StoreError, StoredFile};
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
@@ -372,16 +372,16 @@ impl Door {
         let usage =
             Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
         let declared = self.content_length.unwrap_or(0).saturating_sub(overhead).min(state.config.max_upload_bytes);
-        usage.admits(&state.config.quotas, declared as i64, false).map_err(|e| e.api_error())
+        usage.admits(&state.config.quotas, declared as i64, false).map_err(super::quotas::Exceeded::api_error)
     }
 
     /// `error`, after reading and dropping a bounded part of the body (`drained`) unless the
     /// client waits for `100 Continue` or too many refusals are being drained already.
     async fn refuse(&self, state: &State, error: ApiError, drained: impl std::future::Future<Output = ()>) -> ApiError {
-        if !self.expects_continue {
-            if let Ok(_draining) = state.drains.try_acquire() {
-                drained.await;
-            }
+        if !self.expects_continue
+            && let Ok(_draining) = state.drains.try_acquire()
+        {
+            drained.await;
         }
         error
     }
@@ -446,14 +446,14 @@ async fn drain(form: FormData) {
     let sizes = parts.flat_map(|part| {
         part.stream().take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.remaining())))
     });
-    drain_sizes(sizes).await
+    drain_sizes(sizes).await;
 }
 
 async fn drain_raw<S>(body: S)
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin,
 {
-    drain_sizes(body.take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.len())))).await
+    drain_sizes(body.take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.len())))).await;
 }
 
 /// The file name of a raw-body upload: `X-Filename` (UTF-8, may be percent-encoded) or the

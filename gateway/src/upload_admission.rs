@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tunewire_events::UserId;
+use tunewire_contract::UserId;
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
 

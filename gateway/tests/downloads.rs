@@ -6,7 +6,7 @@ mod support;
 use anyhow::Context;
 use serde_json::Value;
 use support::{Gateway, Options};
-use tunewire_events::FileId;
+use tunewire_contract::FileId;
 use tunewire_media_store::Bucket;
 use tunewire_signed_links::{LinkClaims, LinkSigner};
 
@@ -94,7 +94,7 @@ async fn signed_links_work_without_login_and_say_why_when_refused() -> anyhow::R
     let g = Gateway::start_with(Options { converter: true, ..Default::default() }).await?;
     let (user, file_id, mp3) = converted(&g).await?;
     let signer = LinkSigner::new(g.link_secret.clone().into_bytes(), None);
-    let (file, owner): (FileId, tunewire_events::UserId) = (file_id.parse()?, user.id.parse()?);
+    let (file, owner): (FileId, tunewire_contract::UserId) = (file_id.parse()?, user.id.parse()?);
     let claims = |exp| -> anyhow::Result<LinkClaims> { Ok(LinkClaims { file_id: file.clone(), owner, exp }) };
     let now = chrono::Utc::now().timestamp();
     let good = signer.sign(&claims(now + 3600)?);

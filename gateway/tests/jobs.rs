@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::Value;
 use support::{Gateway, Options};
-use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
+use tunewire_contract::{AudioOutput, Owner, TrackTags};
+use tunewire_contract::{FileId, MediaConverted, Preset};
 use tunewire_events::topology::{GATEWAY_QUEUE, NOTIFIER_QUEUE};
-use tunewire_events::{FileId, MediaConverted, Preset};
 use tunewire_media_store::Bucket;
 use tunewire_test_stack::eventually;
 

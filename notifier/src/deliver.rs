@@ -20,11 +20,16 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use sqlx::PgPool;
 use tracing::{info, warn};
-use tunewire_events::{HandleError, HandleResultExt, Incoming, JobId, Outcome};
+use tunewire_contract::{JobId, Outcome};
+use tunewire_events::{HandleError, HandleResultExt, Incoming};
+use tunewire_service_runtime::Backoff;
 use tunewire_signed_links::{LinkClaims, LinkSigner};
 
 use crate::config::Config;
 use crate::email::Templates;
+
+/// Between attempts to record a sent email: short, as the claim's lease runs meanwhile.
+const LEDGER_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
 
 pub struct Notifier {
     pub db: PgPool,
@@ -206,13 +211,7 @@ impl Notifier {
         }
     }
 
-    async fn send(
-        &self,
-        event: &Outcome,
-        job: JobId,
-        kind: &'static str,
-        owner: &tunewire_events::contract::Owner,
-    ) -> Sent {
+    async fn send(&self, event: &Outcome, job: JobId, kind: &'static str, owner: &tunewire_contract::Owner) -> Sent {
         let content = match event {
             Outcome::Converted(c) => {
                 let expires = Utc::now() + chrono::Duration::hours(self.config.link_ttl_h);
@@ -273,15 +272,16 @@ impl Notifier {
     /// redelivered copy may take over, and holding on gains nothing.
     async fn record_sent(&self, job: JobId, kind: &str) -> Sent {
         let started = Instant::now();
-        let mut pause = Duration::from_millis(250);
+        let mut failures = 0;
         loop {
+            let pause = LEDGER_BACKOFF.delay(failures);
             match self.settle(job, kind, "sent", None).await {
                 Ok(()) => return Sent::Recorded,
                 Err(e) if started.elapsed() + pause >= self.claim_lease() => return Sent::Unrecorded(e),
                 Err(e) => {
                     warn!(job_id = %job, kind, error = %e, retry_in_ms = pause.as_millis() as u64, "could not record a sent email; retrying");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    failures += 1;
                 }
             }
         }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use minijinja::Environment;
 use serde::Serialize;
-use tunewire_events::{MediaConverted, MediaFailed};
+use tunewire_contract::{MediaConverted, MediaFailed};
 
 pub struct Email {
     pub subject: String,
@@ -118,8 +118,8 @@ impl Templates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
-    use tunewire_events::{FileId, JobId, Preset, UserId};
+    use tunewire_contract::{AudioOutput, Owner, TrackTags};
+    use tunewire_contract::{FileId, JobId, Preset, UserId};
 
     fn owner() -> Owner {
         Owner { id: UserId::new(), email: "ann@example.com".parse().unwrap_or_else(|_| unreachable!()) }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_service_runtime::{Check, HealthRoutes, Readiness, http_error, postgres};
+use tunewire_service_runtime::{Dependencies, HealthRoutes, check_with, http_error, postgres};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -40,37 +40,6 @@ pub fn mailer(config: &Config) -> Result<AsyncSmtpTransport<Tokio1Executor>, let
             builder.credentials(Credentials::new(user.expose_secret().to_string(), pass.expose_secret().to_string()));
     }
     Ok(builder.build())
-}
-
-struct Dependencies {
-    db: PgPool,
-    bus: Arc<Bus>,
-    mailer: AsyncSmtpTransport<Tokio1Executor>,
-}
-
-impl Readiness for Dependencies {
-    fn checks(&self) -> Vec<(&'static str, Check)> {
-        let (db, bus, mailer) = (self.db.clone(), self.bus.clone(), self.mailer.clone());
-        vec![
-            (
-                "postgres",
-                Box::pin(
-                    async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()).map_err(|e| e.to_string()) },
-                ),
-            ),
-            ("rabbitmq", Box::pin(async move { bus.status().map_err(|e| e.to_string()) })),
-            (
-                "smtp",
-                Box::pin(async move {
-                    match mailer.test_connection().await {
-                        Ok(true) => Ok(()),
-                        Ok(false) => Err("the SMTP server did not answer NOOP".into()),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }),
-            ),
-        ]
-    }
 }
 
 /// This service's tables: schema `notifier`.
@@ -105,7 +74,20 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     });
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;
-    let health = HealthRoutes::new(Arc::new(Dependencies { db, bus: bus.clone(), mailer }), Registry::default());
+    let dependencies = Dependencies::new()
+        .required("postgres", postgres::check(&db))
+        .required("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }))
+        .required(
+            "smtp",
+            check_with(mailer, |mailer| async move {
+                match mailer.test_connection().await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("the SMTP server did not answer NOOP".into()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }),
+        );
+    let health = HealthRoutes::new(Arc::new(dependencies), Registry::default());
     let server = tunewire_service_runtime::spawn_server(
         listener,
         health.routes().recover(http_error::recover),

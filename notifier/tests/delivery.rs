@@ -8,11 +8,10 @@ use anyhow::Context;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
+use tunewire_contract::{AudioOutput, Owner, TrackTags};
+use tunewire_contract::{Event, FileId, JobConverted, JobFailed, JobId, MediaConverted, MediaFailed, Preset, UserId};
+use tunewire_events::Bus;
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_events::{
-    Bus, Event, FileId, JobConverted, JobFailed, JobId, MediaConverted, MediaFailed, Preset, UserId,
-};
 use tunewire_signed_links::LinkSigner;
 use tunewire_test_stack::proxy::Proxy;
 use tunewire_test_stack::{Sandbox, eventually, maildev};

@@ -1,8 +1,8 @@
 //! What both catalog suites feed the indexer: a `media.converted` for a track.
 
 use anyhow::Context;
-use tunewire_events::contract::{AudioOutput, Owner, TrackTags};
-use tunewire_events::{FileId, JobId, MediaConverted, Preset, UserId};
+use tunewire_contract::{AudioOutput, Owner, TrackTags};
+use tunewire_contract::{FileId, JobId, MediaConverted, Preset, UserId};
 
 pub fn converted(owner: UserId, title: &str, artist: &str, album: Option<&str>) -> anyhow::Result<MediaConverted> {
     Ok(MediaConverted {

@@ -9,8 +9,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use crate::contract::Event;
 use crate::topology;
+use tunewire_contract::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

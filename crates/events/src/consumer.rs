@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::bus::{Bus, BusError, Publisher, SETUP_TIMEOUT};
-use crate::contract::Message;
 use crate::topology::QueueSpec;
+use tunewire_contract::Message;
+use tunewire_service_runtime::Backoff;
 
 /// A decoded delivery, with what a handler needs to answer it.
 pub struct Incoming<E> {
@@ -72,12 +73,6 @@ impl<T, E: Display> HandleResultExt<T> for Result<T, E> {
     }
 }
 
-/// Backoff before a retry (or a reconnection): 1 s doubling to 10 s. The cap bounds how
-/// long work waits after a dependency is back; a retry costs one failed call.
-pub fn retry_delay(attempt: u32) -> Duration {
-    Duration::from_secs(1u64 << attempt.min(4)).min(Duration::from_secs(10))
-}
-
 /// How long one delivery is retried in place before it is requeued. Well under RabbitMQ's
 /// `consumer_timeout` (30 min), past which the broker closes a channel holding a message.
 pub const IN_PLACE_RETRY_BUDGET: Duration = Duration::from_secs(10 * 60);
@@ -114,7 +109,7 @@ impl Bus {
                 Ok(()) => return,
                 Err(e) => {
                     failures += 1;
-                    let delay = retry_delay(failures.min(5));
+                    let delay = Backoff::DEPENDENCY.delay(failures);
                     warn!(queue = spec.name, error = %e, code = e.code(), retry_in_s = delay.as_secs(), "consumer lost its connection");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -255,7 +250,7 @@ where
     let outcome = loop {
         let outcome = attempt_once(&bus, &delivery, (attempt, deliveries), &lost, &handler).await;
         let Err(HandleError::Retry(reason)) = &outcome else { break outcome };
-        let delay = retry_delay(attempt);
+        let delay = Backoff::DEPENDENCY.delay(attempt);
         // Past the budget, at shutdown, or with the channel gone (the broker has already put
         // the message back), holding on gains nothing.
         if first_try.elapsed() + delay > IN_PLACE_RETRY_BUDGET
@@ -291,14 +286,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_delay_doubles_then_caps() {
-        assert_eq!(retry_delay(0), Duration::from_secs(1));
-        assert_eq!(retry_delay(3), Duration::from_secs(8));
-        assert_eq!(retry_delay(4), Duration::from_secs(10));
-        assert_eq!(retry_delay(40), Duration::from_secs(10));
-    }
 
     #[test]
     fn delivery_count_reads_the_quorum_header() {

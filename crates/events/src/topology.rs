@@ -6,7 +6,7 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::contract::{
+use tunewire_contract::{
     Event, JobConverted, JobFailed, MediaCatalogued, MediaConverted, MediaDeleted, MediaExpired, MediaFailed,
     MediaProgress, MediaUploaded,
 };

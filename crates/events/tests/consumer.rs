@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tunewire_contract::{Event, JobFailed, MediaFailed};
 use tunewire_events::topology::NOTIFIER_QUEUE;
-use tunewire_events::{Bus, Event, HandleError, JobFailed, MediaFailed};
+use tunewire_events::{Bus, HandleError};
 use tunewire_test_stack::{Sandbox, eventually};
 
 const DEADLINE: Duration = Duration::from_secs(60);

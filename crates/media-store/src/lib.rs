@@ -27,7 +27,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt as _;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
-use tunewire_events::FileId;
+use tunewire_contract::FileId;
 
 /// One GridFS chunk (the driver's 255 KiB): each write to MongoDB inserts whole chunks.
 /// Larger batches send fewer, bigger inserts but cost memory per concurrent upload.

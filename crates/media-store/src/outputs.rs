@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc, oid::ObjectId};
-use tunewire_events::{FileId, JobId};
+use tunewire_contract::{FileId, JobId};
 
 use crate::{Bucket, FileInfo, MediaStore, StoreError, oid};
 

@@ -14,7 +14,7 @@ use mongodb::bson::{Binary, Document, doc, spec::BinarySubtype};
 use tokio::sync::mpsc;
 
 use crate::{StoreError, oid};
-use tunewire_events::FileId;
+use tunewire_contract::FileId;
 
 /// GridFS's usual chunk size (the driver's default), so readers see nothing unusual.
 pub const CHUNK_SIZE: u64 = 255 * 1024;

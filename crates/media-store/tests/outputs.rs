@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mongodb::bson::doc;
-use tunewire_events::JobId;
+use tunewire_contract::JobId;
 use tunewire_media_store::{Bucket, CHUNK_SIZE, Claim, FileInfo, MediaStore};
 use tunewire_test_stack::Stack;
 
@@ -40,7 +40,7 @@ fn uuid_like() -> String {
 }
 
 /// Writes `chunks` whole chunks under `id` and completes the file.
-async fn write_file(store: &MediaStore, id: &tunewire_events::FileId, chunks: u64) -> anyhow::Result<FileInfo> {
+async fn write_file(store: &MediaStore, id: &tunewire_contract::FileId, chunks: u64) -> anyhow::Result<FileInfo> {
     let upload = store.chunk_upload(Bucket::Audio, id.clone());
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let feed = async move {
@@ -130,7 +130,7 @@ async fn chunks_without_a_file_are_swept_after_the_grace_period_only() -> anyhow
         let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as u32);
         let mut bytes = ObjectId::new().bytes();
         bytes[..4].copy_from_slice(&secs.to_be_bytes());
-        tunewire_events::FileId::from_bytes(bytes)
+        tunewire_contract::FileId::from_bytes(bytes)
     };
     let (cut_off, recent, whole) = (hours_ago(3), hours_ago(0), hours_ago(3));
     for id in [&cut_off, &recent] {

@@ -41,6 +41,70 @@ pub trait Readiness: Send + Sync + 'static {
     }
 }
 
+type CheckFn = Box<dyn Fn() -> Check + Send + Sync>;
+type NotesFn = Box<dyn Fn() -> Vec<(&'static str, String)> + Send + Sync>;
+
+/// A service's readiness, dependency by dependency: what every service's `/readyz` is made of.
+#[derive(Default)]
+pub struct Dependencies {
+    required: Vec<(&'static str, CheckFn)>,
+    optional: Vec<(&'static str, CheckFn)>,
+    notes: Option<NotesFn>,
+}
+
+impl Dependencies {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A dependency without which the service is not ready.
+    pub fn required(mut self, name: &'static str, check: impl Fn() -> Check + Send + Sync + 'static) -> Self {
+        self.required.push((name, Box::new(check)));
+        self
+    }
+
+    /// A dependency whose absence delays work but leaves the service ready (see
+    /// [`Readiness::optional_checks`]).
+    pub fn optional(mut self, name: &'static str, check: impl Fn() -> Check + Send + Sync + 'static) -> Self {
+        self.optional.push((name, Box::new(check)));
+        self
+    }
+
+    /// Degradations to show in `/readyz` (see [`Readiness::notes`]).
+    pub fn notes(mut self, notes: impl Fn() -> Vec<(&'static str, String)> + Send + Sync + 'static) -> Self {
+        self.notes = Some(Box::new(notes));
+        self
+    }
+}
+
+impl Readiness for Dependencies {
+    fn checks(&self) -> Vec<(&'static str, Check)> {
+        self.required.iter().map(|(name, check)| (*name, check())).collect()
+    }
+
+    fn optional_checks(&self) -> Vec<(&'static str, Check)> {
+        self.optional.iter().map(|(name, check)| (*name, check())).collect()
+    }
+
+    fn notes(&self) -> Vec<(&'static str, String)> {
+        self.notes.as_ref().map(|notes| notes()).unwrap_or_default()
+    }
+}
+
+/// A check that makes `call` on a clone of `handle` (a pool, a client) each time.
+pub fn check_with<H, F, Fut, E>(handle: H, call: F) -> impl Fn() -> Check + Send + Sync + 'static
+where
+    H: Clone + Send + Sync + 'static,
+    F: Fn(H) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    move || {
+        let answer = call(handle.clone());
+        Box::pin(async move { answer.await.map_err(|e| e.to_string()) })
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DependencyLabel {
     dependency: String,

@@ -4,6 +4,7 @@
 //! `healthcheck` subcommand.
 
 pub mod admission;
+pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod http_error;
@@ -14,7 +15,8 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 
+pub use backoff::Backoff;
 pub use config::ConfigError;
-pub use health::{Check, HealthRoutes, Readiness};
+pub use health::{Check, Dependencies, HealthRoutes, Readiness, check_with};
 pub use http_error::ApiError;
 pub use server::spawn_server;

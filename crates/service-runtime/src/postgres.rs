@@ -48,3 +48,8 @@ impl Schema {
         .await
     }
 }
+
+/// `/readyz`'s check of the pool: a `SELECT 1` answers.
+pub fn check(db: &PgPool) -> impl Fn() -> crate::Check + Send + Sync + 'static {
+    crate::health::check_with(db.clone(), |db| async move { sqlx::query("SELECT 1").execute(&db).await.map(|_| ()) })
+}

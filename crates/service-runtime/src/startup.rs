@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::Backoff;
+
 /// How long a starting service waits for one dependency.
 pub const DEPENDENCY_PATIENCE: Duration = Duration::from_secs(120);
 
-/// Runs `attempt` until it succeeds or `patience` has passed, pausing 1 s doubling to 10 s
-/// in between; returns the last error then.
+/// Runs `attempt` until it succeeds or `patience` has passed, pausing as
+/// [`Backoff::DEPENDENCY`] in between; returns the last error then.
 pub async fn wait_for<T, E, F, Fut>(what: &'static str, patience: Duration, mut attempt: F) -> Result<T, E>
 where
     E: Display,
@@ -21,15 +23,16 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     let started = Instant::now();
-    let mut pause = Duration::from_secs(1);
+    let mut failures = 0;
     loop {
+        let pause = Backoff::DEPENDENCY.delay(failures);
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(e) if started.elapsed() + pause > patience => return Err(e),
             Err(e) => {
                 tracing::warn!(dependency = what, error = %e, retry_in_s = pause.as_secs(), "waiting for a dependency");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
+                failures += 1;
             }
         }
     }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use tunewire_events::{FileId, UserId};
+use tunewire_contract::{FileId, UserId};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -318,8 +318,8 @@ pub async fn run() -> anyhow::Result<Report> {
     }
     let links = tunewire_signed_links::LinkSigner::new(p.link_secret.clone().into_bytes(), None);
     let claims = |exp: i64| tunewire_signed_links::LinkClaims {
-        file_id: tunewire_events::FileId::from_bytes([7; 12]),
-        owner: tunewire_events::UserId::new(),
+        file_id: tunewire_contract::FileId::from_bytes([7; 12]),
+        owner: tunewire_contract::UserId::new(),
         exp,
     };
     let expired = links.sign(&claims(1));

@@ -906,7 +906,7 @@ pub async fn jobs_deleted_before_and_while_converting() -> anyhow::Result<Report
     let late = burst::send(&p, &token, &clips[1..], Arc::new(AtomicUsize::new(0))).await?.uploads.remove(0);
     converting(late.clone()).await?;
     let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "deleter").publisher().await?;
-    publisher.publish(&tunewire_events::MediaDeleted { job_id: late.job_id.parse()? }).await?;
+    publisher.publish(&tunewire_contract::MediaDeleted { job_id: late.job_id.parse()? }).await?;
     let gone = [queued, mid, late];
     // Every service has taken in every deletion, and every attempt has ended: ending it is
     // the converter's last write, after its MP3 is removed.
@@ -951,13 +951,11 @@ pub async fn retention_against_a_queued_job() -> anyhow::Result<Report> {
     // which is older.
     let me: serde_json::Value =
         p.http.get(format!("{}/v1/me", p.gateway)).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
-    let owner = tunewire_events::contract::Owner {
-        id: me["id"].as_str().context("no id in /v1/me")?.parse()?,
-        email: email.parse()?,
-    };
+    let owner =
+        tunewire_contract::Owner { id: me["id"].as_str().context("no id in /v1/me")?.parse()?, email: email.parse()? };
     let publisher = tunewire_events::Bus::new(p.sandbox.amqp_url.clone(), "stand-in").publisher().await?;
     publisher
-        .publish(&tunewire_events::MediaFailed {
+        .publish(&tunewire_contract::MediaFailed {
             job_id: ended.job_id.parse()?,
             owner,
             source_filename: "kept-01.wav".into(),
