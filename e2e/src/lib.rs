@@ -152,7 +152,7 @@ impl Pipeline {
         }
         let brokers = tunewire_events::topology::SERVICES
             .iter()
-            .map(|s| (s.user.trim_start_matches("tunewire-"), faults.rabbitmq.url_for(&sandbox.amqp_url_for(*s))))
+            .map(|s| (s.name(), faults.rabbitmq.url_for(&sandbox.amqp_url_for(*s))))
             .collect();
         let urls = ServiceUrls {
             databases,

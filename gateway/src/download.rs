@@ -15,7 +15,7 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::jobs;
-use crate::routes::State;
+use crate::state::State;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RangeRequest {
@@ -194,6 +194,15 @@ pub async fn serve(
     let (parts, _) = response.into_parts();
     let (_, body) = warp::Reply::into_response(warp::reply::stream(body)).into_parts();
     Ok(Response::from_parts(parts, body))
+}
+
+/// A download by signed link (the email's): the link names the file and its owner.
+pub async fn signed_download(token: String, request: Request, state: State) -> Result<Response, ApiError> {
+    let claims = state
+        .links
+        .verify(&token, chrono::Utc::now())
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, e.code(), e.to_string()))?;
+    serve(&state, claims.file_id.as_str(), claims.owner, false, request).await
 }
 
 #[cfg(test)]

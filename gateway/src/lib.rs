@@ -7,15 +7,18 @@ pub mod caller;
 pub mod config;
 pub mod download;
 pub mod job_events;
+pub mod job_routes;
 pub mod job_state;
 pub mod jobs;
 pub mod metrics;
 pub mod outbox;
 pub mod places;
 pub mod probe;
+pub mod proxy;
 pub mod quotas;
 pub mod retention;
 pub mod routes;
+pub mod state;
 pub mod upload;
 pub mod upload_admission;
 
@@ -31,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tunewire_events::Bus;
 use tunewire_events::topology::GATEWAY_QUEUE;
 use tunewire_media_store::MediaStore;
-use tunewire_service_runtime::{Dependencies, HealthRoutes, check_with, http_error, postgres, startup};
+use tunewire_service_runtime::{Dependencies, HealthRoutes, Workers, check_with, http_error, postgres, startup};
 use tunewire_signed_links::LinkSigner;
 use warp::Filter;
 
@@ -72,7 +75,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let job_events = Arc::new(job_events::JobEvents::new(config.stream_limits));
     let mut registry = Registry::default();
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
-    let state = routes::State {
+    let state = state::State {
         config: Arc::new(config.clone()),
         db: db.clone(),
         store: store.clone(),
@@ -90,13 +93,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         )),
     };
     let relay_metrics = metrics.clone();
+    let workers = Workers::new();
     // Ready means uploads and downloads can be served: PostgreSQL and MongoDB. RabbitMQ down
     // only delays events (the outbox holds them), so it is a note, not a reason to leave the
     // Service.
     let dependencies = Dependencies::new()
         .required("postgres", postgres::check(&db))
         .required("mongodb", check_with(store.clone(), |store| async move { store.ping().await }))
-        .optional("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }));
+        .optional("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }))
+        .notes({
+            let workers = workers.clone();
+            move || workers.notes()
+        });
     let health = HealthRoutes::new(Arc::new(dependencies), registry);
     let api = routes::routes(state)
         .or(health.routes())
@@ -111,8 +119,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (poll_db, poll_shutdown) = (db.clone(), shutdown.clone());
     tokio::spawn(async move { job_events.poll(poll_db, poll_shutdown).await });
     let job_wake = outbox_wake.clone();
-    let relay = tokio::spawn(outbox::run(db.clone(), bus.clone(), outbox_wake, relay_metrics, shutdown.clone()));
-    let retention = tokio::spawn(retention::run(db.clone(), store.clone(), config.retention, shutdown.clone()));
+    let relay = {
+        let (db, bus, shutdown) = (db.clone(), bus.clone(), shutdown.clone());
+        workers.spawn("outbox_relay", shutdown.clone(), move |status| {
+            outbox::run((db.clone(), bus.clone()), outbox_wake.clone(), relay_metrics.clone(), status, shutdown.clone())
+        })
+    };
+    let retention = {
+        let (db, store, policy, shutdown) = (db.clone(), store.clone(), config.retention, shutdown.clone());
+        workers.spawn("retention", shutdown.clone(), move |status| {
+            retention::run(db.clone(), store.clone(), policy, status, shutdown.clone())
+        })
+    };
     let task = tokio::spawn(async move {
         let handler = move |msg| job_state::handle(db.clone(), store.clone(), job_wake.clone(), msg);
         bus.consume(GATEWAY_QUEUE, 32, handler, shutdown).await;

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use tunewire_events::Bus;
-use tunewire_service_runtime::Backoff;
+use tunewire_service_runtime::{Backoff, WorkerStatus};
 
 use crate::metrics::Metrics;
 
@@ -106,7 +106,13 @@ async fn measure(db: &PgPool, metrics: &Metrics) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(
+    (db, bus): (PgPool, Arc<Bus>),
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    status: WorkerStatus,
+    shutdown: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
         if let Err(e) = measure(&db, &metrics).await {
@@ -114,9 +120,13 @@ pub async fn run(db: PgPool, bus: Arc<Bus>, wake: Arc<Notify>, metrics: Arc<Metr
         }
         match relay_batch(&db, &bus).await {
             Ok(n) if n as i64 == BATCH => continue,
-            Ok(_) => failures = 0,
+            Ok(_) => {
+                failures = 0;
+                status.ok();
+            }
             Err(e) => {
                 failures += 1;
+                status.failed(&e);
                 metrics.outbox_relay_failures.inc();
                 warn!(error = %e, failures, "outbox relay failed; events stay queued in PostgreSQL");
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tunewire_media_store::{Bucket, MediaStore, StoreError};
+use tunewire_service_runtime::WorkerStatus;
 
 use crate::jobs;
 
@@ -56,7 +57,7 @@ pub async fn sweep(db: &PgPool, store: &MediaStore, policy: &Policy) -> Result<(
 /// after this long: far above the time an upload may take.
 const ORPHAN_GRACE: Duration = Duration::from_secs(6 * 3600);
 
-pub async fn run(db: PgPool, store: MediaStore, policy: Policy, shutdown: CancellationToken) {
+pub async fn run(db: PgPool, store: MediaStore, policy: Policy, status: WorkerStatus, shutdown: CancellationToken) {
     loop {
         match store.sweep_orphan_chunks(Bucket::Uploads, ORPHAN_GRACE).await {
             Ok(0) => {}
@@ -64,9 +65,16 @@ pub async fn run(db: PgPool, store: MediaStore, policy: Policy, shutdown: Cancel
             Err(e) => tracing::warn!(error = %e, "orphan chunk sweep failed; retrying next round"),
         }
         match sweep(&db, &store, &policy).await {
-            Ok((0, 0)) => {}
-            Ok((originals, outputs)) => tracing::info!(originals, outputs, "retention removed files"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying next round"),
+            Ok((originals, outputs)) => {
+                status.ok();
+                if originals + outputs > 0 {
+                    tracing::info!(originals, outputs, "retention removed files");
+                }
+            }
+            Err(e) => {
+                status.failed(&e);
+                tracing::warn!(error = %e, "retention sweep failed; retrying next round");
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

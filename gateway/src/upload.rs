@@ -23,7 +23,7 @@ use crate::jobs::{self, CreateError, Created};
 use crate::places::Place as UploadPlace;
 use crate::probe::{self, ProbeError, Verdict};
 use crate::quotas::Usage;
-use crate::routes::State;
+use crate::state::State;
 
 /// What the client says about the file besides its bytes.
 #[derive(Debug, Default, Deserialize)]

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut users = Vec::new();
     for service in tunewire_events::topology::SERVICES {
-        let name = service.user.trim_start_matches("tunewire-");
+        let name = service.name();
         let password = required_secret_key(&format!("{}_AMQP_PASSWORD", prefix(name)), MIN_PASSWORD_BYTES)?;
         users.push((service, password.expose_secret().to_string()));
     }

@@ -88,6 +88,9 @@ pub const CATALOG_INDEXER: Service = Service {
 };
 pub const NOTIFIER: Service = Service { user: "tunewire-notifier", consumes: &[NOTIFIER_QUEUE], publishes: &[] };
 
+/// What every service's user name starts with.
+const USER_PREFIX: &str = "tunewire-";
+
 pub const SERVICES: [Service; 4] = [GATEWAY, CONVERTER, CATALOG_INDEXER, NOTIFIER];
 
 /// Regular expressions over resource names, as RabbitMQ's permissions take them.
@@ -112,6 +115,11 @@ fn exactly<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 impl Service {
+    /// The service's name (`gateway`), as its settings are prefixed (`GATEWAY_...`).
+    pub fn name(&self) -> &'static str {
+        self.user.strip_prefix(USER_PREFIX).unwrap_or(self.user)
+    }
+
     /// Consume its own queues and publish its own events, nothing more: the setup
     /// (`tunewire-setup`) declares and binds everything, so no service can delete, rebind or
     /// tap (through the dead-letter exchange) what another reads from.
@@ -219,5 +227,11 @@ mod tests {
             let owners = SERVICES.iter().filter(|s| s.consumes.contains(&queue)).count();
             assert_eq!(owners, 1, "{}", queue.name);
         }
+    }
+
+    #[test]
+    fn a_service_s_name_is_its_user_without_the_prefix() {
+        let names: Vec<&str> = SERVICES.iter().map(Service::name).collect();
+        assert_eq!(names, ["gateway", "converter", "catalog-indexer", "notifier"]);
     }
 }

@@ -14,9 +14,11 @@ pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod workers;
 
 pub use backoff::Backoff;
 pub use config::ConfigError;
 pub use health::{Check, Dependencies, HealthRoutes, Readiness, check_with};
 pub use http_error::ApiError;
 pub use server::spawn_server;
+pub use workers::{WorkerStatus, Workers};
