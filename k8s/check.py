@@ -35,6 +35,7 @@ Run by scripts/test; exits non-zero with one line per broken rule.
 """
 
 import base64
+import json
 import pathlib
 import re
 import subprocess
@@ -83,8 +84,6 @@ MINIMUM_IMAGES = {
 }
 # How many leading version numbers name a release line.
 LINE_PARTS = {"postgres": 1}
-# The services' and tunewire-setup's default (their config.rs, setup/src/main.rs).
-MONGODB_DEFAULT_PREFIX = "tunewire"
 
 problems: list[str] = []
 
@@ -117,12 +116,17 @@ def validate(overlay: str, docs: list[dict]) -> None:
         problem(overlay, "schema validation failed:\n" + result.stdout + result.stderr)
 
 
+def settings_of(program: str) -> dict[str, dict]:
+    """What a program reads: k8s/settings.json, rendered from each program's declared settings
+    by e2e/tests/configuration.rs (which fails when it differs from the code)."""
+    declared = json.loads((ROOT / "k8s" / "settings.json").read_text())
+    return declared[program] | declared["all"]
+
+
 def config_keys(service: str) -> tuple[set[str], set[str]]:
-    """(settings, secret settings) a service reads, from its src/config.rs."""
-    source = (ROOT / service / "src" / "config.rs").read_text()
-    plain = set(re.findall(r'\bvar(?:_opt)?(?:::<[^>]+>)?\(\s*"([A-Z0-9_]+)"', source))
-    secret = set(re.findall(r'\b(?:required_)?secret(?:_key)?\(\s*"([A-Z0-9_]+)"', source))
-    return plain | secret, secret
+    """(settings, secret settings) a service reads."""
+    settings = settings_of(service)
+    return set(settings), {name for name, s in settings.items() if s["secret"]}
 
 
 def rust_const(path: str, name: str) -> int | None:
@@ -276,9 +280,18 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
             problem(at, f"envFrom names a ConfigMap {ref!r} that is not rendered")
             continue
         names += list(config_maps[ref].get("data", {}))
+    declared = settings_of(service)
     for name in names:
         if name not in allowed:
             problem(at, f"env {name} is not a setting {service} reads (see {service}/src/config.rs)")
+    given = {name.removesuffix("_FILE") for name in names}
+    for name in sorted(n for n, s in declared.items() if s["required"] and n not in given):
+        problem(at, f"does not set {name}, which {service} needs")
+    for source in container.get("envFrom", []):
+        data = config_maps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {})
+        for name, value in data.items():
+            if name in declared and str(value) == declared[name]["default"]:
+                problem(at, f"ConfigMap restates {name}={value}, the code's default; leave it out (one source of truth)")
         if name in secrets and name not in {"DATABASE_URL", "AMQP_URL", "MONGODB_URI"} | COMMON_SETTINGS:
             problem(at, f"secret setting {name} is given in the clear; use {name}_FILE")
 
@@ -421,22 +434,12 @@ def setting_prefix(service: str) -> str:
 
 
 def setup_settings() -> tuple[set[str], set[str], set[str]]:
-    """(settings, secret settings, required settings) tunewire-setup reads (setup/src/main.rs)."""
-    source = (ROOT / "setup" / "src" / "main.rs").read_text()
-    reads = re.findall(r'\b(var|var_opt|secret|secret_key|required_secret|required_secret_key)(?:::<[^>]+>)?\(\s*"([A-Z0-9_]+)"', source)
-    # One setting per account: PostgreSQL's per schema owner, RabbitMQ's per user on the bus,
-    # MongoDB's per service touching the media store.
-    accounts = {"DATABASE_PASSWORD": schema_owners(), "AMQP_PASSWORD": bus_users(), "MONGODB_PASSWORD": mongo_accounts()}
-    for function, suffix in re.findall(r'\b(\w+)\(&format!\("\{\}_([A-Z0-9_]+)"', source):
-        if suffix not in accounts:
-            problem("setup/src/main.rs", f"reads {{}}_{suffix} for accounts k8s/check.py does not know")
-            continue
-        reads += [(function, f"{setting_prefix(service)}_{suffix}") for service in accounts[suffix]]
-    settings = {name for _, name in reads}
-    secrets = {name for function, name in reads if "secret" in function}
+    """(settings, secret settings, required settings) tunewire-setup reads."""
+    settings = settings_of("setup")
+    secrets = {name for name, s in settings.items() if s["secret"]}
     # The monitoring user is optional to the binary, not here: KEDA and the UI log in as it.
-    required = {name for function, name in reads if function.startswith("required_")} | {"MONITOR_AMQP_PASSWORD"}
-    return settings, secrets, required
+    required = {name for name, s in settings.items() if s["required"]} | {"MONITOR_AMQP_PASSWORD"}
+    return set(settings), secrets, required
 
 
 def check_setup_job(where: str, container: dict) -> None:
@@ -445,7 +448,7 @@ def check_setup_job(where: str, container: dict) -> None:
     for name in sorted(names):
         base = name.removesuffix("_FILE") if name.removesuffix("_FILE") in secrets else name
         if base not in settings and name not in COMMON_SETTINGS:
-            problem(where, f"env {name} is not a setting tunewire-setup reads (setup/src/main.rs)")
+            problem(where, f"env {name} is not a setting tunewire-setup reads (setup/src/settings.rs)")
         elif name in secrets:
             problem(where, f"secret setting {name} is given in the clear; use {name}_FILE")
     for name in sorted(required - {n.removesuffix("_FILE") for n in names}):
@@ -492,12 +495,13 @@ def workload_setting(docs: list[dict], config_maps: dict[str, dict], kind: str, 
 def mongo_prefix(overlay: str, docs: list[dict], config_maps: dict[str, dict]) -> str:
     """The setup Job's MONGODB_DATABASE_PREFIX, which every service touching MongoDB must share:
     the setup Job's roles grant only that prefix's databases."""
-    setup = workload_setting(docs, config_maps, "Job", "setup", "MONGODB_DATABASE_PREFIX") or MONGODB_DEFAULT_PREFIX
+    default = settings_of("setup")["MONGODB_DATABASE_PREFIX"]["default"]
+    setup = workload_setting(docs, config_maps, "Job", "setup", "MONGODB_DATABASE_PREFIX") or default
     for doc in docs:
         service = doc["metadata"].get("labels", {}).get("tunewire.io/service")
         if doc["kind"] in WORKLOADS and service in mongo_accounts():
             used = workload_setting(docs, config_maps, doc["kind"], doc["metadata"]["name"], "MONGODB_DATABASE_PREFIX")
-            if (used or MONGODB_DEFAULT_PREFIX) != setup:
+            if (used or default) != setup:
                 problem(f"{overlay} {doc['kind']}/{doc['metadata']['name']}",
                         f"MONGODB_DATABASE_PREFIX {used!r} is not the setup Job's ({setup!r}), whose roles grant its databases")
     return setup
@@ -511,7 +515,7 @@ def check_credentials(overlay: str, docs: list[dict], secret: dict[str, str], pr
     logins = [
         ("database-admin-url", container_env(docs, "StatefulSet", "postgres", "POSTGRES_USER"), "postgres-password"),
         ("amqp-admin-url", default_user and default_user.group(1), "rabbitmq-password"),
-        ("rabbitmq-monitor-url", container_env(docs, "Job", "setup", "MONITOR_AMQP_USER") or "monitor",
+        ("rabbitmq-monitor-url", container_env(docs, "Job", "setup", "MONITOR_AMQP_USER") or settings_of("setup")["MONITOR_AMQP_USER"]["default"],
          "amqp-password-monitor"),
     ]
     logins += [(f"database-url-{s}", role, f"database-password-{s}") for s, role in schema_owners().items()]

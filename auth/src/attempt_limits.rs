@@ -36,18 +36,6 @@ pub struct Limits {
     pub registration_window: Duration,
 }
 
-impl Limits {
-    pub const DEFAULT: Limits = Limits {
-        per_email: 5,
-        per_address: 20,
-        window: Duration::from_secs(900),
-        first_delay: Duration::from_secs(1),
-        max_delay: Duration::from_secs(60),
-        registrations_per_address: 10,
-        registration_window: Duration::from_secs(3600),
-    };
-}
-
 /// Why an attempt was refused, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {

@@ -1,9 +1,8 @@
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tunewire_contract::Email;
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{SecretString, secret, var, var_opt};
+use tunewire_service_runtime::config::{Env, Fallback, SecretString, Setting, Source, Values, shared};
 
 use crate::attempt_limits::Limits;
 use crate::hashing;
@@ -35,7 +34,72 @@ pub struct Config {
     pub trusted_proxy_hops: usize,
 }
 
-const DEFAULT_HASH_QUEUE: usize = 32;
+const BIND: Setting = Setting::new("AUTH_BIND", "0.0.0.0:8081", "where auth listens");
+const SIGNING_KEY: Setting = Setting::secret(
+    "AUTH_SIGNING_KEY",
+    Fallback::Derived("a throwaway key per process"),
+    "Ed25519 (EdDSA) or RSA (RS256) private key, PEM (`openssl genpkey -algorithm ed25519`)",
+);
+const PREVIOUS_SIGNING_KEY: Setting = Setting::secret(
+    "AUTH_PREVIOUS_SIGNING_KEY",
+    Fallback::Unset,
+    "the key before a rotation; still in the JWKS so its tokens live out their time",
+);
+const TOKEN_TTL_S: Setting = Setting::new("AUTH_TOKEN_TTL_S", "3600", "access tokens' lifetime");
+const ADMIN_EMAIL: Setting =
+    Setting::optional("AUTH_ADMIN_EMAIL", "an admin made (or promoted) at start, with `AUTH_ADMIN_PASSWORD`");
+/// Also read by `tunewire-auth create-admin`.
+pub const ADMIN_PASSWORD: Setting =
+    Setting::secret("AUTH_ADMIN_PASSWORD", Fallback::Unset, "the password of `AUTH_ADMIN_EMAIL`");
+const LOGIN_FAILURES_PER_EMAIL: Setting = Setting::new(
+    "AUTH_LOGIN_FAILURES_PER_EMAIL",
+    "5",
+    "failed logins per account per window; then 429 until the window ends",
+);
+const LOGIN_FAILURES_PER_ADDRESS: Setting = Setting::new(
+    "AUTH_LOGIN_FAILURES_PER_ADDRESS",
+    "20",
+    "failed logins per client network (IPv4 address, IPv6 /64) per window that pass at once; then each \
+     waits a delay doubling from the first up to the maximum",
+);
+const LOGIN_WINDOW_S: Setting = Setting::new("AUTH_LOGIN_WINDOW_S", "900", "the failed-login window");
+const LOGIN_FIRST_DELAY_S: Setting =
+    Setting::new("AUTH_LOGIN_FIRST_DELAY_S", "1", "the first delay past the per-network failures");
+const LOGIN_MAX_DELAY_S: Setting = Setting::new("AUTH_LOGIN_MAX_DELAY_S", "60", "the longest such delay");
+const REGISTRATIONS_PER_ADDRESS: Setting =
+    Setting::new("AUTH_REGISTRATIONS_PER_ADDRESS", "10", "registrations per client network per window");
+const REGISTRATION_WINDOW_S: Setting = Setting::new("AUTH_REGISTRATION_WINDOW_S", "3600", "the registration window");
+const HASH_SLOTS: Setting = Setting::derived(
+    "AUTH_HASH_SLOTS",
+    "from the cgroup memory limit, at most 2 per core",
+    "password hashes at once (19 MiB each); beyond the queue, 503 with `Retry-After`",
+);
+const HASH_QUEUE: Setting = Setting::new("AUTH_HASH_QUEUE", "32", "requests waiting for a hashing slot");
+const TRUSTED_PROXY_HOPS: Setting =
+    Setting::new("AUTH_TRUSTED_PROXY_HOPS", "1", "proxies (the gateway, an ingress) appending to `X-Forwarded-For`");
+
+/// Everything auth reads.
+pub const SETTINGS: &[Setting] = &[
+    BIND,
+    shared::DATABASE_URL,
+    SIGNING_KEY,
+    PREVIOUS_SIGNING_KEY,
+    shared::AUTH_ISSUER,
+    shared::AUTH_AUDIENCE,
+    TOKEN_TTL_S,
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    LOGIN_FAILURES_PER_EMAIL,
+    LOGIN_FAILURES_PER_ADDRESS,
+    LOGIN_WINDOW_S,
+    LOGIN_FIRST_DELAY_S,
+    LOGIN_MAX_DELAY_S,
+    REGISTRATIONS_PER_ADDRESS,
+    REGISTRATION_WINDOW_S,
+    HASH_SLOTS,
+    HASH_QUEUE,
+    TRUSTED_PROXY_HOPS,
+];
 
 impl Config {
     /// The hashing slots this process runs with.
@@ -47,58 +111,57 @@ impl Config {
     }
 
     pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Limits::DEFAULT;
-        let admin_email: Option<Email> = var_opt("AUTH_ADMIN_EMAIL")?;
-        let admin_password = secret("AUTH_ADMIN_PASSWORD")?;
-        let admin = match (admin_email, admin_password) {
+        Self::read(&Env)
+    }
+
+    /// The defaults, listening on a free local port, with a throwaway signing key and no
+    /// admin; tests start from it.
+    pub fn local(database_url: String) -> Self {
+        Self::read(&Values::new([(BIND.name, "127.0.0.1:0".into()), (shared::DATABASE_URL.name, database_url)]))
+            .expect("the defaults parse (tested)")
+    }
+
+    fn read(source: &impl Source) -> Result<Self, ConfigError> {
+        let admin_email: Option<Email> = ADMIN_EMAIL.get_opt(source)?;
+        let admin = match (admin_email, ADMIN_PASSWORD.get_secret_opt(source)?) {
             (Some(email), Some(password)) => Some((email, password)),
-            (Some(_), None) => return Err(ConfigError::Missing { key: "AUTH_ADMIN_PASSWORD".into() }),
+            (Some(_), None) => return Err(ADMIN_PASSWORD.missing()),
             // A password alone is for `create-admin --email`.
             (None, _) => None,
         };
         Ok(Self {
-            bind: var("AUTH_BIND", SocketAddr::from(([0, 0, 0, 0], 8081)))?,
-            database_url: secret("DATABASE_URL")?
-                .unwrap_or_else(|| "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire".into()),
-            signing_key_pem: secret("AUTH_SIGNING_KEY")?,
-            previous_signing_key_pem: secret("AUTH_PREVIOUS_SIGNING_KEY")?,
-            issuer: var("AUTH_ISSUER", "tunewire-auth".to_string())?,
-            audience: var("AUTH_AUDIENCE", "tunewire".to_string())?,
-            token_ttl_s: var("AUTH_TOKEN_TTL_S", 3600)?,
+            bind: BIND.get(source)?,
+            database_url: shared::DATABASE_URL.get_secret(source)?,
+            signing_key_pem: SIGNING_KEY.get_secret_opt(source)?,
+            previous_signing_key_pem: PREVIOUS_SIGNING_KEY.get_secret_opt(source)?,
+            issuer: shared::AUTH_ISSUER.get(source)?,
+            audience: shared::AUTH_AUDIENCE.get(source)?,
+            token_ttl_s: TOKEN_TTL_S.get(source)?,
             admin,
             attempt_limits: Limits {
-                per_email: var("AUTH_LOGIN_FAILURES_PER_EMAIL", d.per_email)?,
-                per_address: var("AUTH_LOGIN_FAILURES_PER_ADDRESS", d.per_address)?,
-                window: Duration::from_secs(var("AUTH_LOGIN_WINDOW_S", d.window.as_secs())?),
-                first_delay: Duration::from_secs(var("AUTH_LOGIN_FIRST_DELAY_S", d.first_delay.as_secs())?),
-                max_delay: Duration::from_secs(var("AUTH_LOGIN_MAX_DELAY_S", d.max_delay.as_secs())?),
-                registrations_per_address: var("AUTH_REGISTRATIONS_PER_ADDRESS", d.registrations_per_address)?,
-                registration_window: Duration::from_secs(var(
-                    "AUTH_REGISTRATION_WINDOW_S",
-                    d.registration_window.as_secs(),
-                )?),
+                per_email: LOGIN_FAILURES_PER_EMAIL.get(source)?,
+                per_address: LOGIN_FAILURES_PER_ADDRESS.get(source)?,
+                window: LOGIN_WINDOW_S.get_seconds(source)?,
+                first_delay: LOGIN_FIRST_DELAY_S.get_seconds(source)?,
+                max_delay: LOGIN_MAX_DELAY_S.get_seconds(source)?,
+                registrations_per_address: REGISTRATIONS_PER_ADDRESS.get(source)?,
+                registration_window: REGISTRATION_WINDOW_S.get_seconds(source)?,
             },
-            hash_slots: var_opt("AUTH_HASH_SLOTS")?,
-            hash_queue: var("AUTH_HASH_QUEUE", DEFAULT_HASH_QUEUE)?,
-            trusted_proxy_hops: var("AUTH_TRUSTED_PROXY_HOPS", 1)?,
+            hash_slots: HASH_SLOTS.get_opt(source)?,
+            hash_queue: HASH_QUEUE.get(source)?,
+            trusted_proxy_hops: TRUSTED_PROXY_HOPS.get(source)?,
         })
     }
+}
 
-    /// Settings for the local stack with everything optional left out; tests start from it.
-    pub fn local(database_url: String) -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url.into(),
-            signing_key_pem: None,
-            previous_signing_key_pem: None,
-            issuer: "tunewire-auth".into(),
-            audience: "tunewire".into(),
-            token_ttl_s: 3600,
-            admin: None,
-            attempt_limits: Limits::DEFAULT,
-            hash_slots: None,
-            hash_queue: DEFAULT_HASH_QUEUE,
-            trusted_proxy_hops: 1,
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_parse() {
+        let local = Config::local("postgres://x".into());
+        assert_eq!(local.bind.port(), 0);
+        assert_eq!(local.attempt_limits.per_email, 5);
     }
 }

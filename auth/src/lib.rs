@@ -26,7 +26,7 @@ pub use config::Config;
 /// `tunewire-auth create-admin --email ADDRESS`, the password from `AUTH_ADMIN_PASSWORD` or
 /// `AUTH_ADMIN_PASSWORD_FILE`.
 pub async fn create_admin(config: &Config, email: &tunewire_contract::Email) -> anyhow::Result<()> {
-    let password = tunewire_service_runtime::config::required_secret("AUTH_ADMIN_PASSWORD")?;
+    let password = config::ADMIN_PASSWORD.get_secret(&tunewire_service_runtime::config::Env)?;
     let db = PgPoolOptions::new().max_connections(1).connect(config.database_url.expose_secret()).await?;
     migrate(&db).await?;
     let id = accounts::provision_admin(&db, email, password.expose_secret()).await?;

@@ -170,13 +170,11 @@ async fn main() -> anyhow::Result<()> {
     let sandbox = Sandbox::create().await?;
     let shutdown = CancellationToken::new();
     let auth = tunewire_auth::start(
-        tunewire_auth::Config {
+        {
+            let mut config = tunewire_auth::Config::local(sandbox.database_url.clone());
             // Fifty bench users register from this one address.
-            attempt_limits: tunewire_auth::attempt_limits::Limits {
-                registrations_per_address: 1_000,
-                ..tunewire_auth::attempt_limits::Limits::DEFAULT
-            },
-            ..tunewire_auth::Config::local(sandbox.database_url.clone())
+            config.attempt_limits.registrations_per_address = 1_000;
+            config
         },
         shutdown.clone(),
     )

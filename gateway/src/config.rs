@@ -3,12 +3,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{SecretString, required_secret_key, secret, secret_key, var};
+use tunewire_service_runtime::config::{Env, SecretString, Setting, Source, Values, shared};
 use tunewire_signed_links::MIN_SECRET_BYTES;
 
-use crate::job_events::DEFAULT_LIMITS as STREAM_LIMITS;
 use crate::quotas::Quotas;
-use crate::upload_admission::DEFAULT_LIMITS as UPLOAD_LIMITS;
 
 #[derive(Clone)]
 pub struct Config {
@@ -40,73 +38,151 @@ pub struct Config {
     pub quotas: crate::quotas::Quotas,
 }
 
+const BIND: Setting = Setting::new("GATEWAY_BIND", "0.0.0.0:8080", "where the API listens");
+const AUTH_URL: Setting = Setting::new("AUTH_URL", "http://127.0.0.1:8081", "auth, for register, login and JWKS");
+const CATALOG_URL: Setting = Setting::new("CATALOG_URL", "http://127.0.0.1:8082", "catalog-indexer, for search");
+const LINK_SECRET_PREVIOUS: Setting = Setting::secret(
+    "LINK_SECRET_PREVIOUS",
+    tunewire_service_runtime::config::Fallback::Unset,
+    "the download-link key before a rotation, still accepted; at least 32 bytes",
+);
+const MAX_UPLOAD_BYTES: Setting =
+    Setting::new("MAX_UPLOAD_BYTES", "2147483648", "larger uploads get 413 and leave nothing behind");
+const UPLOAD_IDLE_TIMEOUT_S: Setting = Setting::new(
+    "UPLOAD_IDLE_TIMEOUT_S",
+    "60",
+    "an upload that sends nothing for this long gets 408 and leaves nothing behind",
+);
+const RETENTION_ORIGINALS_S: Setting =
+    Setting::new("RETENTION_ORIGINALS_S", "86400", "originals older than this are removed (the MP3 stays)");
+const RETENTION_OUTPUTS_S: Setting =
+    Setting::new("RETENTION_OUTPUTS_S", "604800", "MP3s older than this are removed; the job becomes `expired`");
+const RETENTION_SWEEP_S: Setting = Setting::new("RETENTION_SWEEP_S", "300", "how often retention runs");
+const UPLOADS_IN_FLIGHT: Setting = Setting::new(
+    "GATEWAY_UPLOADS_IN_FLIGHT",
+    "48",
+    "uploads streaming in at once per process (each holds about 6 MiB); beyond, 429 with `Retry-After`",
+);
+const UPLOADS_IN_FLIGHT_PER_USER: Setting = Setting::new(
+    "GATEWAY_UPLOADS_IN_FLIGHT_PER_USER",
+    "8",
+    "uploads one user may stream in at once per process; beyond, 429 with `Retry-After`",
+);
+const EVENT_STREAMS: Setting = Setting::new(
+    "GATEWAY_EVENT_STREAMS",
+    "1024",
+    "job event streams (`/v1/jobs/{id}/events`) open at once per process; beyond, 429 with `Retry-After`",
+);
+const EVENT_STREAMS_PER_USER: Setting = Setting::new(
+    "GATEWAY_EVENT_STREAMS_PER_USER",
+    "16",
+    "job event streams one user may have open at once per process",
+);
+const QUOTA_JOBS_IN_PROGRESS: Setting = Setting::new(
+    "GATEWAY_QUOTA_JOBS_IN_PROGRESS",
+    "20",
+    "per user, jobs queued or converting; beyond, 429 `job_quota` (a repeat of a live job too); in `GET /v1/me`",
+);
+const QUOTA_STORED_BYTES: Setting = Setting::new(
+    "GATEWAY_QUOTA_STORED_BYTES",
+    "21474836480",
+    "per user, bytes of originals still stored; beyond, 507 `storage_quota`; in `GET /v1/me`",
+);
+
+/// Everything the gateway reads.
+pub const SETTINGS: &[Setting] = &[
+    BIND,
+    shared::DATABASE_URL,
+    shared::AMQP_URL,
+    shared::MONGODB_URI,
+    shared::MONGODB_DATABASE_PREFIX,
+    AUTH_URL,
+    CATALOG_URL,
+    shared::AUTH_ISSUER,
+    shared::AUTH_AUDIENCE,
+    shared::LINK_SECRET,
+    LINK_SECRET_PREVIOUS,
+    MAX_UPLOAD_BYTES,
+    UPLOAD_IDLE_TIMEOUT_S,
+    RETENTION_ORIGINALS_S,
+    RETENTION_OUTPUTS_S,
+    RETENTION_SWEEP_S,
+    UPLOADS_IN_FLIGHT,
+    UPLOADS_IN_FLIGHT_PER_USER,
+    EVENT_STREAMS,
+    EVENT_STREAMS_PER_USER,
+    QUOTA_JOBS_IN_PROGRESS,
+    QUOTA_STORED_BYTES,
+];
+
 fn this_program() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tunewire-gateway"))
 }
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read(&Env)
+    }
+
+    /// The defaults, listening on a free local port, with the given dependencies; tests
+    /// start from it.
+    pub fn local(database_url: String, amqp_url: String, mongodb_uri: String, mongodb_database_prefix: String) -> Self {
+        Self::read(&Values::new([
+            (BIND.name, "127.0.0.1:0".into()),
+            (shared::DATABASE_URL.name, database_url),
+            (shared::AMQP_URL.name, amqp_url),
+            (shared::MONGODB_URI.name, mongodb_uri),
+            (shared::MONGODB_DATABASE_PREFIX.name, mongodb_database_prefix),
+            (shared::LINK_SECRET.name, shared::LOCAL_LINK_SECRET.into()),
+        ]))
+        .expect("the defaults parse (tested)")
+    }
+
+    fn read(source: &impl Source) -> Result<Self, ConfigError> {
         Ok(Self {
-            bind: var("GATEWAY_BIND", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
-            database_url: secret("DATABASE_URL")?
-                .unwrap_or_else(|| "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire".into()),
-            amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".into()),
-            mongodb_uri: secret("MONGODB_URI")?.unwrap_or_else(|| "mongodb://tunewire:tunewire@127.0.0.1:27017".into()),
-            mongodb_database_prefix: var("MONGODB_DATABASE_PREFIX", "tunewire".to_string())?,
-            auth_url: var("AUTH_URL", "http://127.0.0.1:8081".to_string())?,
-            catalog_url: var("CATALOG_URL", "http://127.0.0.1:8082".to_string())?,
-            token_issuer: var("AUTH_ISSUER", "tunewire-auth".to_string())?,
-            token_audience: var("AUTH_AUDIENCE", "tunewire".to_string())?,
-            link_secret: required_secret_key("LINK_SECRET", MIN_SECRET_BYTES)?,
-            link_secret_previous: secret_key("LINK_SECRET_PREVIOUS", MIN_SECRET_BYTES)?,
-            max_upload_bytes: var("MAX_UPLOAD_BYTES", 2u64 << 30)?,
-            upload_idle_timeout: Duration::from_secs(var("UPLOAD_IDLE_TIMEOUT_S", 60)?),
+            bind: BIND.get(source)?,
+            database_url: shared::DATABASE_URL.get_secret(source)?,
+            amqp_url: shared::AMQP_URL.get_secret(source)?,
+            mongodb_uri: shared::MONGODB_URI.get_secret(source)?,
+            mongodb_database_prefix: shared::MONGODB_DATABASE_PREFIX.get(source)?,
+            auth_url: AUTH_URL.get(source)?,
+            catalog_url: CATALOG_URL.get(source)?,
+            token_issuer: shared::AUTH_ISSUER.get(source)?,
+            token_audience: shared::AUTH_AUDIENCE.get(source)?,
+            link_secret: shared::LINK_SECRET.get_key(source, MIN_SECRET_BYTES)?,
+            link_secret_previous: LINK_SECRET_PREVIOUS.get_key_opt(source, MIN_SECRET_BYTES)?,
+            max_upload_bytes: MAX_UPLOAD_BYTES.get(source)?,
+            upload_idle_timeout: UPLOAD_IDLE_TIMEOUT_S.get_seconds(source)?,
             probe_program: this_program(),
             retention: crate::retention::Policy {
-                originals: Duration::from_secs(var("RETENTION_ORIGINALS_S", 24 * 3600)?),
-                outputs: Duration::from_secs(var("RETENTION_OUTPUTS_S", 7 * 24 * 3600)?),
-                every: Duration::from_secs(var("RETENTION_SWEEP_S", 300)?),
+                originals: RETENTION_ORIGINALS_S.get_seconds(source)?,
+                outputs: RETENTION_OUTPUTS_S.get_seconds(source)?,
+                every: RETENTION_SWEEP_S.get_seconds(source)?,
             },
             upload_limits: crate::upload_admission::Limits {
-                per_process: var("GATEWAY_UPLOADS_IN_FLIGHT", UPLOAD_LIMITS.per_process)?,
-                per_user: var("GATEWAY_UPLOADS_IN_FLIGHT_PER_USER", UPLOAD_LIMITS.per_user)?,
+                per_process: UPLOADS_IN_FLIGHT.get(source)?,
+                per_user: UPLOADS_IN_FLIGHT_PER_USER.get(source)?,
             },
             stream_limits: crate::places::Limits {
-                per_process: var("GATEWAY_EVENT_STREAMS", STREAM_LIMITS.per_process)?,
-                per_user: var("GATEWAY_EVENT_STREAMS_PER_USER", STREAM_LIMITS.per_user)?,
+                per_process: EVENT_STREAMS.get(source)?,
+                per_user: EVENT_STREAMS_PER_USER.get(source)?,
             },
             quotas: Quotas {
-                jobs_in_progress: var("GATEWAY_QUOTA_JOBS_IN_PROGRESS", Quotas::DEFAULT.jobs_in_progress)?,
-                stored_bytes: var("GATEWAY_QUOTA_STORED_BYTES", Quotas::DEFAULT.stored_bytes)?,
+                jobs_in_progress: QUOTA_JOBS_IN_PROGRESS.get(source)?,
+                stored_bytes: QUOTA_STORED_BYTES.get(source)?,
             },
         })
     }
+}
 
-    /// Defaults for the local stack with the given dependencies; tests start from it.
-    pub fn local(database_url: String, amqp_url: String, mongodb_uri: String, mongodb_database_prefix: String) -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url.into(),
-            amqp_url: amqp_url.into(),
-            mongodb_uri: mongodb_uri.into(),
-            mongodb_database_prefix,
-            auth_url: "http://127.0.0.1:8081".into(),
-            catalog_url: "http://127.0.0.1:8082".into(),
-            token_issuer: "tunewire-auth".into(),
-            token_audience: "tunewire".into(),
-            link_secret: "local-link-secret-of-thirty-two-bytes".into(),
-            link_secret_previous: None,
-            max_upload_bytes: 2 << 30,
-            upload_idle_timeout: Duration::from_secs(60),
-            probe_program: this_program(),
-            retention: crate::retention::Policy {
-                originals: Duration::from_secs(24 * 3600),
-                outputs: Duration::from_secs(7 * 24 * 3600),
-                every: Duration::from_secs(300),
-            },
-            upload_limits: UPLOAD_LIMITS,
-            stream_limits: STREAM_LIMITS,
-            quotas: Quotas::DEFAULT,
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_parse() {
+        let local = Config::local("postgres://x".into(), "amqp://x".into(), "mongodb://x".into(), "p".into());
+        assert_eq!(local.bind.port(), 0);
+        assert_eq!(local.max_upload_bytes, 2 << 30);
     }
 }

@@ -26,9 +26,6 @@ const TERMINAL: [&str; 3] = ["converted", "failed", "expired"];
 /// When a refused client should try again: streams end when their jobs do.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// Streams open at once: per process (each is a connection and a small task) and per user.
-pub const DEFAULT_LIMITS: Limits = Limits { per_process: 1024, per_user: 16 };
-
 #[derive(Debug, Clone, PartialEq)]
 enum Change {
     Job(Value),

@@ -17,10 +17,6 @@ pub struct Quotas {
     pub stored_bytes: i64,
 }
 
-impl Quotas {
-    pub const DEFAULT: Quotas = Quotas { jobs_in_progress: 20, stored_bytes: 20 << 30 };
-}
-
 /// When a user at the jobs quota should look again: about when a short job converts.
 const JOBS_RETRY_AFTER: Duration = Duration::from_secs(30);
 

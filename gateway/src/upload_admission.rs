@@ -14,8 +14,6 @@ use crate::places::{Full, Place, Places};
 /// When a refused client should try again: about as long as a small upload takes.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
-pub const DEFAULT_LIMITS: Limits = Limits { per_process: 48, per_user: 8 };
-
 pub struct UploadAdmission(Places);
 
 impl UploadAdmission {

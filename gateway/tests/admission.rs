@@ -14,7 +14,6 @@ use support::{Gateway, Options};
 use tunewire_contract::MediaFailed;
 use tunewire_contract::Owner;
 use tunewire_gateway::places::Limits;
-use tunewire_gateway::upload_admission::DEFAULT_LIMITS as UPLOAD_LIMITS;
 use tunewire_service_runtime::config::ExposeSecret;
 use tunewire_test_stack::bench::MeasuredService;
 use tunewire_test_stack::eventually;
@@ -181,7 +180,7 @@ async fn quotas_of_jobs_in_progress_and_stored_bytes_refuse_with_the_documented_
     let quotas = me(user.token.clone()).await?["quotas"].clone();
     assert_eq!(quotas["jobs_in_progress"], serde_json::json!({"used": 0, "limit": 2}));
     assert_eq!(quotas["stored_bytes"], serde_json::json!({"used": 0, "limit": 200_000}));
-    assert_eq!(quotas["uploads_in_flight"]["limit"], UPLOAD_LIMITS.per_user);
+    assert_eq!(quotas["uploads_in_flight"]["limit"], g.config.upload_limits.per_user);
 
     // A 1 s tone at 22.05 kHz mono is about 44 KB: two fit the bytes, a 5 s one does not.
     let big = g.tone("big.wav", 5, 9)?;

@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use tunewire_service_runtime::ConfigError;
-use tunewire_service_runtime::config::{SecretString, required_secret_key, secret, var};
+use tunewire_service_runtime::config::{Env, Fallback, SecretString, Setting, Source, Values, shared};
 use tunewire_signed_links::MIN_SECRET_BYTES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,29 +47,54 @@ pub struct Config {
     pub claim_lease_s: u64,
 }
 
+const HEALTH_BIND: Setting =
+    Setting::new("NOTIFIER_HEALTH_BIND", "0.0.0.0:9102", "`/healthz`, `/readyz` and `/metrics`");
+const SMTP_HOST: Setting = Setting::new("SMTP_HOST", "127.0.0.1", "the SMTP server");
+const SMTP_PORT: Setting = Setting::new("SMTP_PORT", "1025", "its port");
+const SMTP_TLS: Setting = Setting::new("SMTP_TLS", "none", "`none`, `starttls` or `tls`");
+const SMTP_USERNAME: Setting = Setting::secret("SMTP_USERNAME", Fallback::Unset, "SMTP login, if the server asks");
+const SMTP_PASSWORD: Setting = Setting::secret("SMTP_PASSWORD", Fallback::Unset, "its password");
+const SMTP_TIMEOUT_S: Setting = Setting::new("SMTP_TIMEOUT_S", "15", "per SMTP command");
+const SMTP_POOL_SIZE: Setting = Setting::new(
+    "SMTP_POOL_SIZE",
+    "4",
+    "SMTP connections kept open (one email is sent at a time per notifier: see docs/reliability.md)",
+);
+const MAIL_FROM: Setting = Setting::new("MAIL_FROM", "Tunewire <noreply@tunewire.local>", "the emails' sender");
+const PUBLIC_URL: Setting = Setting::new("PUBLIC_URL", "http://127.0.0.1:8080", "the gateway's address, for links");
+const LINK_TTL_H: Setting = Setting::new("LINK_TTL_H", "24", "download links' lifetime, in hours");
+const CLAIM_LEASE_S: Setting = Setting::new(
+    "NOTIFIER_CLAIM_LEASE_S",
+    "120",
+    "a delivery claimed this long ago by a notifier that died may be sent again",
+);
+
+/// Everything the notifier reads.
+pub const SETTINGS: &[Setting] = &[
+    HEALTH_BIND,
+    shared::DATABASE_URL,
+    shared::AMQP_URL,
+    SMTP_HOST,
+    SMTP_PORT,
+    SMTP_TLS,
+    SMTP_USERNAME,
+    SMTP_PASSWORD,
+    SMTP_TIMEOUT_S,
+    SMTP_POOL_SIZE,
+    MAIL_FROM,
+    PUBLIC_URL,
+    shared::LINK_SECRET,
+    LINK_TTL_H,
+    CLAIM_LEASE_S,
+];
+
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            health_bind: var("NOTIFIER_HEALTH_BIND", SocketAddr::from(([0, 0, 0, 0], 9102)))?,
-            database_url: secret("DATABASE_URL")?
-                .unwrap_or_else(|| "postgres://tunewire:tunewire@127.0.0.1:5432/tunewire".into()),
-            amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| "amqp://tunewire:tunewire@127.0.0.1:5672/%2f".into()),
-            smtp_host: var("SMTP_HOST", "127.0.0.1".to_string())?,
-            smtp_port: var("SMTP_PORT", 1025)?,
-            smtp_tls: var("SMTP_TLS", SmtpTls::None)?,
-            smtp_username: secret("SMTP_USERNAME")?,
-            smtp_password: secret("SMTP_PASSWORD")?,
-            smtp_timeout_s: var("SMTP_TIMEOUT_S", 15)?,
-            smtp_pool_size: var("SMTP_POOL_SIZE", 4)?,
-            mail_from: var("MAIL_FROM", "Tunewire <noreply@tunewire.local>".to_string())?,
-            public_url: var("PUBLIC_URL", "http://127.0.0.1:8080".to_string())?,
-            link_secret: required_secret_key("LINK_SECRET", MIN_SECRET_BYTES)?,
-            link_ttl_h: var("LINK_TTL_H", 24)?,
-            claim_lease_s: var("NOTIFIER_CLAIM_LEASE_S", 120)?,
-        })
+        Self::read(&Env)
     }
 
-    /// Defaults for the local stack with the given dependencies; tests start from it.
+    /// The defaults, serving health on a free local port, with the given dependencies;
+    /// tests start from it.
     pub fn local(
         database_url: String,
         amqp_url: String,
@@ -77,22 +102,48 @@ impl Config {
         smtp_port: u16,
         link_secret: String,
     ) -> Self {
-        Self {
-            health_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url.into(),
-            amqp_url: amqp_url.into(),
-            smtp_host,
-            smtp_port,
-            smtp_tls: SmtpTls::None,
-            smtp_username: None,
-            smtp_password: None,
-            smtp_timeout_s: 15,
-            smtp_pool_size: 4,
-            mail_from: "Tunewire <noreply@tunewire.test>".into(),
-            public_url: "http://127.0.0.1:8080".into(),
-            link_secret: link_secret.into(),
-            link_ttl_h: 24,
-            claim_lease_s: 120,
-        }
+        let config = Self::read(&Values::new([
+            (HEALTH_BIND.name, "127.0.0.1:0".into()),
+            (shared::DATABASE_URL.name, database_url),
+            (shared::AMQP_URL.name, amqp_url),
+            (SMTP_HOST.name, smtp_host),
+            (SMTP_PORT.name, smtp_port.to_string()),
+            (shared::LINK_SECRET.name, shared::LOCAL_LINK_SECRET.into()),
+        ]))
+        .expect("the defaults parse (tested)");
+        // Tests' per-sandbox secrets need not be as long as a deployment's.
+        Self { link_secret: link_secret.into(), ..config }
+    }
+
+    fn read(source: &impl Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            health_bind: HEALTH_BIND.get(source)?,
+            database_url: shared::DATABASE_URL.get_secret(source)?,
+            amqp_url: shared::AMQP_URL.get_secret(source)?,
+            smtp_host: SMTP_HOST.get(source)?,
+            smtp_port: SMTP_PORT.get(source)?,
+            smtp_tls: SMTP_TLS.get(source)?,
+            smtp_username: SMTP_USERNAME.get_secret_opt(source)?,
+            smtp_password: SMTP_PASSWORD.get_secret_opt(source)?,
+            smtp_timeout_s: SMTP_TIMEOUT_S.get(source)?,
+            smtp_pool_size: SMTP_POOL_SIZE.get(source)?,
+            mail_from: MAIL_FROM.get(source)?,
+            public_url: PUBLIC_URL.get(source)?,
+            link_secret: shared::LINK_SECRET.get_key(source, MIN_SECRET_BYTES)?,
+            link_ttl_h: LINK_TTL_H.get(source)?,
+            claim_lease_s: CLAIM_LEASE_S.get(source)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_parse() {
+        let local = Config::local("postgres://x".into(), "amqp://x".into(), "127.0.0.1".into(), 25, "s".into());
+        assert_eq!(local.health_bind.port(), 0);
+        assert_eq!(local.smtp_tls, SmtpTls::None);
     }
 }

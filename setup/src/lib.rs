@@ -7,3 +7,4 @@
 pub mod broker;
 pub mod database;
 pub mod media_store;
+pub mod settings;

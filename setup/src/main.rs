@@ -3,54 +3,50 @@
 
 use anyhow::Context;
 use tunewire_media_store::access::ACCOUNTS;
-use tunewire_service_runtime::config::{ExposeSecret, required_secret, required_secret_key, secret_key, var};
+use tunewire_service_runtime::config::{Env, ExposeSecret, Setting, shared};
 use tunewire_service_runtime::telemetry;
 use tunewire_setup::broker::{self, Management};
 use tunewire_setup::database::{self, OWNERS};
 use tunewire_setup::media_store;
+use tunewire_setup::settings::{
+    AMQP_ADMIN_URL, AMQP_PASSWORDS, DATABASE_ADMIN_URL, DATABASE_PASSWORDS, MIN_PASSWORD_BYTES, MONGODB_ADMIN_URI,
+    MONGODB_PASSWORDS, MONITOR_AMQP_PASSWORD, MONITOR_AMQP_USER, RABBITMQ_MANAGEMENT_URL, password_of,
+};
 
-/// Shortest password a service's account may have.
-const MIN_PASSWORD_BYTES: usize = 16;
-
-/// `CATALOG_INDEXER` for `catalog-indexer`: the prefix of the service's settings.
-fn prefix(service: &str) -> String {
-    service.to_ascii_uppercase().replace('-', "_")
+/// `service`'s password from `passwords`.
+fn password(passwords: &[(&str, Setting)], service: &str) -> anyhow::Result<String> {
+    let setting = password_of(passwords, service).with_context(|| format!("no password setting for {service}"))?;
+    Ok(setting.get_key(&Env, MIN_PASSWORD_BYTES)?.expose_secret().to_string())
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     telemetry::init("setup");
-    let database_admin_url = required_secret("DATABASE_ADMIN_URL")?;
-    let amqp_admin_url = required_secret("AMQP_ADMIN_URL")?;
-    let mongodb_admin_uri = required_secret("MONGODB_ADMIN_URI")?;
-    let mongodb_prefix: String = var("MONGODB_DATABASE_PREFIX", "tunewire".to_string())?;
+    let database_admin_url = DATABASE_ADMIN_URL.get_secret(&Env)?;
+    let amqp_admin_url = AMQP_ADMIN_URL.get_secret(&Env)?;
+    let mongodb_admin_uri = MONGODB_ADMIN_URI.get_secret(&Env)?;
+    let mongodb_prefix: String = shared::MONGODB_DATABASE_PREFIX.get(&Env)?;
     let mut roles = Vec::new();
     for owner in OWNERS {
-        let password =
-            required_secret_key(&format!("{}_DATABASE_PASSWORD", prefix(owner.service)), MIN_PASSWORD_BYTES)?;
-        roles.push((owner, password.expose_secret().to_string()));
+        roles.push((owner, password(&DATABASE_PASSWORDS, owner.service)?));
     }
     let mut users = Vec::new();
     for service in tunewire_events::topology::SERVICES {
-        let name = service.name();
-        let password = required_secret_key(&format!("{}_AMQP_PASSWORD", prefix(name)), MIN_PASSWORD_BYTES)?;
-        users.push((service, password.expose_secret().to_string()));
+        users.push((service, password(&AMQP_PASSWORDS, service.name())?));
     }
     let mut accounts = Vec::new();
     for account in ACCOUNTS {
-        let password =
-            required_secret_key(&format!("{}_MONGODB_PASSWORD", prefix(account.service())), MIN_PASSWORD_BYTES)?;
-        accounts.push((account, password.expose_secret().to_string()));
+        accounts.push((account, password(&MONGODB_PASSWORDS, account.service())?));
     }
     // KEDA's and the management UI's read-only login; left alone when not given.
-    let monitor_user: String = var("MONITOR_AMQP_USER", "monitor".to_string())?;
-    let monitor_password = secret_key("MONITOR_AMQP_PASSWORD", MIN_PASSWORD_BYTES)?;
+    let monitor_user: String = MONITOR_AMQP_USER.get(&Env)?;
+    let monitor_password = MONITOR_AMQP_PASSWORD.get_key_opt(&Env, MIN_PASSWORD_BYTES)?;
 
     // The management API takes the same administrator as AMQP; the vhost is the URL's.
     let uri: lapin::uri::AMQPUri =
         amqp_admin_url.expose_secret().parse().map_err(|_| anyhow::anyhow!("AMQP_ADMIN_URL is not an AMQP URL"))?;
     let management = Management {
-        url: var("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672".to_string())?,
+        url: RABBITMQ_MANAGEMENT_URL.get(&Env)?,
         user: uri.authority.userinfo.username.clone(),
         password: uri.authority.userinfo.password.clone().into(),
     };
