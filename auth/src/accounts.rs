@@ -5,11 +5,12 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use sqlx::PgPool;
+use tunewire_contract::accounts::PASSWORD_CHARS;
 use tunewire_contract::{Email, Role, UserId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("the password must be 8 to 256 characters long")]
+    #[error("the password must be {} to {} characters long", PASSWORD_CHARS.start(), PASSWORD_CHARS.end())]
     PasswordLength,
     #[error("hashing the password failed: {0}")]
     Hashing(String),
@@ -25,7 +26,7 @@ fn hasher() -> Argon2<'static> {
 
 pub fn check_password_length(password: &str) -> Result<(), AccountError> {
     let length = password.chars().count();
-    if (8..=256).contains(&length) { Ok(()) } else { Err(AccountError::PasswordLength) }
+    if PASSWORD_CHARS.contains(&length) { Ok(()) } else { Err(AccountError::PasswordLength) }
 }
 
 /// CPU-bound: call from a blocking thread.

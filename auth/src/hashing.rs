@@ -98,10 +98,19 @@ impl Admitted {
         let (answer, answered) = oneshot::channel();
         self.jobs
             .send(Box::new(move || {
-                if !answer.is_closed() {
-                    let _ = answer.send(f());
-                }
+                let outcome = (!answer.is_closed()).then(|| std::panic::catch_unwind(AssertUnwindSafe(f)));
+                // The place is free before the caller hears back, so its next request finds it.
                 drop(slot);
+                match outcome {
+                    Some(Ok(value)) => {
+                        let _ = answer.send(value);
+                    }
+                    Some(Err(panic)) => {
+                        drop(answer);
+                        std::panic::resume_unwind(panic);
+                    }
+                    None => {}
+                }
             }))
             .map_err(|_| Lost)?;
         answered.await.map_err(|_| Lost)

@@ -1,10 +1,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
-use tunewire_contract::{Email, Role, UserId};
+use tunewire_contract::{Account, Credentials, Email, PasswordChange, Role, Token, TokenType, UserId};
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -24,18 +23,6 @@ pub struct State {
     pub config: Arc<Config>,
     pub attempt_limits: Arc<AttemptLimits>,
     pub hashing: Arc<Hashing>,
-}
-
-#[derive(Deserialize)]
-struct Credentials {
-    email: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
-struct PasswordChange {
-    current_password: String,
-    new_password: String,
 }
 
 const MAX_JSON_BODY: u64 = 16 * 1024;
@@ -140,7 +127,7 @@ async fn register(creds: Credentials, client: Option<IpAddr>, state: State) -> R
         return Err(ApiError::new(StatusCode::CONFLICT, "email_taken", format!("{email} is already registered")));
     };
     tracing::info!(user_id = %id, "registered");
-    let body = warp::reply::json(&json!({"id": id, "email": email, "role": Role::User}));
+    let body = warp::reply::json(&Account { id, email: email.to_string(), role: Role::User });
     Ok(warp::reply::with_status(body, StatusCode::CREATED).into_response())
 }
 
@@ -193,7 +180,8 @@ fn token_reply(state: &State, account: &accounts::Account) -> Result<warp::reply
     let token = tokens::issue(&state.keys, &state.config, (account.id, &account.email, account.role), issued_at)
         .map_err(|e| ApiError::internal("signing", e))?;
     let ttl = state.config.token_ttl_s;
-    Ok(warp::reply::json(&json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})).into_response())
+    Ok(warp::reply::json(&Token { access_token: token, token_type: TokenType::Bearer, expires_in: ttl })
+        .into_response())
 }
 
 /// A new password, given the current one and a token; every token issued before is refused

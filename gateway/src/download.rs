@@ -11,10 +11,13 @@ use futures_util::StreamExt;
 use tunewire_contract::{FileId, UserId};
 use tunewire_media_store::Bucket;
 use tunewire_service_runtime::ApiError;
+use tunewire_service_runtime::http_error::ErrorBody;
+use utoipa::{IntoParams, IntoResponses};
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::jobs;
+use crate::openapi::Binary;
 use crate::state::State;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +108,44 @@ fn set(response: &mut Response, name: header::HeaderName, value: &str) {
     }
 }
 
+/// What a download may ask besides the whole file.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes the headers `serve` reads")]
+pub struct Conditions {
+    #[param(rename = "Range", example = "bytes=0-1023")]
+    range: Option<String>,
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
+/// A download's answers: the MP3, a range of it, or why not.
+#[derive(IntoResponses)]
+pub enum Mp3Answer {
+    /// The MP3
+    #[response(status = 200, content_type = "audio/mpeg",
+        headers(("ETag" = String), ("Accept-Ranges" = String), ("Content-Disposition" = String)))]
+    Whole(Binary),
+    /// The requested range
+    #[response(status = 206, content_type = "audio/mpeg", headers(("Content-Range" = String)))]
+    Part(Binary),
+    /// The client's copy (If-None-Match) is current
+    #[response(status = 304)]
+    NotModified,
+    #[response(status = 404)]
+    NotFound(#[ref_response] ErrorBody<'static>),
+    #[response(status = 410)]
+    Expired(#[ref_response] ErrorBody<'static>),
+    #[response(status = 416)]
+    Unsatisfiable(#[ref_response] ErrorBody<'static>),
+    #[response(status = "default")]
+    Other(#[ref_response] ErrorBody<'static>),
+}
+
+#[utoipa::path(method(get, head), path = "/v1/files/{id}", operation_id = "download", tag = "files", security(("bearer" = [])),
+    summary = "Download an MP3 you own",
+    params(("id" = String, Path, description = "`output.file_id` of a job"), Conditions),
+    responses(Mp3Answer, (status = 401, response = ErrorBody)))]
 pub async fn serve(
     state: &State,
     id: &str,
@@ -197,6 +238,10 @@ pub async fn serve(
 }
 
 /// A download by signed link (the email's): the link names the file and its owner.
+#[utoipa::path(method(get, head), path = "/v1/downloads/{token}", operation_id = "signed_download", tag = "files",
+    summary = "Download an MP3 by signed link",
+    params(("token" = String, Path, description = "The signed link from the email"), Conditions),
+    responses(Mp3Answer, (status = 403, response = ErrorBody)))]
 pub async fn signed_download(token: String, request: Request, state: State) -> Result<Response, ApiError> {
     let claims = state
         .links

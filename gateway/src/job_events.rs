@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -17,18 +16,18 @@ use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
 use warp::sse::Event;
 
+use crate::job_view::Job;
 use crate::jobs;
 use crate::places::{Full, Limits, Place, Places};
 
 /// How often the followed jobs are read.
 pub const POLL: Duration = Duration::from_millis(250);
-const TERMINAL: [&str; 3] = ["converted", "failed", "expired"];
 /// When a refused client should try again: streams end when their jobs do.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 enum Change {
-    Job(Value),
+    Job(Box<Job>),
     Deleted,
 }
 
@@ -36,14 +35,14 @@ impl Change {
     /// When the row was last changed; `None` for a deleted job (nothing is newer).
     fn updated_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         match self {
-            Change::Job(job) => job["updated_at"].as_str().and_then(|t| t.parse().ok()),
+            Change::Job(job) => Some(job.updated_at),
             Change::Deleted => None,
         }
     }
 
     fn is_last(&self) -> bool {
         match self {
-            Change::Job(job) => TERMINAL.contains(&job["state"].as_str().unwrap_or_default()),
+            Change::Job(job) => job.state.is_final(),
             Change::Deleted => true,
         }
     }
@@ -90,11 +89,11 @@ impl JobEvents {
     pub fn follow(
         &self,
         id: JobId,
-        first: Value,
+        first: Job,
         place: Place,
         shutdown: CancellationToken,
     ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + Sync + 'static {
-        let first = Change::Job(first);
+        let first = Change::Job(Box::new(first));
         let changes = if first.is_last() {
             watch::channel(first).1
         } else {
@@ -147,7 +146,7 @@ impl JobEvents {
                 continue;
             }
             let rows = match jobs::get_many(&db, &ids).await {
-                Ok(rows) => rows.into_iter().collect::<HashMap<_, _>>(),
+                Ok(rows) => rows.into_iter().map(|job| (job.id, job)).collect::<HashMap<_, _>>(),
                 // The database will be back; the streams stay open meanwhile.
                 Err(e) => {
                     tracing::warn!(jobs = ids.len(), error = %e, "job events: reading the followed jobs failed");
@@ -157,7 +156,7 @@ impl JobEvents {
             let mut followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for id in ids {
                 let Some(changes) = followed.get(&id) else { continue };
-                let change = rows.get(&id).map_or(Change::Deleted, |job| Change::Job(job.clone()));
+                let change = rows.get(&id).map_or(Change::Deleted, |job| Change::Job(Box::new(job.clone())));
                 changes.send_if_modified(|last| {
                     let modified = *last != change;
                     *last = change.clone();

@@ -3,28 +3,93 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde_json::json;
-use tunewire_contract::{JobId, Role};
+use serde::Serialize;
+use tunewire_contract::{Account, JobId, Role};
 use tunewire_media_store::Bucket;
 use tunewire_service_runtime::ApiError;
+use utoipa::ToSchema;
 use warp::Reply;
 use warp::http::StatusCode;
 
 use crate::caller::Caller;
+use crate::job_view::{Job, JobPage, JobState};
 use crate::jobs;
 use crate::quotas::Usage;
 use crate::state::State;
+use tunewire_service_runtime::http_error::ErrorBody;
 
 type Response = warp::reply::Response;
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaUse {
+    pub used: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaLimit {
+    pub limit: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaReport {
+    /// Jobs queued or converting.
+    pub jobs_in_progress: QuotaUse,
+    /// Bytes of originals still stored (jobs not failed or expired whose original retention
+    /// has not removed).
+    pub stored_bytes: QuotaUse,
+    /// Uploads one user may stream in at once (per gateway process).
+    pub uploads_in_flight: QuotaLimit,
+    /// Job event streams one user may have open at once (per gateway process).
+    pub event_streams: QuotaLimit,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    #[serde(flatten)]
+    pub account: Account,
+    pub quotas: QuotaReport,
+}
+
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStreamEventKind {
+    /// `data` is the job, as JSON.
+    Job,
+    /// `data` is the job's id: it is gone.
+    Deleted,
+}
+
+/// One Server-Sent Event of a job's stream.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "describes what `job_events` sends")]
+pub struct JobStreamEvent {
+    event: JobStreamEventKind,
+    data: String,
+}
+
 /// The caller, and where they stand against their quotas.
+#[utoipa::path(get, path = "/v1/me", operation_id = "me", tag = "accounts", security(("bearer" = [])),
+    summary = "Who you are, and your quotas",
+    responses(
+        (status = 200, body = Me),
+        (status = 401, response = ErrorBody),
+        (status = 503, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
 pub async fn me(caller: Caller, state: State) -> Result<Response, ApiError> {
     let role = if caller.admin { Role::Admin } else { Role::User };
     let usage = Usage::of(&state.db, caller.id).await.map_err(|e| ApiError::unavailable("database_unavailable", e))?;
-    let mut quotas = usage.to_json(&state.config.quotas);
-    quotas["uploads_in_flight"] = json!({"limit": state.config.upload_limits.per_user});
-    quotas["event_streams"] = json!({"limit": state.config.stream_limits.per_user});
-    let body = json!({"id": caller.id, "email": caller.email, "role": role, "quotas": quotas});
+    let quotas = &state.config.quotas;
+    let body = Me {
+        account: Account { id: caller.id, email: caller.email.to_string(), role },
+        quotas: QuotaReport {
+            jobs_in_progress: QuotaUse { used: usage.jobs_in_progress, limit: quotas.jobs_in_progress },
+            stored_bytes: QuotaUse { used: usage.stored_bytes, limit: quotas.stored_bytes },
+            uploads_in_flight: QuotaLimit { limit: state.config.upload_limits.per_user },
+            event_streams: QuotaLimit { limit: state.config.stream_limits.per_user },
+        },
+    };
     Ok(warp::reply::json(&body).into_response())
 }
 
@@ -32,6 +97,15 @@ fn job_id(id: &str) -> Result<JobId, ApiError> {
     id.parse().map_err(|_| ApiError::not_found("job"))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", operation_id = "get_job", tag = "jobs", security(("bearer" = [])),
+    summary = "One of your jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, body = Job),
+        (status = 401, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
 pub async fn get_job(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     match jobs::get(&state.db, id, &caller).await.map_err(|e| ApiError::unavailable("database_unavailable", e))? {
@@ -40,16 +114,27 @@ pub async fn get_job(id: String, caller: Caller, state: State) -> Result<Respons
     }
 }
 
+#[utoipa::path(get, path = "/v1/jobs", operation_id = "list_jobs", tag = "jobs", security(("bearer" = [])),
+    summary = "Your jobs, newest first (everyone's for an admin)",
+    params(
+        ("state" = Option<JobState>, Query, description = "Only jobs in this state"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Jobs per page (default 20)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before"),
+    ),
+    responses(
+        (status = 200, body = JobPage),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
 pub async fn list_jobs(caller: Caller, query: HashMap<String, String>, state: State) -> Result<Response, ApiError> {
     let mut filter_state = None;
     let mut cursor = None;
     let mut limit = 20;
     for (key, value) in &query {
         match key.as_str() {
-            "state" if jobs::STATES.contains(&value.as_str()) => filter_state = Some(value.as_str()),
             "state" => {
-                let states = jobs::STATES.join(", ");
-                return Err(ApiError::bad_request("invalid_state", format!("state must be one of {states}")));
+                filter_state = Some(value.parse::<JobState>().map_err(|e| ApiError::bad_request("invalid_state", e))?);
             }
             "cursor" => {
                 cursor = Some(jobs::Cursor::decode(value).ok_or_else(|| {
@@ -73,12 +158,21 @@ pub async fn list_jobs(caller: Caller, query: HashMap<String, String>, state: St
     let (page, next) = jobs::list(&state.db, &caller, filter_state, cursor, limit)
         .await
         .map_err(|e| ApiError::unavailable("database_unavailable", e))?;
-    Ok(warp::reply::json(&json!({"jobs": page, "next_cursor": next.map(|c| c.encode())})).into_response())
+    Ok(warp::reply::json(&JobPage { jobs: page, next_cursor: next.map(|c| c.encode()) }).into_response())
 }
 
 /// Deletes the job and queues `media.deleted` together (so no service keeps working on it,
 /// whatever happens next), then removes its original and MP3 from GridFS. A file that cannot
 /// be removed now is left to retention, which removes files no job points to.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", operation_id = "delete_job", tag = "jobs", security(("bearer" = [])),
+    summary = "Delete a job, its original and its MP3",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
 pub async fn delete_job(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let files = jobs::files(&state.db, id, &caller)
@@ -99,6 +193,19 @@ pub async fn delete_job(id: String, caller: Caller, state: State) -> Result<Resp
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// A `job` event with the job at once and at each change, until it ends (a `deleted` event
+/// if it is deleted meanwhile).
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "job_events", tag = "jobs", security(("bearer" = [])),
+    summary = "Follow a job: Server-Sent Events until it ends",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = JobStreamEvent),
+        (status = 401, response = ErrorBody),
+        (status = 404, response = ErrorBody),
+        (status = 429, description = "Too many event streams open: `too_many_streams` (yours, per gateway process) \
+            or `server_busy` (the process's)", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = "default", response = ErrorBody),
+    ))]
 pub async fn job_event_stream(id: String, caller: Caller, state: State) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     // Before the database: a refused stream costs it nothing.

@@ -2,7 +2,7 @@
 //! (never backward) by the pipeline's events, read by owners.
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::{PgPool, Row};
 use tunewire_contract::JobUpdate;
 use tunewire_contract::Owner;
@@ -12,6 +12,7 @@ use tunewire_contract::{
 };
 
 use crate::caller::Caller;
+use crate::job_view::{Job, JobState};
 use crate::quotas::{Exceeded, Quotas, Usage};
 
 pub enum Created {
@@ -97,52 +98,26 @@ pub async fn create(db: &PgPool, event: &MediaUploaded, quotas: &Quotas) -> Resu
     Err(sqlx::Error::Protocol("the duplicate job kept changing state".into()).into())
 }
 
+/// What [`Job::from_row`] reads.
 const COLUMNS: &str = "id, state, progress, preset, source_filename, source_size, source_sha256, output_file_id, \
      output_duration_s, output_bitrate, tags, error, created_at, updated_at";
 
-fn to_json(row: &sqlx::postgres::PgRow) -> Result<Value, sqlx::Error> {
-    let output_file_id: Option<String> = row.try_get("output_file_id")?;
-    let output = output_file_id.map(|file_id| {
-        json!({
-            "file_id": file_id,
-            "duration_s": row.try_get::<Option<f64>, _>("output_duration_s").ok().flatten(),
-            "bitrate": row.try_get::<Option<i32>, _>("output_bitrate").ok().flatten(),
-        })
-    });
-    Ok(json!({
-        "id": row.try_get::<uuid::Uuid, _>("id")?,
-        "state": row.try_get::<String, _>("state")?,
-        "progress": row.try_get::<f32, _>("progress")?,
-        "preset": row.try_get::<String, _>("preset")?,
-        "source": {
-            "filename": row.try_get::<String, _>("source_filename")?,
-            "size": row.try_get::<i64, _>("source_size")?,
-            "sha256": row.try_get::<String, _>("source_sha256")?,
-        },
-        "output": output,
-        "tags": row.try_get::<Value, _>("tags")?,
-        "error": row.try_get::<Option<String>, _>("error")?,
-        "created_at": row.try_get::<DateTime<Utc>, _>("created_at")?,
-        "updated_at": row.try_get::<DateTime<Utc>, _>("updated_at")?,
-    }))
-}
-
 /// The job as its owner (or an admin) sees it; `None` for anyone else.
-pub async fn get(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Value>, sqlx::Error> {
+pub async fn get(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Job>, sqlx::Error> {
     let sql =
         sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM gateway.jobs WHERE id = $1 AND (owner_id = $2 OR $3)"));
     let row =
         sqlx::query(sql).bind(id.as_uuid()).bind(caller.id.as_uuid()).bind(caller.admin).fetch_optional(db).await?;
-    row.as_ref().map(to_json).transpose()
+    row.as_ref().map(Job::from_row).transpose()
 }
 
 /// The jobs among `ids` that still exist, whoever owns them: for event streams whose caller
 /// was checked when they began.
-pub async fn get_many(db: &PgPool, ids: &[JobId]) -> Result<Vec<(JobId, Value)>, sqlx::Error> {
+pub async fn get_many(db: &PgPool, ids: &[JobId]) -> Result<Vec<Job>, sqlx::Error> {
     let ids: Vec<uuid::Uuid> = ids.iter().map(JobId::as_uuid).collect();
     let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM gateway.jobs WHERE id = ANY($1)"));
     let rows = sqlx::query(sql).bind(&ids).fetch_all(db).await?;
-    rows.iter().map(|row| Ok((JobId::from(row.try_get::<uuid::Uuid, _>("id")?), to_json(row)?))).collect()
+    rows.iter().map(Job::from_row).collect()
 }
 
 /// Where a page of `list` ends: the last job's creation time and id.
@@ -167,16 +142,14 @@ impl Cursor {
     }
 }
 
-pub const STATES: [&str; 5] = ["queued", "converting", "converted", "failed", "expired"];
-
 /// A page of the caller's jobs (every job for an admin), newest first.
 pub async fn list(
     db: &PgPool,
     caller: &Caller,
-    state: Option<&str>,
+    state: Option<JobState>,
     after: Option<Cursor>,
     limit: i64,
-) -> Result<(Vec<Value>, Option<Cursor>), sqlx::Error> {
+) -> Result<(Vec<Job>, Option<Cursor>), sqlx::Error> {
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM gateway.jobs
          WHERE (owner_id = $1 OR $2) AND ($3::text IS NULL OR state = $3)
@@ -186,7 +159,7 @@ pub async fn list(
     let rows = sqlx::query(sql)
         .bind(caller.id.as_uuid())
         .bind(caller.admin)
-        .bind(state)
+        .bind(state.map(JobState::as_str))
         .bind(after.map(|c| c.created_at))
         .bind(after.map(|c| c.id))
         .bind(limit + 1)
@@ -198,7 +171,7 @@ pub async fn list(
         Some(row) if more => Some(Cursor { created_at: row.try_get("created_at")?, id: row.try_get("id")? }),
         _ => None,
     };
-    Ok((page.iter().map(to_json).collect::<Result<_, _>>()?, next))
+    Ok((page.iter().map(Job::from_row).collect::<Result<_, _>>()?, next))
 }
 
 pub struct Download {

@@ -93,21 +93,19 @@ impl Metrics {
     }
 }
 
+/// The documented route `path` matches (`/v1/jobs/{id}` for `/v1/jobs/8e0c...`), a health
+/// route, or `other`.
 pub fn route_template(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let matches = |template: &str| {
+        let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
+        parts.len() == segments.len()
+            && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+    };
+    if let Some(template) = crate::openapi::ROUTE_TEMPLATES.iter().find(|t| matches(t)) {
+        return template.as_str();
+    }
     match segments.as_slice() {
-        ["v1", "auth", "register"] => "/v1/auth/register",
-        ["v1", "auth", "login"] => "/v1/auth/login",
-        ["v1", "auth", "password"] => "/v1/auth/password",
-        ["v1", "me"] => "/v1/me",
-        ["v1", "uploads"] => "/v1/uploads",
-        ["v1", "jobs"] => "/v1/jobs",
-        ["v1", "jobs", _] => "/v1/jobs/{id}",
-        ["v1", "jobs", _, "events"] => "/v1/jobs/{id}/events",
-        ["v1", "files", _] => "/v1/files/{id}",
-        ["v1", "downloads", _] => "/v1/downloads/{token}",
-        ["v1", "search"] => "/v1/search",
-        ["v1", "openapi.json"] => "/v1/openapi.json",
         ["healthz"] => "/healthz",
         ["readyz"] => "/readyz",
         ["metrics"] => "/metrics",
@@ -124,6 +122,10 @@ mod tests {
         assert_eq!(route_template("/v1/jobs/8e0c5f9e-7a9b-4c1e-9d3a-0b1c2d3e4f50"), "/v1/jobs/{id}");
         assert_eq!(route_template("/v1/jobs/x/events"), "/v1/jobs/{id}/events");
         assert_eq!(route_template("/v1/downloads/abc.def"), "/v1/downloads/{token}");
+        assert_eq!(route_template("/v1/auth/login"), "/v1/auth/login");
+        assert_eq!(route_template("/v1/jobs"), "/v1/jobs");
+        assert_eq!(route_template("/readyz"), "/readyz");
         assert_eq!(route_template("/wp-admin/login.php"), "other");
+        assert_eq!(route_template("/v1/jobs/x/y/z"), "other");
     }
 }

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tunewire_contract::SearchPage;
+use tunewire_contract::{Account, Credentials, PasswordChange, SearchPage, Token};
 use tunewire_service_runtime::ApiError;
+use tunewire_service_runtime::http_error::ErrorBody;
 use warp::Reply;
 use warp::http::{StatusCode, header};
 
@@ -60,10 +61,72 @@ pub async fn auth_proxy(
     Ok(response)
 }
 
+// Auth's calls as the gateway serves them: `auth_proxy` forwards all three.
+#[utoipa::path(post, path = "/v1/auth/register", operation_id = "register", tag = "accounts",
+    summary = "Create an account (role user)",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "Created", body = Account),
+        (status = 400, response = ErrorBody),
+        (status = 409, response = ErrorBody),
+        (status = 429, response = ErrorBody),
+        (status = 503, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
+#[expect(dead_code, reason = "documents a route auth_proxy serves")]
+fn register() {}
+
+#[utoipa::path(post, path = "/v1/auth/login", operation_id = "login", tag = "accounts",
+    summary = "Get an access token",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A bearer token", body = Token),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 429, description = "Too many failed logins", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
+#[expect(dead_code, reason = "documents a route auth_proxy serves")]
+fn login() {}
+
+/// Needs the current password and a bearer token. Every token issued before the change is
+/// refused from then on (within seconds at the gateway); the answer carries a new one.
+#[utoipa::path(post, path = "/v1/auth/password", operation_id = "change_password", tag = "accounts", security(("bearer" = [])),
+    summary = "Change your password",
+    request_body = PasswordChange,
+    responses(
+        (status = 200, description = "Changed; a new bearer token", body = Token),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 403, response = ErrorBody),
+        (status = 429, description = "Too many failed logins", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = 503, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
+#[expect(dead_code, reason = "documents a route auth_proxy serves")]
+fn change_password() {}
+
 /// Longest search parameter forwarded to the catalog.
 const MAX_SEARCH_PARAMETER_BYTES: usize = 4096;
 
 /// Fronts the catalog's search with the caller's identity: a user searches their own tracks.
+#[utoipa::path(get, path = "/v1/search", operation_id = "search", tag = "search", security(("bearer" = [])),
+    summary = "Fuzzy search over your tracks' title, artist, album and tags, with filters",
+    params(
+        ("q" = Option<String>, Query, description = "Search text; may be left out when tag or artist is given"),
+        ("tag" = Option<String>, Query, description = "Only tracks with this tag"),
+        ("artist" = Option<String>, Query, description = "Only tracks whose artist has these words (case and accents ignored)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Hits per page (default 20)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the page before"),
+    ),
+    responses(
+        (status = 200, description = "Hits, best first", body = SearchPage),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 503, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
 pub async fn search(caller: Caller, query: HashMap<String, String>, state: State) -> Result<Response, ApiError> {
     let mut params: Vec<(String, String)> = Vec::new();
     for (key, value) in query {

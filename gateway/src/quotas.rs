@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
 use tunewire_contract::UserId;
 use tunewire_service_runtime::ApiError;
 use warp::http::StatusCode;
@@ -55,13 +54,6 @@ impl Usage {
             return Err(Exceeded::Bytes { limit: quotas.stored_bytes, used: bytes - size });
         }
         Ok(())
-    }
-
-    pub fn to_json(&self, quotas: &Quotas) -> Value {
-        json!({
-            "jobs_in_progress": {"used": self.jobs_in_progress, "limit": quotas.jobs_in_progress},
-            "stored_bytes": {"used": self.stored_bytes, "limit": quotas.stored_bytes},
-        })
     }
 }
 

@@ -1,5 +1,6 @@
 //! The public HTTP API (`/v1/...`): the filter tree, from each route to its handler (in
-//! `job_routes`, `proxy`, `upload`, `download`), and the raw upload's query.
+//! `job_routes`, `proxy`, `upload`, `download`, each described there for `openapi`), and the
+//! raw upload's query.
 
 use std::collections::HashMap;
 
@@ -16,8 +17,6 @@ use crate::upload::{self, Details, RawUpload};
 use crate::{download, job_routes, proxy};
 
 type Response = warp::reply::Response;
-
-pub const OPENAPI: &str = include_str!("../openapi.json");
 
 fn with<T: Clone + Send + Sync + 'static>(
     value: T,
@@ -83,7 +82,10 @@ async fn answer(result: Result<Response, ApiError>) -> Result<Response, Rejectio
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
     let openapi = warp::path!("v1" / "openapi.json")
         .and(warp::get())
-        .map(|| warp::reply::with_header(OPENAPI, header::CONTENT_TYPE, "application/json").into_response())
+        .map(|| {
+            let document = crate::openapi::DOCUMENT.as_str();
+            warp::reply::with_header(document, header::CONTENT_TYPE, "application/json").into_response()
+        })
         .boxed();
     let auth_proxy = warp::path!("v1" / "auth" / String)
         .and(warp::post())

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use mongodb::bson::doc;
-use serde::Deserialize;
-use serde_json::json;
+use serde::Serialize;
 use tunewire_contract::{JobId, MediaUploaded, Preset};
 use tunewire_contract::{Owner, SourceFile, TrackTags};
 use tunewire_media_store::{Bucket, StoreError, StoredFile};
 use tunewire_service_runtime::ApiError;
+use tunewire_service_runtime::http_error::ErrorBody;
+use utoipa::{IntoParams, ToSchema};
 use warp::http::StatusCode;
 use warp::multipart::FormData;
 use warp::{Reply, reply::Response};
@@ -25,16 +26,73 @@ use crate::probe::{self, ProbeError, Verdict};
 use crate::quotas::Usage;
 use crate::state::State;
 
-/// What the client says about the file besides its bytes.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// What the client says about the file besides its bytes: form fields, or a raw body's
+/// query. Read as text and checked by the gateway, so a bad value gets its own reason.
+#[derive(Debug, Default, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Details {
+    #[schema(max_length = 1024)]
+    #[param(max_length = 1024)]
     pub title: Option<String>,
+    #[schema(max_length = 1024)]
+    #[param(max_length = 1024)]
     pub artist: Option<String>,
+    #[schema(max_length = 1024)]
+    #[param(max_length = 1024)]
     pub album: Option<String>,
+    /// The MP3's encoding (default `cbr192`).
+    #[schema(value_type = Option<Preset>)]
+    #[param(value_type = Option<Preset>)]
     pub preset: Option<String>,
+    /// Normalise loudness to -14 LUFS (EBU R128).
+    #[schema(value_type = Option<bool>)]
+    #[param(value_type = Option<bool>)]
     pub loudnorm: Option<String>,
 }
+
+/// A multipart upload: the file and its details.
+#[derive(ToSchema)]
+#[expect(dead_code, reason = "describes the form `parse_form` reads")]
+pub struct UploadForm {
+    file: crate::openapi::Binary,
+    #[serde(flatten)]
+    details: Details,
+}
+
+/// The answer to an upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    pub job_id: JobId,
+    /// Where to follow it.
+    pub status_url: String,
+    /// The same bytes and preset were already uploaded by you: this is that job.
+    pub duplicate: bool,
+}
+
+/// Multipart (`file` and optional details) or a raw body with a file name in `X-Filename`
+/// (percent-encoded UTF-8) or `Content-Disposition`, its details in the query. The bytes are
+/// probed with FFmpeg: not media, or no audio stream, is 415.
+#[utoipa::path(method(post, put), path = "/v1/uploads", operation_id = "upload", tag = "uploads", security(("bearer" = [])),
+    summary = "Upload a video or audio file to convert to MP3",
+    params(Details, ("X-Filename" = Option<String>, Header, description = "A raw body's file name")),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (crate::openapi::Binary = "application/octet-stream"),
+    )),
+    responses(
+        (status = 202, description = "Accepted: the job is queued", body = Accepted),
+        (status = 200, description = "The same bytes and preset again: the existing job", body = Accepted),
+        (status = 400, response = ErrorBody),
+        (status = 401, response = ErrorBody),
+        (status = 408, response = ErrorBody),
+        (status = 413, response = ErrorBody),
+        (status = 415, response = ErrorBody),
+        (status = 429, response = ErrorBody),
+        (status = 507, response = ErrorBody),
+        (status = "default", response = ErrorBody),
+    ))]
+#[expect(dead_code, reason = "documents the route `multipart` and `raw` serve")]
+fn upload() {}
 
 const MAX_FIELD_BYTES: usize = 1024;
 
@@ -277,11 +335,7 @@ async fn accept(state: &State, caller: &Caller, received: Received, details: &De
             (existing, StatusCode::OK)
         }
     };
-    let body = json!({
-        "job_id": job_id,
-        "status_url": format!("/v1/jobs/{job_id}"),
-        "duplicate": status == StatusCode::OK,
-    });
+    let body = Accepted { job_id, status_url: format!("/v1/jobs/{job_id}"), duplicate: status == StatusCode::OK };
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 

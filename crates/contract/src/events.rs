@@ -17,6 +17,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + 'static {
 
 /// The encoding the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     Cbr128,

@@ -1,12 +1,14 @@
 //! What Tunewire's services agree on, with no I/O: the ids they share, the events they
-//! exchange (versioned by routing key), the claims of an access token, and the shape of a
-//! search answer. The broker transport that carries the events is `tunewire-events`.
+//! exchange (versioned by routing key), the claims of an access token, and the bodies of
+//! the account calls and of a search answer. The broker transport that carries the events is `tunewire-events`.
 
+pub mod accounts;
 pub mod events;
 pub mod ids;
 pub mod search;
 pub mod tokens;
 
+pub use accounts::{Account, Credentials, PasswordChange, Token, TokenType};
 pub use events::{
     AudioOutput, CatalogChange, Event, JobConverted, JobFailed, JobUpdate, MediaCatalogued, MediaConverted,
     MediaDeleted, MediaExpired, MediaFailed, MediaProgress, MediaUploaded, Message, Outcome, Owner, Preset,

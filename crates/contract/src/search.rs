@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// One matching track, best first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchHit {
     pub job_id: String,
     pub title: String,
@@ -15,6 +16,7 @@ pub struct SearchHit {
 
 /// One page of hits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SearchPage {
     /// How many tracks match in all.
     pub total: usize,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// What an account may see: its own jobs and tracks, or everyone's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,

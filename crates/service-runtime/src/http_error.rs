@@ -20,12 +20,18 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
 }
 
+/// Every error's body.
 #[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    message: &'a str,
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema, utoipa::ToResponse))]
+#[cfg_attr(feature = "openapi", response(description = "What went wrong, for programs (error) and people (message)"))]
+pub struct ErrorBody<'a> {
+    /// A stable machine code, e.g. `not_media`.
+    pub error: &'a str,
+    pub message: &'a str,
+    /// For a refusal that will pass: seconds to wait, as in `Retry-After`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_s: Option<u64>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -62,8 +68,11 @@ impl warp::reject::Reject for ApiError {}
 
 impl Reply for ApiError {
     fn into_response(self) -> warp::reply::Response {
-        let body =
-            warp::reply::json(&Body { error: self.code, message: &self.message, retry_after_s: self.retry_after_s });
+        let body = warp::reply::json(&ErrorBody {
+            error: self.code,
+            message: &self.message,
+            retry_after_s: self.retry_after_s,
+        });
         let mut response = warp::reply::with_status(body, self.status).into_response();
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(warp::http::header::RETRY_AFTER, seconds.into());
