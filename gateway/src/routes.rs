@@ -216,7 +216,7 @@ where
     B: Buf + Send,
     S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
 {
-    let details = details_from_query(query);
+    let details = Details::from_query(query);
     let raw = RawUpload {
         filename: upload::raw_filename(
             headers.get("x-filename").map(warp::http::HeaderValue::as_bytes),
@@ -226,22 +226,4 @@ where
     };
     let body = Box::pin(body.map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string()));
     upload::raw(door, raw, details, body, state).await
-}
-
-/// Raw uploads take their details from the query string.
-fn details_from_query(query: HashMap<String, String>) -> Result<Details, ApiError> {
-    let mut details = Details::default();
-    for (key, value) in query {
-        match key.as_str() {
-            "title" => details.title = Some(value),
-            "artist" => details.artist = Some(value),
-            "album" => details.album = Some(value),
-            "preset" => details.preset = Some(value),
-            "loudnorm" => details.loudnorm = Some(value),
-            other => {
-                return Err(ApiError::bad_request("unknown_field", format!("unexpected query parameter {other:?}")));
-            }
-        }
-    }
-    Ok(details)
 }

@@ -1,23 +1,34 @@
 //! Receiving an upload, multipart or raw body: streamed into GridFS, then probed by FFmpeg
 //! from there (`probe`); refused (and removed) when it is not media with sound; deduplicated
-//! by SHA-256 per owner and preset; recorded as a job with its outbox event.
+//! by SHA-256 per owner and preset; recorded as a job with its outbox event. What the client
+//! says besides the bytes is `details`; the form's parts `form`; file names `filename`; what
+//! a refused upload's body is read for `drain`; a client that stops sending `idle`.
+
+mod details;
+mod drain;
+mod filename;
+mod form;
+mod idle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Buf, Bytes};
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use bytes::Bytes;
+use futures_util::{Stream, TryStreamExt};
 use mongodb::bson::doc;
 use serde::Serialize;
-use tunewire_contract::{JobId, MediaUploaded, Preset};
-use tunewire_contract::{Owner, SourceFile, TrackTags};
+use tunewire_contract::{JobId, MediaUploaded, Owner, SourceFile};
 use tunewire_media_store::{Bucket, StoreError, StoredFile};
 use tunewire_service_runtime::ApiError;
 use tunewire_service_runtime::http_error::ErrorBody;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::multipart::FormData;
 use warp::{Reply, reply::Response};
+
+pub use details::{Details, UploadForm};
+pub use drain::DRAINS_AT_ONCE;
+pub use filename::{clean_filename, raw_filename};
 
 use crate::caller::Caller;
 use crate::jobs::{self, CreateError, Created};
@@ -25,39 +36,9 @@ use crate::places::Place as UploadPlace;
 use crate::probe::{self, ProbeError, Verdict};
 use crate::quotas::Usage;
 use crate::state::State;
-
-/// What the client says about the file besides its bytes: form fields, or a raw body's
-/// query. Read as text and checked by the gateway, so a bad value gets its own reason.
-#[derive(Debug, Default, ToSchema, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct Details {
-    #[schema(max_length = 1024)]
-    #[param(max_length = 1024)]
-    pub title: Option<String>,
-    #[schema(max_length = 1024)]
-    #[param(max_length = 1024)]
-    pub artist: Option<String>,
-    #[schema(max_length = 1024)]
-    #[param(max_length = 1024)]
-    pub album: Option<String>,
-    /// The MP3's encoding (default `cbr192`).
-    #[schema(value_type = Option<Preset>)]
-    #[param(value_type = Option<Preset>)]
-    pub preset: Option<String>,
-    /// Normalise loudness to -14 LUFS (EBU R128).
-    #[schema(value_type = Option<bool>)]
-    #[param(value_type = Option<bool>)]
-    pub loudnorm: Option<String>,
-}
-
-/// A multipart upload: the file and its details.
-#[derive(ToSchema)]
-#[expect(dead_code, reason = "describes the form `parse_form` reads")]
-pub struct UploadForm {
-    file: crate::openapi::Binary,
-    #[serde(flatten)]
-    details: Details,
-}
+use drain::{drain, drain_raw};
+use form::parse_form;
+use idle::idle_limited;
 
 /// The answer to an upload.
 #[derive(Debug, Serialize, ToSchema)]
@@ -93,57 +74,6 @@ pub struct Accepted {
     ))]
 #[expect(dead_code, reason = "documents the route `multipart` and `raw` serve")]
 fn upload() {}
-
-const MAX_FIELD_BYTES: usize = 1024;
-
-impl Details {
-    fn tags(&self) -> Result<TrackTags, ApiError> {
-        let clean = |name: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
-            let value = value.as_deref().map(str::trim).filter(|v| !v.is_empty());
-            match value {
-                Some(v) if v.len() > MAX_FIELD_BYTES => Err(ApiError::bad_request(
-                    "field_too_long",
-                    format!("field {name:?} is longer than {MAX_FIELD_BYTES} bytes"),
-                )),
-                Some(v) if v.chars().any(char::is_control) => {
-                    Err(ApiError::bad_request("invalid_field", format!("field {name:?} contains control characters")))
-                }
-                other => Ok(other.map(str::to_string)),
-            }
-        };
-        Ok(TrackTags {
-            title: clean("title", &self.title)?,
-            artist: clean("artist", &self.artist)?,
-            album: clean("album", &self.album)?,
-            genre: None,
-        })
-    }
-
-    fn loudnorm(&self) -> Result<bool, ApiError> {
-        match self.loudnorm.as_deref().map(str::trim).map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
-            Some("true") | Some("1") | Some("yes") => Ok(true),
-            Some(other) => {
-                Err(ApiError::bad_request("invalid_loudnorm", format!("loudnorm must be true or false, not {other:?}")))
-            }
-        }
-    }
-
-    fn preset(&self) -> Result<Preset, ApiError> {
-        match self.preset.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
-            None => Ok(Preset::default()),
-            Some(p) => p.parse().map_err(|e: String| ApiError::bad_request("invalid_preset", e)),
-        }
-    }
-}
-
-/// A file name safe to store and to show: no folders, no control characters, bounded.
-pub fn clean_filename(raw: Option<&str>) -> String {
-    let base = raw.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
-    let cleaned = cleaned.trim().trim_start_matches('.').to_string();
-    if cleaned.is_empty() { "upload".into() } else { cleaned }
-}
 
 fn store_error(e: StoreError) -> ApiError {
     match e {
@@ -196,32 +126,6 @@ async fn discard(state: &State, received: &Received) {
     if let Err(e) = state.store.delete(Bucket::Uploads, &received.stored.id).await {
         tracing::warn!(file_id = %received.stored.id, error = %e, "could not remove a refused upload");
     }
-}
-
-/// Ends `body` with an error once it sends nothing for `idle` (and says so in `stalled`).
-/// Only waits on the client count: while the store is busy writing, nothing is asked of it.
-fn idle_limited<S>(
-    body: S,
-    idle: std::time::Duration,
-    stalled: Arc<AtomicBool>,
-) -> impl Stream<Item = Result<Bytes, String>> + Unpin + Send
-where
-    S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
-{
-    Box::pin(futures_util::stream::unfold(Some(body), move |body| {
-        let stalled = stalled.clone();
-        async move {
-            let mut body = body?;
-            match tokio::time::timeout(idle, body.next()).await {
-                Ok(Some(item)) => Some((item, Some(body))),
-                Ok(None) => None,
-                Err(_) => {
-                    stalled.store(true, Ordering::Relaxed);
-                    Some((Err(format!("no data for {} s", idle.as_secs())), None))
-                }
-            }
-        }
-    }))
 }
 
 async fn receive<S>(state: &State, caller: &Caller, filename: String, body: S) -> Result<Received, ApiError>
@@ -339,57 +243,6 @@ async fn accept(state: &State, caller: &Caller, received: Received, details: &De
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
-async fn read_field(part: warp::multipart::Part) -> Result<String, ApiError> {
-    let name = part.name().to_string();
-    let mut bytes = Vec::new();
-    let mut stream = part.stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
-        bytes.extend_from_slice(chunk.chunk());
-        if bytes.len() > MAX_FIELD_BYTES {
-            return Err(ApiError::bad_request(
-                "field_too_long",
-                format!("field {name:?} is longer than {MAX_FIELD_BYTES} bytes"),
-            ));
-        }
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| ApiError::bad_request("invalid_field", format!("field {name:?} is not UTF-8 text")))
-}
-
-async fn parse_form(
-    form: &mut FormData,
-    caller: &Caller,
-    state: &State,
-    received: &mut Option<Received>,
-    details: &mut Details,
-) -> Result<(), ApiError> {
-    while let Some(part) = form.next().await {
-        let part = part.map_err(|e| ApiError::bad_request("invalid_multipart", e.to_string()))?;
-        match part.name() {
-            "file" => {
-                if received.is_some() {
-                    return Err(ApiError::bad_request("too_many_files", "send one `file` part per upload"));
-                }
-                let filename = clean_filename(part.filename());
-                let body =
-                    part.stream().map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string());
-                *received = Some(receive(state, caller, filename, Box::pin(body)).await?);
-            }
-            "title" => details.title = Some(read_field(part).await?),
-            "artist" => details.artist = Some(read_field(part).await?),
-            "album" => details.album = Some(read_field(part).await?),
-            "preset" => details.preset = Some(read_field(part).await?),
-            "loudnorm" => details.loudnorm = Some(read_field(part).await?),
-            other => {
-                let other = other.to_string();
-                return Err(ApiError::bad_request("unknown_field", format!("unexpected form field {other:?}")));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// An upload at the door: what is known of it before its body is read.
 pub struct Door {
     pub authorization: Option<String>,
@@ -401,10 +254,6 @@ pub struct Door {
 
 /// What a multipart body may carry besides its file (boundaries, part headers, fields).
 const FORM_OVERHEAD: u64 = 1 << 20;
-
-/// Refused uploads whose bodies are being read at once; beyond, a refusal is answered at
-/// once (a client sending its body first may then see a reset instead).
-pub const DRAINS_AT_ONCE: usize = 32;
 
 impl Door {
     /// Who is uploading, and their place among the uploads in flight; a declared length
@@ -467,63 +316,6 @@ pub async fn multipart(door: Door, mut form: FormData, state: State) -> Result<R
     }
 }
 
-/// What is read of a refused upload before answering: a client still sending when the
-/// connection closes sees a reset instead of our 4xx (Python's urllib sends the whole body
-/// before it reads a byte of the answer). Read and dropped, so it costs time and bandwidth,
-/// never memory; a client sending more than this should send `Expect: 100-continue` (curl
-/// does above 1 MiB).
-const DRAIN_BYTES: usize = 64 << 20;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Reads and drops what `sizes` measures, up to `DRAIN_BYTES` or `DRAIN_TIME`.
-async fn drain_sizes(sizes: impl Stream<Item = usize>) {
-    let drained = async {
-        let mut sizes = std::pin::pin!(sizes);
-        let mut left = DRAIN_BYTES;
-        while let Some(size) = sizes.next().await {
-            left = left.saturating_sub(size);
-            if left == 0 {
-                return;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, drained).await;
-}
-
-/// Until the first error: a broken body has nothing more to read.
-fn until_error<T, E>(item: &Result<T, E>) -> std::future::Ready<bool> {
-    std::future::ready(item.is_ok())
-}
-
-async fn drain(form: FormData) {
-    let parts = form.take_while(until_error).filter_map(|part| std::future::ready(part.ok()));
-    let sizes = parts.flat_map(|part| {
-        part.stream().take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.remaining())))
-    });
-    drain_sizes(sizes).await;
-}
-
-async fn drain_raw<S>(body: S)
-where
-    S: Stream<Item = Result<Bytes, String>> + Unpin,
-{
-    drain_sizes(body.take_while(until_error).filter_map(|chunk| std::future::ready(chunk.ok().map(|c| c.len())))).await;
-}
-
-/// The file name of a raw-body upload: `X-Filename` (UTF-8, may be percent-encoded) or the
-/// `filename` of a `Content-Disposition` header.
-pub fn raw_filename(x_filename: Option<&[u8]>, disposition: Option<&str>) -> Option<String> {
-    if let Some(raw) = x_filename {
-        let decoded = percent_encoding::percent_decode(raw).decode_utf8().ok()?;
-        return Some(decoded.into_owned());
-    }
-    let disposition = disposition?;
-    disposition.split(';').map(str::trim).find_map(|param| {
-        let value = param.strip_prefix("filename=")?;
-        Some(value.trim_matches('"').to_string())
-    })
-}
-
 pub struct RawUpload {
     pub filename: Option<String>,
     pub content_length: Option<u64>,
@@ -577,24 +369,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filenames_lose_folders_and_control_characters() {
-        assert_eq!(clean_filename(Some("../../etc/passwd")), "passwd");
-        assert_eq!(clean_filename(Some("C:\\music\\song.mp4")), "song.mp4");
-        assert_eq!(clean_filename(Some("a\u{0}b\nc.mkv")), "abc.mkv");
-        assert_eq!(clean_filename(None), "upload");
-        assert_eq!(clean_filename(Some("..")), "upload");
-    }
-
-    #[test]
-    fn raw_filenames_come_from_either_header() {
-        assert_eq!(raw_filename(Some(b"Caf%C3%A9.mp4"), None).as_deref(), Some("Café.mp4"));
-        assert_eq!(raw_filename(Some("Café.mp4".as_bytes()), None).as_deref(), Some("Café.mp4"));
-        assert_eq!(raw_filename(None, Some("attachment; filename=\"a b.wav\"")).as_deref(), Some("a b.wav"));
-        assert_eq!(raw_filename(None, Some("inline")), None);
-        assert_eq!(raw_filename(None, None), None);
-    }
 
     #[test]
     fn sizes_read_like_people_write_them() {
