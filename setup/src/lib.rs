@@ -4,7 +4,9 @@
 //! topology (`broker`), and a MongoDB user per service allowed only its part of the media
 //! store (`media_store`). Idempotent: run at every deployment.
 
+#[cfg(feature = "broker")]
 pub mod broker;
 pub mod database;
+#[cfg(feature = "media-store")]
 pub mod media_store;
 pub mod settings;

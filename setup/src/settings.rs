@@ -89,7 +89,7 @@ pub const SETTINGS: &[Setting] = &[
     MONGODB_PASSWORDS[1].1,
 ];
 
-#[cfg(test)]
+#[cfg(all(test, feature = "broker", feature = "media-store"))]
 mod tests {
     use super::*;
 

@@ -1,14 +1,18 @@
 //! What the benchmarks share: a MongoDB-wire server of their own per measured run, and a
 //! process's figures from `/proc`.
 
+#[cfg(feature = "media-store")]
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[cfg(feature = "media-store")]
+use std::process::Stdio;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::eventually;
 
+#[cfg(feature = "media-store")]
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -26,12 +30,14 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// A SecantusDB server of its own on an empty storage folder: the Python server slows as
 /// it serves more data, so every measured run starts from an empty store.
+#[cfg(feature = "media-store")]
 pub struct FreshMongo {
     child: Child,
     dir: PathBuf,
     pub uri: String,
 }
 
+#[cfg(feature = "media-store")]
 impl FreshMongo {
     /// The server's process, for its CPU time.
     pub fn pid(&self) -> u32 {
@@ -64,6 +70,7 @@ impl FreshMongo {
     }
 }
 
+#[cfg(feature = "media-store")]
 impl Drop for FreshMongo {
     fn drop(&mut self) {
         let _ = self.child.kill();

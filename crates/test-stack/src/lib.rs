@@ -1,14 +1,20 @@
 //! Test support: where the local stack is, and a `Sandbox` per test (its own PostgreSQL
 //! database, RabbitMQ vhost and MongoDB databases) so tests run in parallel without seeing
-//! each other's jobs. Addresses come from the same variables the services read.
+//! each other's jobs. Addresses come from the same variables the services read. The vhost
+//! comes with the `broker` feature, the MongoDB databases with `media-store`: without them
+//! a sandbox is a database only, and the crate compiles no broker or MongoDB client.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+#[cfg(feature = "broker")]
 use serde_json::Value;
+#[cfg(feature = "broker")]
 use tunewire_events::topology::SERVICES;
+#[cfg(feature = "media-store")]
 use tunewire_media_store::Bucket;
+#[cfg(feature = "media-store")]
 use tunewire_media_store::access::{ACCOUNTS, Account};
 use tunewire_setup::database::OWNERS;
 
@@ -77,7 +83,26 @@ impl Sandbox {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
         admin.close().await;
         let database_url = replace_path(&stack.database_url, &name);
+        // Each service's role, as `tunewire-setup` makes it; tests that do not ask for a
+        // service's own credentials use the administrator's.
+        let roles: Vec<_> = OWNERS.iter().map(|o| (*o, local_password(o.role))).collect();
+        tunewire_setup::database::apply(&database_url, &roles).await.context("setting up the sandbox's roles")?;
+        #[cfg(feature = "broker")]
+        Self::create_vhost(&stack, &name).await?;
+        #[cfg(feature = "media-store")]
+        {
+            let accounts: Vec<_> = ACCOUNTS.iter().map(|a| (*a, local_password(&a.user(&name)))).collect();
+            tunewire_setup::media_store::apply(&stack.mongo_uri, &name, &accounts)
+                .await
+                .context("setting up the sandbox's media-store users: is MongoDB up (scripts/stack up)?")?;
+        }
+        let amqp_url = replace_path(&stack.amqp_url, &name);
+        Ok(Self { database_url, amqp_url, vhost: name.clone(), mongo_prefix: name.clone(), name, stack })
+    }
 
+    /// The sandbox's vhost with each service's RabbitMQ user, as `tunewire-setup` makes them.
+    #[cfg(feature = "broker")]
+    async fn create_vhost(stack: &Stack, name: &str) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let (user, pass) = &stack.management_user;
         let vhost_url = format!("{}/api/vhosts/{name}", stack.management_url);
@@ -97,11 +122,7 @@ impl Sandbox {
         if !resp.status().is_success() {
             bail!("granting {user} on vhost {name}: {}", resp.status());
         }
-        let amqp_url = replace_path(&stack.amqp_url, &name);
-        // Each service's role and RabbitMQ user, as `tunewire-setup` makes them; tests that
-        // do not ask for a service's own credentials use the administrator's.
-        let roles: Vec<_> = OWNERS.iter().map(|o| (*o, local_password(o.role))).collect();
-        tunewire_setup::database::apply(&database_url, &roles).await.context("setting up the sandbox's roles")?;
+        let amqp_url = replace_path(&stack.amqp_url, name);
         let users: Vec<_> = SERVICES.iter().map(|s| (*s, local_password(s.user))).collect();
         let management = tunewire_setup::broker::Management {
             url: stack.management_url.clone(),
@@ -109,14 +130,9 @@ impl Sandbox {
             password: pass.clone().into(),
         };
         let monitor = Some((stack.monitor_user.0.as_str(), stack.monitor_user.1.as_str()));
-        tunewire_setup::broker::apply(&amqp_url, &management, &name, &users, monitor)
+        tunewire_setup::broker::apply(&amqp_url, &management, name, &users, monitor)
             .await
-            .context("setting up the sandbox's broker")?;
-        let accounts: Vec<_> = ACCOUNTS.iter().map(|a| (*a, local_password(&a.user(&name)))).collect();
-        tunewire_setup::media_store::apply(&stack.mongo_uri, &name, &accounts)
-            .await
-            .context("setting up the sandbox's media-store users: is MongoDB up (scripts/stack up)?")?;
-        Ok(Self { database_url, amqp_url, vhost: name.clone(), mongo_prefix: name.clone(), name, stack })
+            .context("setting up the sandbox's broker")
     }
 
     /// The sandbox's database as `service`'s own role (`tunewire_setup::database::OWNERS`).
@@ -126,22 +142,26 @@ impl Sandbox {
     }
 
     /// The sandbox's vhost as `service`'s own RabbitMQ user.
+    #[cfg(feature = "broker")]
     pub fn amqp_url_for(&self, service: tunewire_events::topology::Service) -> String {
         with_login(&self.amqp_url, service.user, &local_password(service.user))
     }
 
     /// The sandbox's media store as `account`'s own user.
+    #[cfg(feature = "media-store")]
     pub fn mongo_uri_for(&self, account: Account) -> String {
         let user = account.user(&self.mongo_prefix);
         with_login(&self.stack.mongo_uri, &user, &local_password(&user))
     }
 
     /// The name of the sandbox's database holding `bucket`.
+    #[cfg(feature = "media-store")]
     pub fn mongo_database(&self, bucket: Bucket) -> String {
         bucket.database(&self.mongo_prefix)
     }
 
     /// The name of the sandbox's database holding the bookkeeping of `bucket`'s writers.
+    #[cfg(feature = "media-store")]
     pub fn mongo_outputs_database(&self, bucket: Bucket) -> String {
         bucket.outputs_database(&self.mongo_prefix)
     }
@@ -161,22 +181,29 @@ impl Sandbox {
             }
         })
         .await?;
-        let (user, pass) = &self.stack.management_user;
-        reqwest::Client::new()
-            .delete(format!("{}/api/vhosts/{}", self.stack.management_url, self.vhost))
-            .basic_auth(user, Some(pass))
-            .send()
-            .await?;
-        tunewire_setup::media_store::remove(&self.stack.mongo_uri, &self.mongo_prefix, &ACCOUNTS).await?;
-        let mongo = mongodb::Client::with_uri_str(&self.stack.mongo_uri).await?;
-        for bucket in [Bucket::Uploads, Bucket::Audio] {
-            mongo.database(&self.mongo_database(bucket)).drop().await?;
-            mongo.database(&bucket.outputs_database(&self.mongo_prefix)).drop().await?;
+        #[cfg(feature = "broker")]
+        {
+            let (user, pass) = &self.stack.management_user;
+            reqwest::Client::new()
+                .delete(format!("{}/api/vhosts/{}", self.stack.management_url, self.vhost))
+                .basic_auth(user, Some(pass))
+                .send()
+                .await?;
+        }
+        #[cfg(feature = "media-store")]
+        {
+            tunewire_setup::media_store::remove(&self.stack.mongo_uri, &self.mongo_prefix, &ACCOUNTS).await?;
+            let mongo = mongodb::Client::with_uri_str(&self.stack.mongo_uri).await?;
+            for bucket in [Bucket::Uploads, Bucket::Audio] {
+                mongo.database(&self.mongo_database(bucket)).drop().await?;
+                mongo.database(&bucket.outputs_database(&self.mongo_prefix)).drop().await?;
+            }
         }
         Ok(())
     }
 
     /// The management API's view of this sandbox's queues.
+    #[cfg(feature = "broker")]
     pub async fn queues(&self) -> anyhow::Result<Vec<Value>> {
         let (user, pass) = &self.stack.management_user;
         let resp = reqwest::Client::new()
@@ -189,6 +216,7 @@ impl Sandbox {
     }
 }
 
+#[cfg(feature = "broker")]
 impl Sandbox {
     /// A counter of the management API's `message_stats` for one queue (`ack`, `redeliver`,
     /// ...), 0 before any. The API refreshes its figures every few seconds: poll it.
