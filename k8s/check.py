@@ -16,8 +16,10 @@ the rendered objects to the project's rules:
   (GATEWAY_READINESS_PROBE, e2e/src/lib.rs);
 - their startup probe allows longer than they wait for a dependency at start
   (DEPENDENCY_PATIENCE, crates/service-runtime/src/startup.rs);
-- every environment variable a service gets is a setting it reads (parsed from its
-  src/config.rs and the shared telemetry), so manifests and code cannot drift;
+- every environment variable a service gets is a setting it reads, every setting it needs is
+  given, and no ConfigMap restates a default (k8s/settings.json, rendered from each program's
+  declared settings and checked against them by e2e/tests/configuration.rs), so manifests and
+  code cannot drift;
 - no secret value is written in a manifest: no Secret objects in the sources, no literal
   env values for secret-looking names, no credentials inside URLs;
 - least privilege: every pod's egress is denied unless a NetworkPolicy lets it; a workload
