@@ -282,20 +282,28 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
             problem(at, f"envFrom names a ConfigMap {ref!r} that is not rendered")
             continue
         names += list(config_maps[ref].get("data", {}))
-    declared = settings_of(service)
     for name in names:
         if name not in allowed:
             problem(at, f"env {name} is not a setting {service} reads (see {service}/src/config.rs)")
+        if name in secrets and name not in {"DATABASE_URL", "AMQP_URL", "MONGODB_URI"} | COMMON_SETTINGS:
+            problem(at, f"secret setting {name} is given in the clear; use {name}_FILE")
+    declared = settings_of(service)
     given = {name.removesuffix("_FILE") for name in names}
     for name in sorted(n for n, s in declared.items() if s["required"] and n not in given):
         problem(at, f"does not set {name}, which {service} needs")
+    check_restated(at, declared, container, config_maps)
+
+
+def check_restated(at: str, declared: dict[str, dict], container: dict, config_maps: dict[str, dict]) -> None:
+    """No value a container is given (env or its ConfigMaps) restates the code's default:
+    defaults live in the code alone."""
+    values = [(e["name"], e["value"], "env") for e in container.get("env", []) if "value" in e]
     for source in container.get("envFrom", []):
         data = config_maps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {})
-        for name, value in data.items():
-            if name in declared and str(value) == declared[name]["default"]:
-                problem(at, f"ConfigMap restates {name}={value}, the code's default; leave it out (one source of truth)")
-        if name in secrets and name not in {"DATABASE_URL", "AMQP_URL", "MONGODB_URI"} | COMMON_SETTINGS:
-            problem(at, f"secret setting {name} is given in the clear; use {name}_FILE")
+        values += [(name, value, "ConfigMap") for name, value in data.items()]
+    for name, value, where in values:
+        if name in declared and str(value) == declared[name]["default"]:
+            problem(at, f"{where} restates {name}={value}, the code's default; leave it out (one source of truth)")
 
 
 def secret_keys(spec: dict) -> tuple[set[str], list[str]]:
@@ -455,6 +463,7 @@ def check_setup_job(where: str, container: dict) -> None:
             problem(where, f"secret setting {name} is given in the clear; use {name}_FILE")
     for name in sorted(required - {n.removesuffix("_FILE") for n in names}):
         problem(where, f"does not set {name}, which tunewire-setup needs")
+    check_restated(where, settings_of("setup"), container, {})
 
 
 def url_login(url: str) -> tuple[str, str, str]:

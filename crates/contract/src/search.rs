@@ -21,6 +21,7 @@ pub struct SearchPage {
     /// How many tracks match in all.
     pub total: usize,
     pub hits: Vec<SearchHit>,
-    /// Passed back as `cursor` for the next page; absent on the last.
+    /// Passed back as `cursor` for the next page; `null` on the last.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub next_cursor: Option<String>,
 }
