@@ -3,7 +3,10 @@
 //! 1. One 1 GiB file through the gateway (a separate release process, raw `PUT`) and the same
 //!    file straight into the same MongoDB-wire server with the `mongodb` driver's GridFS.
 //!    Targets: gateway throughput >= 0.8x direct; gateway RSS growth < 32 MiB.
-//! 2. 50 concurrent uploads of 20 MiB, each converted by a real converter: all 202, all
+//! 2. The same file by tus (`/v1/tus/`, 8 MiB PATCHes, as tus-js-client sends them) against a
+//!    raw `PUT`, alternating on one gateway process. Targets: tus throughput >= 0.9x the
+//!    `PUT`; gateway RSS growth <= 32 MiB.
+//! 3. 50 concurrent uploads of 20 MiB, each converted by a real converter: all 202, all
 //!    converted, and the gateway's peak RSS. Each upload's time includes its probe (a child
 //!    process reading the headers back from GridFS).
 
@@ -91,8 +94,18 @@ impl Drop for GatewayProcess {
 }
 
 async fn spawn_gateway(sandbox: &Sandbox, mongo_uri: &str, auth_url: &str) -> anyhow::Result<GatewayProcess> {
+    spawn_gateway_with(sandbox, mongo_uri, auth_url, &[]).await
+}
+
+async fn spawn_gateway_with(
+    sandbox: &Sandbox,
+    mongo_uri: &str,
+    auth_url: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<GatewayProcess> {
     let port = free_port()?;
     let child = Command::new(env!("CARGO_BIN_EXE_tunewire-gateway"))
+        .envs(env.iter().copied())
         .env("GATEWAY_BIND", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", &sandbox.database_url)
         .env("AMQP_URL", &sandbox.amqp_url)
@@ -133,6 +146,59 @@ async fn put_file(http: &reqwest::Client, gateway: &str, token: &str, path: &Pat
         .send()
         .await?;
     Ok((r.status().as_u16(), r.json().await?))
+}
+
+/// A tus upload of `path` in PATCHes of `chunk` bytes; returns the job id.
+async fn tus_file(
+    http: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    path: &Path,
+    chunk: usize,
+) -> anyhow::Result<String> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let length = file.metadata().await?.len();
+    let r = http
+        .post(format!("{gateway}/v1/tus/"))
+        .bearer_auth(token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", length)
+        .header("upload-metadata", "filename MUdpQi53YXY=")
+        .send()
+        .await?;
+    if r.status() != 201 {
+        bail!("tus create: {} {}", r.status(), r.text().await?);
+    }
+    let url = format!("{gateway}{}", r.headers().get("location").context("location")?.to_str()?);
+    let mut offset = 0u64;
+    loop {
+        let mut body = vec![0u8; chunk];
+        let mut filled = 0;
+        while filled < chunk {
+            match file.read(&mut body[filled..]).await? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        body.truncate(filled);
+        let r = http
+            .patch(&url)
+            .bearer_auth(token)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset)
+            .header("content-type", "application/offset+octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        if r.status() != 204 {
+            bail!("tus PATCH at {offset}: {} {}", r.status(), r.text().await?);
+        }
+        offset += filled as u64;
+        if offset == length {
+            let job = r.headers().get("tunewire-job-id").context("no Tunewire-Job-Id")?;
+            return Ok(job.to_str()?.to_string());
+        }
+    }
 }
 
 async fn direct_gridfs(sandbox: &Sandbox, mongo_uri: &str, path: &Path) -> anyhow::Result<Duration> {
@@ -252,6 +318,46 @@ async fn run(
     );
 
     println!();
+    println!("== 1 GiB: tus (8 MiB PATCHes) vs raw PUT, one gateway process ==");
+    let (mut put_total, mut tus_total) = (Duration::ZERO, Duration::ZERO);
+    let (mut put_growth, mut tus_growth) = (0f64, 0f64);
+    for (run, by_tus) in [false, true, false, true].into_iter().enumerate() {
+        let mongo = FreshMongo::start().await?;
+        tunewire_media_store::MediaStore::connect(&mongo.uri, &sandbox.mongo_prefix).await?.prepare().await?;
+        let gateway = spawn_gateway(sandbox, &mongo.uri, auth_url).await?;
+        let token = login(http, &gateway.url, &format!("bench-tus-{run}@tunewire.test")).await?;
+        let pid = gateway.child.id();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rss_kib(pid).unwrap_or(0) as f64 / 1024.0;
+        let sampler = RssSampler::start(pid);
+        let started = Instant::now();
+        if by_tus {
+            tus_file(http, &gateway.url, &token, &big, 8 << 20).await?;
+        } else {
+            let (status, body) = put_file(http, &gateway.url, &token, &big).await?;
+            if status != 202 {
+                bail!("gateway answered {status}: {body}");
+            }
+        }
+        let elapsed = started.elapsed();
+        let growth = sampler.peak_mib() - before;
+        let (what, total, most) =
+            if by_tus { ("tus", &mut tus_total, &mut tus_growth) } else { ("PUT", &mut put_total, &mut put_growth) };
+        *total += elapsed;
+        *most = most.max(growth);
+        println!(
+            "run {} {what:>3}: {:>6.1} s  {:>6.1} MiB/s  RSS {before:.1} MiB + {growth:.1} MiB",
+            run + 1,
+            elapsed.as_secs_f64(),
+            mib_per_s(size, elapsed)
+        );
+    }
+    println!("PUT:            {:>6.1} MiB/s (mean of 2 runs)", mib_per_s(2 * size, put_total));
+    println!("tus:            {:>6.1} MiB/s (mean of 2 runs)", mib_per_s(2 * size, tus_total));
+    println!("ratio:          {:.2}x the PUT (target >= 0.90)", put_total.as_secs_f64() / tus_total.as_secs_f64());
+    println!("RSS growth:     tus {tus_growth:.1} MiB, PUT {put_growth:.1} MiB (target <= 32)");
+
+    println!();
     println!("== 50 concurrent uploads of 20 MiB, converted by a real converter (concurrency 2) ==");
     let small = wav_of(20 * MIB, "20MiB.wav")?;
     let mongo = FreshMongo::start().await?;
@@ -269,7 +375,8 @@ async fn run(
         shutdown.clone(),
     )
     .await?;
-    let gateway = spawn_gateway(sandbox, &mongo.uri, auth_url).await?;
+    // All 50 in flight at once: above the default limit of uploads in flight per process.
+    let gateway = spawn_gateway_with(sandbox, &mongo.uri, auth_url, &[("GATEWAY_UPLOADS_IN_FLIGHT", "50")]).await?;
     let mut tokens = Vec::new();
     for i in 0..50 {
         // One user each: the same bytes from one user would be one job (deduplicated).

@@ -36,6 +36,17 @@ pub struct Config {
     /// Job event streams open at once, per process and per user.
     pub stream_limits: crate::places::Limits,
     pub quotas: crate::quotas::Quotas,
+    pub tus: TusLimits,
+    /// Browser origins allowed to call the API from another origin (CORS); none when empty.
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TusLimits {
+    /// An unfinished resumable upload is removed this long after its last PATCH.
+    pub expires_after: Duration,
+    /// Unfinished resumable uploads one user may have.
+    pub open_per_user: i64,
 }
 
 const BIND: Setting = Setting::new("GATEWAY_BIND", "0.0.0.0:8080", "where the API listens");
@@ -88,6 +99,20 @@ const QUOTA_STORED_BYTES: Setting = Setting::new(
     "21474836480",
     "per user, bytes of originals still stored; beyond, 507 `storage_quota`; in `GET /v1/me`",
 );
+const TUS_EXPIRES_AFTER_S: Setting = Setting::new(
+    "GATEWAY_TUS_EXPIRES_AFTER_S",
+    "86400",
+    "an unfinished resumable upload (`/v1/tus/`) is removed with its bytes this long after its last PATCH",
+);
+const TUS_OPEN_PER_USER: Setting = Setting::new(
+    "GATEWAY_TUS_OPEN_PER_USER",
+    "16",
+    "unfinished resumable uploads one user may have; beyond, 429 `too_many_open_uploads`",
+);
+const CORS_ORIGINS: Setting = Setting::optional(
+    "GATEWAY_CORS_ORIGINS",
+    "comma-separated browser origins (`https://host`) allowed to use `/v1/tus/` (CORS), the gateway's own public origin among them; unset: no CORS",
+);
 
 /// Everything the gateway reads.
 pub const SETTINGS: &[Setting] = &[
@@ -113,6 +138,9 @@ pub const SETTINGS: &[Setting] = &[
     EVENT_STREAMS_PER_USER,
     QUOTA_JOBS_IN_PROGRESS,
     QUOTA_STORED_BYTES,
+    TUS_EXPIRES_AFTER_S,
+    TUS_OPEN_PER_USER,
+    CORS_ORIGINS,
 ];
 
 fn this_program() -> PathBuf {
@@ -171,6 +199,16 @@ impl Config {
                 jobs_in_progress: QUOTA_JOBS_IN_PROGRESS.get(source)?,
                 stored_bytes: QUOTA_STORED_BYTES.get(source)?,
             },
+            tus: TusLimits {
+                expires_after: TUS_EXPIRES_AFTER_S.get_seconds(source)?,
+                open_per_user: TUS_OPEN_PER_USER.get(source)?,
+            },
+            cors_origins: CORS_ORIGINS
+                .get_opt::<String>(source)?
+                .map(|origins| {
+                    origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_string).collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }

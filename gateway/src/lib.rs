@@ -21,6 +21,7 @@ pub mod quotas;
 pub mod retention;
 pub mod routes;
 pub mod state;
+pub mod tus;
 pub mod upload;
 pub mod upload_admission;
 

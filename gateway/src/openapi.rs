@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, PathItem};
 use utoipa::{Modify, OpenApi};
 
-use crate::{download, job_routes, proxy, upload};
+use crate::{download, job_routes, proxy, tus, upload};
 
 /// Bytes of a file, in a request or an answer.
 #[derive(utoipa::ToSchema)]
@@ -39,6 +39,11 @@ pub struct Binary(#[expect(dead_code, reason = "a schema only")] Vec<u8>);
         download::serve,
         download::signed_download,
         proxy::search,
+        tus::described::options,
+        tus::described::create,
+        tus::described::head,
+        tus::described::patch,
+        tus::described::delete,
     ),
     components(responses(ErrorBody)),
     modifiers(&BearerTokens, &OneOperationIdEach)

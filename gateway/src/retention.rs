@@ -59,10 +59,18 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(6 * 3600);
 
 pub async fn run(db: PgPool, store: MediaStore, policy: Policy, status: WorkerStatus, shutdown: CancellationToken) {
     loop {
-        match store.sweep_orphan_chunks(Bucket::Uploads, ORPHAN_GRACE).await {
+        match crate::tus::sweep_expired(&db, &store).await {
             Ok(0) => {}
-            Ok(files) => tracing::info!(files, "removed the chunks of uploads that were cut off"),
-            Err(e) => tracing::warn!(error = %e, "orphan chunk sweep failed; retrying next round"),
+            Ok(uploads) => tracing::info!(uploads, "removed expired resumable uploads"),
+            Err(e) => tracing::warn!(error = %e, "expired upload sweep failed; retrying next round"),
+        }
+        match crate::tus::record::unfinished_files(&db).await {
+            Ok(live) => match store.sweep_orphan_chunks(Bucket::Uploads, ORPHAN_GRACE, &live).await {
+                Ok(0) => {}
+                Ok(files) => tracing::info!(files, "removed the chunks of uploads that were cut off"),
+                Err(e) => tracing::warn!(error = %e, "orphan chunk sweep failed; retrying next round"),
+            },
+            Err(e) => tracing::warn!(error = %e, "orphan chunk sweep skipped: no list of resumable uploads"),
         }
         match sweep(&db, &store, &policy).await {
             Ok((originals, outputs)) => {

@@ -14,7 +14,7 @@ use warp::{Filter, Rejection, Reply};
 use crate::caller::Caller;
 use crate::state::State;
 use crate::upload::{self, Details, RawUpload};
-use crate::{download, job_routes, proxy};
+use crate::{download, job_routes, proxy, tus};
 
 type Response = warp::reply::Response;
 
@@ -80,6 +80,7 @@ async fn answer(result: Result<Response, ApiError>) -> Result<Response, Rejectio
 
 /// Each route is boxed: the whole tree as one type overflows the compiler's recursion limit.
 pub fn routes(state: State) -> BoxedFilter<(Response,)> {
+    let tus = tus_routes(&state);
     let openapi = warp::path!("v1" / "openapi.json")
         .and(warp::get())
         .map(|| {
@@ -180,6 +181,8 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and_then(|caller, query, state| async move { answer(proxy::search(caller, query, state).await).await })
         .boxed();
     openapi
+        .or(tus)
+        .unify()
         .or(auth_proxy)
         .unify()
         .or(me)
@@ -205,6 +208,57 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+fn tus_request() -> impl Filter<Extract = (tus::TusRequest,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().map(|headers| tus::TusRequest { headers })
+}
+
+fn body_bytes<B, S>(body: S) -> impl futures_util::Stream<Item = Result<Bytes, String>> + Unpin + Send + 'static
+where
+    B: Buf + Send,
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+{
+    Box::pin(body.map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string()))
+}
+
+/// `/v1/tus/` (also without the slash) and `/v1/tus/{id}`, behind CORS when origins are
+/// configured.
+fn tus_routes(state: &State) -> BoxedFilter<(Response,)> {
+    let collection = warp::path("v1").and(warp::path("tus")).and(warp::path::end());
+    let one = warp::path!("v1" / "tus" / String);
+    let options = collection
+        .and(warp::options())
+        .and(with(state.clone()))
+        .map(|state: State| tus::options(&state))
+        .or(one.and(warp::options()).and(with(state.clone())).map(|_, state: State| tus::options(&state)))
+        .unify();
+    let create = collection
+        .and(warp::post())
+        .and(tus_request())
+        .and(warp::body::stream())
+        .and(with(state.clone()))
+        .then(|request, body, state| tus::create(request, body_bytes(body), state));
+    let head = one.and(warp::head()).and(tus_request()).and(with(state.clone())).then(tus::head);
+    let patch = one
+        .and(warp::patch())
+        .and(tus_request())
+        .and(warp::body::stream())
+        .and(with(state.clone()))
+        .then(|id, request, body, state| tus::patch(id, request, body_bytes(body), state));
+    let delete = one.and(warp::delete()).and(tus_request()).and(with(state.clone())).then(tus::delete);
+    let routes = options.or(create).unify().or(head).unify().or(patch).unify().or(delete).unify();
+    let origins = &state.config.cors_origins;
+    if origins.is_empty() {
+        return routes.boxed();
+    }
+    let cors = warp::cors()
+        .allow_origins(origins.iter().map(String::as_str))
+        .allow_methods(["POST", "HEAD", "PATCH", "DELETE", "OPTIONS"])
+        .allow_headers(tus::ALLOWED_HEADERS)
+        .expose_headers(tus::EXPOSED_HEADERS)
+        .max_age(std::time::Duration::from_secs(3600));
+    routes.with(cors).map(Reply::into_response).boxed()
+}
+
 async fn raw_upload<B, S>(
     door: upload::Door,
     query: HashMap<String, String>,
@@ -224,6 +278,5 @@ where
         ),
         content_length: headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()),
     };
-    let body = Box::pin(body.map_ok(|mut buf| buf.copy_to_bytes(buf.remaining())).map_err(|e| e.to_string()));
-    upload::raw(door, raw, details, body, state).await
+    upload::raw(door, raw, details, body_bytes(body), state).await
 }

@@ -410,9 +410,15 @@ impl MediaStore {
 
     /// Removes chunks that belong to no file and were written more than `grace` ago (by the
     /// creation time in their file's ObjectId): uploads cut off by a process that died
-    /// mid-way. `grace` must exceed the longest a file can take to write. Returns how many
-    /// files' chunks went.
-    pub async fn sweep_orphan_chunks(&self, bucket: Bucket, grace: std::time::Duration) -> Result<u64, StoreError> {
+    /// mid-way. `grace` must exceed the longest a file can take to write; files still being
+    /// written for longer (resumable uploads) are in `live`. Returns how many files' chunks
+    /// went.
+    pub async fn sweep_orphan_chunks(
+        &self,
+        bucket: Bucket,
+        grace: std::time::Duration,
+        live: &std::collections::HashSet<FileId>,
+    ) -> Result<u64, StoreError> {
         let cutoff = std::time::SystemTime::now()
             .checked_sub(grace)
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -424,6 +430,11 @@ impl MediaStore {
         let files = self.db(bucket).collection::<Document>(&format!("{}.files", bucket.name()));
         let mut swept = 0;
         for id in candidates.into_iter().take(1000) {
+            if let Bson::ObjectId(oid) = &id
+                && live.contains(&FileId::from_bytes(oid.bytes()))
+            {
+                continue;
+            }
             if files.find_one(doc! {"_id": id.clone()}).await?.is_none() {
                 self.chunks(bucket).delete_many(doc! {"files_id": id}).await?;
                 swept += 1;

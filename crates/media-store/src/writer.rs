@@ -66,18 +66,31 @@ impl ChunkUpload {
                     Err(_) => break,
                 }
             }
-            let docs = batch.drain(..).map(|(n, data)| {
-                doc! {
-                    "files_id": oid(&self.id),
-                    "n": n as i32,
-                    "data": Binary { subtype: BinarySubtype::Generic, bytes: data.to_vec() },
-                }
-            });
-            let docs: Vec<Document> = docs.collect();
-            count += docs.len() as u64;
-            self.chunks.insert_many(docs).await?;
+            count += batch.len() as u64;
+            self.insert(&batch).await?;
+            batch.clear();
         }
         Ok(count)
+    }
+
+    /// Inserts `chunks` (index, bytes), journaled, in one request.
+    pub async fn insert(&self, chunks: &[(u64, Bytes)]) -> Result<(), StoreError> {
+        let docs = chunks.iter().map(|(n, data)| {
+            doc! {
+                "files_id": oid(&self.id),
+                "n": *n as i32,
+                "data": Binary { subtype: BinarySubtype::Generic, bytes: data.to_vec() },
+            }
+        });
+        self.chunks.insert_many(docs).await?;
+        Ok(())
+    }
+
+    /// Removes chunks `first..`: what a writer that died stored past the last point it
+    /// recorded, before another writes them again.
+    pub async fn discard_from(&self, first: u64) -> Result<(), StoreError> {
+        self.chunks.delete_many(doc! {"files_id": oid(&self.id), "n": {"$gte": first as i64}}).await?;
+        Ok(())
     }
 
     /// Makes the file visible: its files document, written once every chunk is in.
@@ -93,6 +106,12 @@ impl ChunkUpload {
                 "metadata": metadata,
             })
             .await?;
+        Ok(())
+    }
+
+    /// Removes the files document a `complete` that is to run again may have written.
+    pub async fn uncomplete(&self) -> Result<(), StoreError> {
+        self.files.delete_one(doc! {"_id": oid(&self.id)}).await?;
         Ok(())
     }
 

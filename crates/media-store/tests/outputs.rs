@@ -132,8 +132,8 @@ async fn chunks_without_a_file_are_swept_after_the_grace_period_only() -> anyhow
         bytes[..4].copy_from_slice(&secs.to_be_bytes());
         tunewire_contract::FileId::from_bytes(bytes)
     };
-    let (cut_off, recent, whole) = (hours_ago(3), hours_ago(0), hours_ago(3));
-    for id in [&cut_off, &recent] {
+    let (cut_off, recent, whole, resumable) = (hours_ago(3), hours_ago(0), hours_ago(3), hours_ago(3));
+    for id in [&cut_off, &recent, &resumable] {
         let upload = s.store.chunk_upload(Bucket::Uploads, id.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         tx.send((0, Bytes::from_static(b"partial"))).await?;
@@ -147,7 +147,9 @@ async fn chunks_without_a_file_are_swept_after_the_grace_period_only() -> anyhow
     upload.run(rx).await?;
     upload.complete(5, "w.wav", doc! {}).await?;
 
-    assert_eq!(s.store.sweep_orphan_chunks(Bucket::Uploads, Duration::from_secs(3600)).await?, 1);
+    let live = std::collections::HashSet::from([resumable.clone()]);
+    assert_eq!(s.store.sweep_orphan_chunks(Bucket::Uploads, Duration::from_secs(3600), &live).await?, 1);
+    assert_eq!(s.store.chunk_count(Bucket::Uploads, &resumable).await?, 1, "a resumable upload in progress was swept");
     assert_eq!(s.store.chunk_count(Bucket::Uploads, &cut_off).await?, 0, "the old orphan survived");
     assert_eq!(s.store.chunk_count(Bucket::Uploads, &recent).await?, 1, "an upload still being written was swept");
     assert_eq!(s.store.chunk_count(Bucket::Uploads, &whole).await?, 1, "a complete file lost its chunk");

@@ -109,6 +109,8 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
         )
     } else if rejection.find::<LengthRequired>().is_some() {
         ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "a Content-Length header is required")
+    } else if let Some(e) = rejection.find::<warp::filters::cors::CorsForbidden>() {
+        ApiError::new(StatusCode::FORBIDDEN, "cors_forbidden", format!("cross-origin request refused: {e}"))
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
     } else {

@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 /// What the client says about the file besides its bytes: form fields, or a raw body's
 /// query. Read as text and checked by the gateway, so a bad value gets its own reason.
-#[derive(Debug, Default, ToSchema, IntoParams)]
+#[derive(Debug, Default, Clone, ToSchema, IntoParams, serde::Serialize, serde::Deserialize)]
 #[into_params(parameter_in = Query)]
 pub struct Details {
     #[schema(max_length = 1024)]
@@ -63,7 +63,7 @@ impl Details {
         Ok(details)
     }
 
-    pub(super) fn tags(&self) -> Result<TrackTags, ApiError> {
+    pub(crate) fn tags(&self) -> Result<TrackTags, ApiError> {
         let clean = |name: &str, value: &Option<String>| -> Result<Option<String>, ApiError> {
             let value = value.as_deref().map(str::trim).filter(|v| !v.is_empty());
             match value {
@@ -85,7 +85,7 @@ impl Details {
         })
     }
 
-    pub(super) fn loudnorm(&self) -> Result<bool, ApiError> {
+    pub(crate) fn loudnorm(&self) -> Result<bool, ApiError> {
         match self.loudnorm.as_deref().map(str::trim).map(str::to_ascii_lowercase).as_deref() {
             None | Some("") | Some("false") | Some("0") | Some("no") => Ok(false),
             Some("true") | Some("1") | Some("yes") => Ok(true),
@@ -95,7 +95,7 @@ impl Details {
         }
     }
 
-    pub(super) fn preset(&self) -> Result<Preset, ApiError> {
+    pub(crate) fn preset(&self) -> Result<Preset, ApiError> {
         match self.preset.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
             None => Ok(Preset::default()),
             Some(p) => p.parse().map_err(|e: String| ApiError::bad_request("invalid_preset", e)),

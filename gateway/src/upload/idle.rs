@@ -8,7 +8,7 @@ use futures_util::{Stream, StreamExt};
 
 /// Ends `body` with an error once it sends nothing for `idle` (and says so in `stalled`).
 /// Only waits on the client count: while the store is busy writing, nothing is asked of it.
-pub(super) fn idle_limited<S>(
+pub(crate) fn idle_limited<S>(
     body: S,
     idle: std::time::Duration,
     stalled: Arc<AtomicBool>,

@@ -38,7 +38,7 @@ use crate::quotas::Usage;
 use crate::state::State;
 use drain::{drain, drain_raw};
 use form::parse_form;
-use idle::idle_limited;
+pub(crate) use idle::idle_limited;
 
 /// The answer to an upload.
 #[derive(Debug, Serialize, ToSchema)]
@@ -75,7 +75,7 @@ pub struct Accepted {
 #[expect(dead_code, reason = "documents the route `multipart` and `raw` serve")]
 fn upload() {}
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::TooLarge { limit } => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -101,10 +101,10 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// Counts the upload as in flight for as long as it lives.
-struct InFlight<'a>(&'a State);
+pub(crate) struct InFlight<'a>(&'a State);
 
 impl<'a> InFlight<'a> {
-    fn new(state: &'a State) -> Self {
+    pub(crate) fn new(state: &'a State) -> Self {
         state.metrics.uploads_in_flight.inc();
         Self(state)
     }
@@ -117,9 +117,9 @@ impl Drop for InFlight<'_> {
 }
 
 /// A stored, probed original. Removed from GridFS unless a job takes it over.
-struct Received {
-    stored: StoredFile,
-    filename: String,
+pub(crate) struct Received {
+    pub stored: StoredFile,
+    pub filename: String,
 }
 
 async fn discard(state: &State, received: &Received) {
@@ -159,7 +159,11 @@ where
             ),
             other => store_error(other),
         })?;
-    let received = Received { stored, filename };
+    judge(state, Received { stored, filename }).await
+}
+
+/// Probes a stored original: kept when it is media with sound, otherwise removed and refused.
+pub(crate) async fn judge(state: &State, received: Received) -> Result<Received, ApiError> {
     // A few probes at a time: each is a process holding FFmpeg's probe buffers.
     let _permit = state.probes.acquire().await.map_err(|e| ApiError::internal("probe", e))?;
     let verdict = match state.store.info(Bucket::Uploads, &received.stored.id).await {
@@ -197,6 +201,21 @@ where
 
 /// Records the job (or finds the same one) and answers the client.
 async fn accept(state: &State, caller: &Caller, received: Received, details: &Details) -> Result<Response, ApiError> {
+    let (job_id, duplicate) = record_job(state, caller, received, details, JobId::new()).await?;
+    let status = if duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let body = Accepted { job_id, status_url: format!("/v1/jobs/{job_id}"), duplicate };
+    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+}
+
+/// Records the job (`job_id`) for a judged original, or finds the live one with the same
+/// bytes and preset (`true`: the original is removed). On a refusal the original is removed.
+pub(crate) async fn record_job(
+    state: &State,
+    caller: &Caller,
+    received: Received,
+    details: &Details,
+    job_id: JobId,
+) -> Result<(JobId, bool), ApiError> {
     let (tags, preset, normalize_loudness) = match (details.tags(), details.preset(), details.loudnorm()) {
         (Ok(tags), Ok(preset), Ok(loudnorm)) => (tags, preset, loudnorm),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -205,7 +224,7 @@ async fn accept(state: &State, caller: &Caller, received: Received, details: &De
         }
     };
     let event = MediaUploaded {
-        job_id: JobId::new(),
+        job_id,
         owner: Owner { id: caller.id, email: caller.email.clone() },
         source: SourceFile {
             file_id: received.stored.id.clone(),
@@ -227,20 +246,18 @@ async fn accept(state: &State, caller: &Caller, received: Received, details: &De
             });
         }
     };
-    let (job_id, status) = match created {
+    Ok(match created {
         Created::New => {
             state.outbox_wake.notify_one();
             tracing::info!(job_id = %event.job_id, owner = %caller.id, size = received.stored.size, "upload accepted");
-            (event.job_id, StatusCode::ACCEPTED)
+            (event.job_id, false)
         }
         Created::Existing(existing) => {
             discard(state, &received).await;
             tracing::info!(job_id = %existing, owner = %caller.id, "same bytes and preset again: existing job");
-            (existing, StatusCode::OK)
+            (existing, true)
         }
-    };
-    let body = Accepted { job_id, status_url: format!("/v1/jobs/{job_id}"), duplicate: status == StatusCode::OK };
-    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+    })
 }
 
 /// An upload at the door: what is known of it before its body is read.
