@@ -8,7 +8,7 @@
 //
 // <json>: {endpoint, token, file, chunkSize, metadata, url?, stopAt?, cuts?, retryDelays?}
 // (checksum is accepted and ignored: tus-js-client has no checksum extension).
-// stdout: one JSON line, {ok: true, url, jobId, offset, stopped, resumes} or, exit code 1,
+// stdout: one JSON line, {ok: true, url, jobId, offset, stopped, resumes, cuts} or, exit code 1,
 // {ok: false, status, body, url, offset}. Logs go to stderr.
 //  - url: resume that upload (HEAD, then PATCH from the server's offset); never creates one.
 //  - stopAt: stop once the server acknowledged an offset >= stopAt, leaving the upload unfinished.
@@ -47,6 +47,7 @@ const size = statSync(args.file).size
 url = args.url ?? null
 let stopped = false
 const resumes = []
+let cutsMade = 0 // PATCHes really cut while in flight
 
 // Cut points, set at the first PATCH: one random offset in each of `cuts` equal slices of the
 // first 90% of what is left to send (a resumed upload starts midway).
@@ -71,6 +72,7 @@ function cut() {
     if (inflight !== patch) return
     log(`cut: aborting the PATCH from ${patch.start} (target ${cutAt[0]})`)
     cutAt.shift()
+    cutsMade += 1
     inflight = null
     abortAndResume(patch.req.getUnderlyingObject())
   })
@@ -123,7 +125,7 @@ const upload = new tus.Upload(createReadStream(args.file), {
       // abort() here keeps tus-js-client from sending the next PATCH.
       stopped = true
       upload.abort()
-      finish({ ok: true, url, jobId: null, offset, stopped, resumes }, 0)
+      finish({ ok: true, url, jobId: null, offset, stopped, resumes, cuts: cutsMade }, 0)
     }
   },
   onProgress(sent) {
@@ -131,7 +133,7 @@ const upload = new tus.Upload(createReadStream(args.file), {
   },
   onSuccess({ lastResponse }) {
     const jobId = lastResponse?.getHeader('Tunewire-Job-Id') ?? null
-    finish({ ok: true, url, jobId, offset: offset ?? size, stopped, resumes }, 0)
+    finish({ ok: true, url, jobId, offset: offset ?? size, stopped, resumes, cuts: cutsMade }, 0)
   },
   onError(err) {
     log(err.message)

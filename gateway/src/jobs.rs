@@ -41,12 +41,19 @@ pub enum CreateError {
     Database(#[from] sqlx::Error),
     #[error("over a quota: {0:?}")]
     Quota(Exceeded),
+    #[error("the resumable upload's lease was lost")]
+    LeaseLost,
 }
 
 /// Creates the job and queues its `media.uploaded` in the outbox, atomically, if the owner's
 /// quotas have room; or finds the live job with the same owner, SHA-256 and preset and
-/// queues nothing.
-pub async fn create(db: &PgPool, event: &MediaUploaded, quotas: &Quotas) -> Result<Created, CreateError> {
+/// queues nothing. The resumable upload it came from, if any, is finished with it, atomically.
+pub async fn create(
+    db: &PgPool,
+    event: &MediaUploaded,
+    quotas: &Quotas,
+    finishing: Option<crate::tus::record::Finishing>,
+) -> Result<Created, CreateError> {
     // A live duplicate can stop being live (failed, expired) between the insert and the
     // lookup; then the insert is simply tried again.
     for _ in 0..3 {
@@ -79,6 +86,11 @@ pub async fn create(db: &PgPool, event: &MediaUploaded, quotas: &Quotas) -> Resu
                 return Err(CreateError::Quota(exceeded));
             }
             enqueue(&mut tx, event).await?;
+            if let Some(finishing) = finishing
+                && !finishing.finish(&mut tx, event.job_id).await?
+            {
+                return Err(CreateError::LeaseLost);
+            }
             tx.commit().await?;
             return Ok(Created::New);
         }
@@ -90,10 +102,16 @@ pub async fn create(db: &PgPool, event: &MediaUploaded, quotas: &Quotas) -> Resu
         .bind(event.preset.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
         if let Some(existing) = existing {
+            if let Some(finishing) = finishing
+                && !finishing.finish(&mut tx, JobId::from(existing)).await?
+            {
+                return Err(CreateError::LeaseLost);
+            }
+            tx.commit().await?;
             return Ok(Created::Existing(JobId::from(existing)));
         }
+        tx.commit().await?;
     }
     Err(sqlx::Error::Protocol("the duplicate job kept changing state".into()).into())
 }

@@ -97,13 +97,12 @@ impl Metrics {
 /// route, or `other`.
 pub fn route_template(path: &str) -> &'static str {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let matches = |template: &str| {
-        let parts: Vec<&str> = template.trim_matches('/').split('/').collect();
-        parts.len() == segments.len()
-            && parts.iter().zip(&segments).all(|(part, segment)| part.starts_with('{') || part == segment)
+    let matches = |route: &&crate::openapi::RouteTemplate| {
+        route.segments.len() == segments.len()
+            && route.segments.iter().zip(&segments).all(|(part, segment)| part.as_deref().is_none_or(|p| p == *segment))
     };
-    if let Some(template) = crate::openapi::ROUTE_TEMPLATES.iter().find(|t| matches(t)) {
-        return template.as_str();
+    if let Some(route) = crate::openapi::ROUTE_TEMPLATES.iter().find(matches) {
+        return route.template.as_str();
     }
     match segments.as_slice() {
         ["healthz"] => "/healthz",
@@ -124,6 +123,8 @@ mod tests {
         assert_eq!(route_template("/v1/downloads/abc.def"), "/v1/downloads/{token}");
         assert_eq!(route_template("/v1/auth/login"), "/v1/auth/login");
         assert_eq!(route_template("/v1/jobs"), "/v1/jobs");
+        assert_eq!(route_template("/v1/tus/8e0c5f9e-7a9b-4c1e-9d3a-0b1c2d3e4f50"), "/v1/tus/{id}");
+        assert_eq!(route_template("/v1/tus/"), "/v1/tus/");
         assert_eq!(route_template("/readyz"), "/readyz");
         assert_eq!(route_template("/wp-admin/login.php"), "other");
         assert_eq!(route_template("/v1/jobs/x/y/z"), "other");

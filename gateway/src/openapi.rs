@@ -96,11 +96,32 @@ impl Modify for OneOperationIdEach {
     }
 }
 
-/// The document as served.
-pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| Api::openapi().to_json().unwrap_or_default());
+static API: LazyLock<Document> = LazyLock::new(Api::openapi);
 
-/// The documented paths' templates (`/v1/jobs/{id}`), for labelling metrics.
-pub static ROUTE_TEMPLATES: LazyLock<Vec<String>> = LazyLock::new(|| Api::openapi().paths.paths.into_keys().collect());
+/// The document as served.
+pub static DOCUMENT: LazyLock<String> = LazyLock::new(|| API.to_json().unwrap_or_default());
+
+/// A documented path: its template (`/v1/jobs/{id}`) and its segments, `None` for a parameter.
+pub struct RouteTemplate {
+    pub template: String,
+    pub segments: Vec<Option<String>>,
+}
+
+/// The documented paths, for labelling metrics.
+pub static ROUTE_TEMPLATES: LazyLock<Vec<RouteTemplate>> = LazyLock::new(|| {
+    API.paths
+        .paths
+        .keys()
+        .map(|template| RouteTemplate {
+            template: template.clone(),
+            segments: template
+                .trim_matches('/')
+                .split('/')
+                .map(|part| (!part.starts_with('{')).then(|| part.to_string()))
+                .collect(),
+        })
+        .collect()
+});
 
 #[cfg(test)]
 mod tests {

@@ -109,6 +109,13 @@ impl Gateway {
     }
 }
 
+/// A stream of what arrives on `rx`, for a request body sent piece by piece.
+fn tokio_stream_of(
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
 fn sha256_of(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -171,6 +178,7 @@ async fn the_protocol_by_hand_offsets_checksums_owners_and_the_job_at_the_last_b
     assert_eq!(mismatch.json::<Value>().await?["error"], "checksum_mismatch");
     let head = g.tus_offset(&alice.token, &url).await?;
     assert_eq!(header(&head, "upload-offset"), Some(cuts[0].to_string()), "a refused body moved the offset");
+    assert_eq!(g.chunks_in_uploads().await?, 0, "a refused body left chunks");
 
     let sha1 = {
         use sha1::Digest as _;
@@ -191,7 +199,39 @@ async fn the_protocol_by_hand_offsets_checksums_owners_and_the_job_at_the_last_b
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "another user reached the upload");
     }
 
-    let middle = g.tus_patch(&alice.token, &url, cuts[1] as u64, tone[cuts[1]..cuts[2]].to_vec(), None).await?;
+    // A PATCH while another is still sending its body: one writer at a time.
+    let (feed, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let slow = tokio::spawn({
+        let request = g
+            .http
+            .patch(&url)
+            .bearer_auth(&alice.token)
+            .header(TUS.0, TUS.1)
+            .header("Upload-Offset", cuts[1])
+            .header("Content-Type", OFFSET_STREAM)
+            .body(reqwest::Body::wrap_stream(tokio_stream_of(body)));
+        async move { request.send().await }
+    });
+    feed.send(Ok(tone[cuts[1]..cuts[1] + 1000].to_vec())).await?;
+    let db = sqlx::PgPool::connect(g.config.database_url.expose_secret()).await?;
+    let id: uuid::Uuid = url.rsplit('/').next().context("id")?.parse()?;
+    eventually("the first PATCH holds the upload", DEADLINE, || async {
+        let leased: bool = sqlx::query_scalar("SELECT lease IS NOT NULL FROM gateway.tus_uploads WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db)
+            .await?;
+        Ok(leased.then_some(()))
+    })
+    .await?;
+    let second = g.tus_patch(&alice.token, &url, cuts[1] as u64, tone[cuts[1]..cuts[2]].to_vec(), None).await?;
+    assert_eq!(second.status(), StatusCode::LOCKED);
+    assert_eq!(second.json::<Value>().await?["error"], "upload_busy");
+    feed.send(Ok(tone[cuts[1] + 1000..cuts[2]].to_vec())).await?;
+    drop(feed);
+    assert_eq!(slow.await??.status(), StatusCode::NO_CONTENT);
+    let middle = g.tus_offset(&alice.token, &url).await?;
+    assert_eq!(header(&middle, "upload-offset"), Some(cuts[2].to_string()));
+    let middle = g.tus_patch(&alice.token, &url, cuts[2] as u64, Vec::new(), None).await?;
     assert_eq!(middle.status(), StatusCode::NO_CONTENT);
     let last = g.tus_patch(&alice.token, &url, cuts[2] as u64, tone[cuts[2]..].to_vec(), None).await?;
     assert_eq!(last.status(), StatusCode::NO_CONTENT);
@@ -225,17 +265,46 @@ async fn termination_and_expiry_remove_every_stored_chunk() -> anyhow::Result<()
     let user = g.user().await?;
     let bytes = vec![7u8; 600 * 1024];
 
-    let url = g.tus_create(&user.token, 10 << 20, "").await?;
-    let r = g.tus_patch(&user.token, &url, 0, bytes.clone(), None).await?;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Creation with upload, and a length given only later (creation-defer-length).
+    let r = g
+        .http
+        .post(g.at("/v1/tus/"))
+        .bearer_auth(&user.token)
+        .header(TUS.0, TUS.1)
+        .header("Upload-Defer-Length", 1)
+        .header("Content-Type", OFFSET_STREAM)
+        .body(bytes.clone())
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(header(&r, "upload-offset"), Some(bytes.len().to_string()));
+    let url = g.at(&header(&r, "location").context("Location")?);
     assert_eq!(g.chunks_in_uploads().await?, 2, "two whole chunks stored, the rest waits");
+    let head = g.tus_offset(&user.token, &url).await?;
+    assert_eq!(header(&head, "upload-defer-length").as_deref(), Some("1"));
+    let r = g
+        .http
+        .patch(&url)
+        .bearer_auth(&user.token)
+        .header(TUS.0, TUS.1)
+        .header("Upload-Offset", bytes.len())
+        .header("Upload-Length", 10 << 20)
+        .header("Content-Type", OFFSET_STREAM)
+        .body(vec![1u8; 1000])
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let head = g.tus_offset(&user.token, &url).await?;
+    assert_eq!(header(&head, "upload-length"), Some((10 << 20).to_string()));
+    assert_eq!(header(&head, "upload-offset"), Some((bytes.len() + 1000).to_string()));
     let r = g.http.delete(&url).bearer_auth(&user.token).header(TUS.0, TUS.1).send().await?;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(g.chunks_in_uploads().await?, 0, "termination left chunks");
     assert_eq!(g.tus_offset(&user.token, &url).await?.status(), StatusCode::NOT_FOUND);
 
     let url = g.tus_create(&user.token, 10 << 20, "").await?;
-    g.tus_patch(&user.token, &url, 0, bytes, None).await?;
+    assert_eq!(g.tus_patch(&user.token, &url, 0, bytes, None).await?.status(), StatusCode::NO_CONTENT);
+    assert_eq!(g.chunks_in_uploads().await?, 2);
     eventually("the expired upload swept", DEADLINE, || async {
         let gone = g.tus_offset(&user.token, &url).await?.status() == StatusCode::NOT_FOUND;
         Ok((gone && g.chunks_in_uploads().await? == 0).then_some(()))
@@ -353,7 +422,11 @@ async fn tus_js_client_sends_a_gib_through_five_cut_connections_and_the_job_conv
     args["retryDelays"] = json!([0, 500, 1000, 2000]);
     let done = run_client(Client::Js, args).await?;
     assert_eq!(done["ok"], true, "{done}");
-    assert!(done["resumes"].as_array().is_some_and(|r| r.len() >= 5), "fewer than 5 resumes: {done}");
+    assert_eq!(done["cuts"], 5, "{done}");
+    // Each cut PATCH kept what reached the server: some resume starts mid-PATCH.
+    let resumes: Vec<u64> = done["resumes"].as_array().context("resumes")?.iter().filter_map(Value::as_u64).collect();
+    assert!(resumes.len() >= 5, "fewer than 5 resumes: {done}");
+    assert!(resumes.iter().any(|offset| offset % (8 << 20) != 0), "every resume began at a PATCH's start: {done}");
     let job = done["jobId"].as_str().context("no job id")?;
     let job = converted(&g, &user.token, job, Duration::from_secs(600)).await?;
     let sha = sha256_file(&file)?;

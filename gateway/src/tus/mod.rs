@@ -165,9 +165,11 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| not_found())
 }
 
+/// 423, as tusd answers: tus clients retry it (a 409 or any other 4xx on HEAD makes
+/// tus-js-client start the upload over).
 fn busy() -> ApiError {
     ApiError::new(
-        StatusCode::CONFLICT,
+        StatusCode::LOCKED,
         "upload_busy",
         "another request is writing this upload; ask HEAD for the offset and continue from there",
     )
@@ -258,6 +260,9 @@ where
     let location = format!("/v1/tus/{}", upload.id);
     let mut response = if request.is_offset_stream() {
         // Refused or not, the upload exists: the client continues it at Location.
+        let mut request = request;
+        // Creation-with-upload starts at 0 without saying so.
+        request.headers.insert("upload-offset", HeaderValue::from_static("0"));
         let mut written = write(request, upload.id, body, state, caller).await;
         if written.status().is_success() {
             *written.status_mut() = StatusCode::CREATED;
@@ -286,8 +291,16 @@ pub async fn head(id: String, request: TusRequest, state: State) -> Response {
             let mut upload = find(&state, &id, &caller).await?;
             if upload.job_id.is_none() && Some(upload.received) == upload.length {
                 // Every byte is in but the job was not made: a client that sees the whole
-                // offset stops, so the job is made now.
-                upload.job_id = Some(finish_stored(&state, &caller, upload.id).await?);
+                // offset stops, so the job is made now, in a task of its own (a client that
+                // hangs up does not cut it short). Anything but a verdict on the file is
+                // "busy, ask again": any other refusal of a HEAD makes tus clients start over.
+                let (state, caller, id) = (state.clone(), caller.clone(), upload.id);
+                let finished = tokio::spawn(async move { finish_stored(&state, &caller, id).await })
+                    .await
+                    .unwrap_or_else(|e| Err(ApiError::internal("tus_complete", e)));
+                upload.job_id = Some(
+                    finished.map_err(|e| if e.status == StatusCode::UNSUPPORTED_MEDIA_TYPE { e } else { busy() })?,
+                );
             }
             let mut response = empty(StatusCode::OK);
             progress_headers(&mut response, &upload, upload.received);
@@ -428,11 +441,8 @@ where
             format!("a PATCH's body must be Content-Type: {OFFSET_STREAM}"),
         ));
     }
-    // Creation-with-upload starts at 0 without saying so.
-    let offset = match request.number("upload-offset")? {
-        Some(offset) => offset,
-        None if request.header("upload-length").is_some() || request.header("upload-defer-length").is_some() => 0,
-        None => return Err(ApiError::bad_request("missing_upload_offset", "a PATCH needs Upload-Offset")),
+    let Some(offset) = request.number("upload-offset")? else {
+        return Err(ApiError::bad_request("missing_upload_offset", "a PATCH needs Upload-Offset"));
     };
     if offset != upload.received {
         return Err(ApiError::new(
@@ -469,6 +479,8 @@ where
             ));
         }
         (None, Some(said)) => {
+            let usage = Usage::of(&state.db, caller.id).await.map_err(database)?;
+            usage.admits(&state.config.quotas, said as i64, false).map_err(crate::quotas::Exceeded::api_error)?;
             record::set_length(&state.db, upload.id, lease, said).await.map_err(lease_error)?;
             Some(said)
         }
@@ -535,10 +547,33 @@ where
     Ok(response)
 }
 
-/// The last byte is stored: the file is made whole and judged, and becomes a job. A refusal
-/// removes the upload with its bytes; a failure of the store or the database before the job
-/// exists leaves it as it was, complete, for the client's retry (PATCH or HEAD) to finish.
+/// The last byte is stored: the file is made whole and judged, and becomes a job. A verdict
+/// against it (not media, no sound) removes the upload with its bytes; any other failure (the
+/// store, the database, a quota) leaves it complete and unfinished, for a retry (PATCH or
+/// HEAD) to finish, or the expiry sweep to remove.
 async fn complete(
+    state: &State,
+    caller: &Caller,
+    upload: &Upload,
+    lease: Uuid,
+    stored: Stored,
+) -> Result<JobId, ApiError> {
+    // The probe may wait for a slot: the lease must outlive it.
+    let renew = async {
+        loop {
+            tokio::time::sleep(record::LEASE / 3).await;
+            if let Err(lost) = record::renew(&state.db, upload.id, lease).await {
+                return lost;
+            }
+        }
+    };
+    tokio::select! {
+        done = complete_leased(state, caller, upload, lease, stored) => done,
+        lost = renew => Err(lease_error(lost)),
+    }
+}
+
+async fn complete_leased(
     state: &State,
     caller: &Caller,
     upload: &Upload,
@@ -561,32 +596,26 @@ async fn complete(
     }
     .await
     .map_err(store_error)?;
-    let stored = StoredFile { id: upload.file_id.clone(), size: received, sha256 };
-    let received = match upload::judge(state, Received { stored, filename: upload.filename.clone() }).await {
-        Ok(received) => received,
-        Err(refusal) => {
-            // Judged or not, its bytes are gone.
-            forget(state, upload).await;
-            return Err(refusal);
-        }
+    let received = Received {
+        stored: StoredFile { id: upload.file_id.clone(), size: received, sha256 },
+        filename: upload.filename.clone(),
     };
-    // Finished first: from here on no PATCH writes this file again, whatever happens next.
-    let job = JobId::new();
-    record::finish(&state.db, upload.id, lease, job).await.map_err(lease_error)?;
-    match upload::record_job(state, caller, received, &upload.details, job).await {
-        Ok((made, _)) => {
-            if made != job
-                && let Err(e) = record::name_job(&state.db, upload.id, made).await
-            {
-                tracing::warn!(upload_id = %upload.id, error = %e, "could not name the existing job");
-            }
-            tracing::info!(upload_id = %upload.id, job_id = %made, "resumable upload finished");
-            Ok(made)
+    let judged = upload::verdict(state, &received).await;
+    let finishing = record::Finishing { id: upload.id, lease };
+    let recorded = match judged {
+        Ok(()) => upload::record_job(state, caller, &received, &upload.details, JobId::new(), Some(finishing)).await,
+        Err(refusal) => Err(refusal),
+    };
+    match recorded {
+        Ok((job, _)) => {
+            tracing::info!(upload_id = %upload.id, job_id = %job, "resumable upload finished");
+            Ok(job)
         }
-        Err(refusal) => {
+        Err(refusal) if matches!(refusal.status, StatusCode::UNSUPPORTED_MEDIA_TYPE | StatusCode::BAD_REQUEST) => {
             forget(state, upload).await;
             Err(refusal)
         }
+        Err(failure) => Err(failure),
     }
 }
 

@@ -4,7 +4,7 @@
 //! gateway loses at most what was not yet recorded, and `Upload-Offset` never runs ahead of
 //! the store. Memory: the chunk filling, `WRITE_AHEAD` on their way, whatever the length.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
@@ -127,15 +127,19 @@ where
                 break Ended::TooLong;
             }
         };
+        // A body checked by its digest is kept whole or not at all: cut short, or longer
+        // than the upload (the digest covers bytes not taken), it cannot match.
         let ended = match (ended, checksum) {
             (Ended::Whole, Some(checksum)) if !checksum.matches() => Ended::Mismatch,
-            (Ended::Cut(_), Some(_)) => Ended::Mismatch,
+            (Ended::Cut(_) | Ended::TooLong, Some(_)) => Ended::Mismatch,
             (ended, _) => ended,
         };
         (ended, taken)
     };
     let write = async {
         let (mut hasher, mut stored, mut recorded) = (before.2.clone(), aligned, aligned);
+        // The claim just took the lease.
+        let mut renewed = Instant::now();
         let mut batch = Vec::with_capacity(INSERT_BATCH);
         while let Some(first) = incoming.recv().await {
             batch.push(first);
@@ -148,6 +152,12 @@ where
             for (_, chunk) in &batch {
                 sha2::Digest::update(&mut hasher, chunk);
             }
+            // Only the lease's holder writes: a lease renewed moments ago cannot have been
+            // taken; an older one is renewed first, so a PATCH whose lease ran out stops here.
+            if renewed.elapsed() > record::LEASE / 5 {
+                record::renew(patch.db, patch.id, patch.lease).await?;
+                renewed = Instant::now();
+            }
             patch.chunks.insert(&batch).await?;
             stored += batch.len() as u64 * CHUNK_SIZE;
             batch.clear();
@@ -155,7 +165,7 @@ where
                 let state = Stored::state_of(&hasher);
                 let progress = Progress { received: stored, tail: &[], sha256_state: &state };
                 record::checkpoint(patch.db, patch.id, patch.lease, progress, patch.ttl).await?;
-                recorded = stored;
+                (recorded, renewed) = (stored, Instant::now());
             }
         }
         Ok::<_, PatchError>(hasher)
@@ -174,6 +184,7 @@ where
     };
     let hasher = written?;
     if matches!(ended, Ended::Mismatch) {
+        record::renew(patch.db, patch.id, patch.lease).await?;
         patch.chunks.discard_from(first_chunk).await?;
         let (received, tail, hasher) = before;
         return Ok((Stored { received, tail, hasher }, ended));

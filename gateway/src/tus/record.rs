@@ -85,6 +85,12 @@ fn seconds(d: Duration) -> f64 {
 
 /// Records a new upload, unless its owner already has `open_limit` unfinished ones (`false`).
 pub async fn create(db: &PgPool, upload: &Upload, ttl: Duration, open_limit: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    // One creation per owner at a time, so two cannot both take the last place.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
+        .bind(upload.owner.to_string())
+        .execute(&mut *tx)
+        .await?;
     let inserted = sqlx::query(
         "INSERT INTO gateway.tus_uploads
              (id, owner_id, file_id, length, sha256_state, metadata, filename, details, expires_at)
@@ -101,8 +107,9 @@ pub async fn create(db: &PgPool, upload: &Upload, ttl: Duration, open_limit: i64
     .bind(Json(&upload.details))
     .bind(seconds(ttl))
     .bind(open_limit)
-    .execute(db)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(inserted.rows_affected() == 1)
 }
 
@@ -220,29 +227,29 @@ pub async fn release(db: &PgPool, id: Uuid, lease: Uuid) -> Result<(), sqlx::Err
     Ok(())
 }
 
-/// The last byte is in and `job` has it: the file is the job's now.
-pub async fn finish(db: &PgPool, id: Uuid, lease: Uuid, job: JobId) -> Result<(), LeaseError> {
-    let done = sqlx::query(
-        "UPDATE gateway.tus_uploads
-         SET received = length, tail = '', job_id = $3, lease = NULL, leased_until = NULL
-         WHERE id = $1 AND lease = $2",
-    )
-    .bind(id)
-    .bind(lease)
-    .bind(job.as_uuid())
-    .execute(db)
-    .await?;
-    held(&done)
+/// An upload whose job is being made, by the request holding its lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Finishing {
+    pub id: Uuid,
+    pub lease: Uuid,
 }
 
-/// The job a finished upload turned out to be (the live one with the same bytes).
-pub async fn name_job(db: &PgPool, id: Uuid, job: JobId) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE gateway.tus_uploads SET job_id = $2 WHERE id = $1")
-        .bind(id)
+impl Finishing {
+    /// In the transaction that makes `job`: the file is the job's now. `false` if the lease
+    /// was lost (the transaction must not commit).
+    pub async fn finish(self, tx: &mut sqlx::PgConnection, job: JobId) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE gateway.tus_uploads
+             SET received = length, tail = '', job_id = $3, lease = NULL, leased_until = NULL
+             WHERE id = $1 AND lease = $2",
+        )
+        .bind(self.id)
+        .bind(self.lease)
         .bind(job.as_uuid())
-        .execute(db)
+        .execute(tx)
         .await?;
-    Ok(())
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 pub async fn remove(db: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {

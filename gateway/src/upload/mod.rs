@@ -164,6 +164,17 @@ where
 
 /// Probes a stored original: kept when it is media with sound, otherwise removed and refused.
 pub(crate) async fn judge(state: &State, received: Received) -> Result<Received, ApiError> {
+    match verdict(state, &received).await {
+        Ok(()) => Ok(received),
+        Err(refusal) => {
+            discard(state, &received).await;
+            Err(refusal)
+        }
+    }
+}
+
+/// FFmpeg's verdict on a stored original: `Ok` when it is media with sound. Removes nothing.
+pub(crate) async fn verdict(state: &State, received: &Received) -> Result<(), ApiError> {
     // A few probes at a time: each is a process holding FFmpeg's probe buffers.
     let _permit = state.probes.acquire().await.map_err(|e| ApiError::internal("probe", e))?;
     let verdict = match state.store.info(Bucket::Uploads, &received.stored.id).await {
@@ -174,8 +185,8 @@ pub(crate) async fn judge(state: &State, received: Received) -> Result<Received,
         })),
         Err(e) => Err(ProbeError::Store(e)),
     };
-    let refusal = match verdict {
-        Ok(Verdict::Audio { .. }) => return Ok(received),
+    Err(match verdict {
+        Ok(Verdict::Audio { .. }) => return Ok(()),
         Ok(Verdict::NoAudio { format }) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "no_audio_stream",
@@ -194,35 +205,35 @@ pub(crate) async fn judge(state: &State, received: Received) -> Result<Received,
         Err(ProbeError::Store(e)) => store_error(e),
         Err(e @ ProbeError::StoreStalled) => ApiError::unavailable("media_store_unavailable", e),
         Err(e @ ProbeError::Spawn(_)) => ApiError::internal("probe", e),
-    };
-    discard(state, &received).await;
-    Err(refusal)
+    })
 }
 
 /// Records the job (or finds the same one) and answers the client.
 async fn accept(state: &State, caller: &Caller, received: Received, details: &Details) -> Result<Response, ApiError> {
-    let (job_id, duplicate) = record_job(state, caller, received, details, JobId::new()).await?;
+    let (job_id, duplicate) = match record_job(state, caller, &received, details, JobId::new(), None).await {
+        Ok(recorded) => recorded,
+        Err(refusal) => {
+            discard(state, &received).await;
+            return Err(refusal);
+        }
+    };
     let status = if duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
     let body = Accepted { job_id, status_url: format!("/v1/jobs/{job_id}"), duplicate };
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
 /// Records the job (`job_id`) for a judged original, or finds the live one with the same
-/// bytes and preset (`true`: the original is removed). On a refusal the original is removed.
+/// bytes and preset (`true`: the original is removed), finishing the resumable upload it came
+/// from in the same transaction. On a refusal the original stays: the caller decides.
 pub(crate) async fn record_job(
     state: &State,
     caller: &Caller,
-    received: Received,
+    received: &Received,
     details: &Details,
     job_id: JobId,
+    finishing: Option<crate::tus::record::Finishing>,
 ) -> Result<(JobId, bool), ApiError> {
-    let (tags, preset, normalize_loudness) = match (details.tags(), details.preset(), details.loudnorm()) {
-        (Ok(tags), Ok(preset), Ok(loudnorm)) => (tags, preset, loudnorm),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            discard(state, &received).await;
-            return Err(e);
-        }
-    };
+    let (tags, preset, normalize_loudness) = (details.tags()?, details.preset()?, details.loudnorm()?);
     let event = MediaUploaded {
         job_id,
         owner: Owner { id: caller.id, email: caller.email.clone() },
@@ -236,16 +247,15 @@ pub(crate) async fn record_job(
         overrides: tags,
         normalize_loudness,
     };
-    let created = match jobs::create(&state.db, &event, &state.config.quotas).await {
-        Ok(created) => created,
-        Err(e) => {
-            discard(state, &received).await;
-            return Err(match e {
-                CreateError::Quota(exceeded) => exceeded.api_error(),
-                CreateError::Database(e) => ApiError::unavailable("database_unavailable", e),
-            });
-        }
-    };
+    let created = jobs::create(&state.db, &event, &state.config.quotas, finishing).await.map_err(|e| match e {
+        CreateError::Quota(exceeded) => exceeded.api_error(),
+        CreateError::Database(e) => ApiError::unavailable("database_unavailable", e),
+        CreateError::LeaseLost => ApiError::new(
+            StatusCode::LOCKED,
+            "upload_busy",
+            "another request took this upload over; ask HEAD for its state",
+        ),
+    })?;
     Ok(match created {
         Created::New => {
             state.outbox_wake.notify_one();
@@ -253,7 +263,7 @@ pub(crate) async fn record_job(
             (event.job_id, false)
         }
         Created::Existing(existing) => {
-            discard(state, &received).await;
+            discard(state, received).await;
             tracing::info!(job_id = %existing, owner = %caller.id, "same bytes and preset again: existing job");
             (existing, true)
         }
