@@ -97,7 +97,7 @@ const QUOTA_JOBS_IN_PROGRESS: Setting = Setting::new(
 const QUOTA_STORED_BYTES: Setting = Setting::new(
     "GATEWAY_QUOTA_STORED_BYTES",
     "21474836480",
-    "per user, bytes of originals still stored; beyond, 507 `storage_quota`; in `GET /v1/me`",
+    "per user, bytes of originals still stored, unfinished resumable uploads by their length; beyond, 507 `storage_quota`; in `GET /v1/me`",
 );
 const TUS_EXPIRES_AFTER_S: Setting = Setting::new(
     "GATEWAY_TUS_EXPIRES_AFTER_S",

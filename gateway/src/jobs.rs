@@ -80,17 +80,18 @@ pub async fn create(
         .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_some() {
+            // Finished first: an unfinished upload counts its length, and the job counts it now.
+            if let Some(finishing) = finishing
+                && !finishing.finish(&mut tx, event.job_id).await?
+            {
+                return Err(CreateError::LeaseLost);
+            }
             let usage = Usage::of(&mut *tx, event.owner.id).await?;
             if let Err(exceeded) = usage.admits(quotas, event.source.size as i64, true) {
                 tx.rollback().await?;
                 return Err(CreateError::Quota(exceeded));
             }
             enqueue(&mut tx, event).await?;
-            if let Some(finishing) = finishing
-                && !finishing.finish(&mut tx, event.job_id).await?
-            {
-                return Err(CreateError::LeaseLost);
-            }
             tx.commit().await?;
             return Ok(Created::New);
         }

@@ -1,5 +1,6 @@
 //! Per-user quotas: jobs waiting or converting, and bytes of originals still stored (of jobs
-//! not failed or expired, and not yet removed by retention). Checked in the transaction that creates a job, serialised per
+//! not failed or expired, and not yet removed by retention, and of resumable uploads not yet
+//! finished, by their declared length). Checked in the transaction that creates a job, serialised per
 //! owner, so uploads finishing together cannot pass a quota together; checked again at the
 //! door with the declared length, so most refusals come before the body is read. Shown in
 //! `GET /v1/me`.
@@ -29,8 +30,10 @@ impl Usage {
     pub async fn of<'e>(db: impl sqlx::PgExecutor<'e>, owner: UserId) -> Result<Usage, sqlx::Error> {
         let (jobs_in_progress, stored_bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE state IN ('queued', 'converting')),
-                    COALESCE(sum(source_size) FILTER (WHERE state IN ('queued', 'converting', 'converted')
-                                                        AND source_removed_at IS NULL), 0)::bigint
+                    (COALESCE(sum(source_size) FILTER (WHERE state IN ('queued', 'converting', 'converted')
+                                                         AND source_removed_at IS NULL), 0)
+                     + COALESCE((SELECT sum(COALESCE(length, received)) FROM gateway.tus_uploads
+                                 WHERE owner_id = $1 AND job_id IS NULL), 0))::bigint
              FROM gateway.jobs WHERE owner_id = $1",
         )
         .bind(owner.as_uuid())

@@ -646,3 +646,33 @@ async fn the_readme_resumes_an_upload_by_hand_with_curl() -> anyhow::Result<()> 
     assert_eq!(job["source"]["sha256"], sha256_file(&g.scratch.join("long.wav"))?);
     g.stop().await
 }
+
+#[tokio::test]
+async fn unfinished_uploads_count_against_the_storage_quota_until_their_job_does() -> anyhow::Result<()> {
+    let g = Gateway::start_with(Options {
+        converter: true,
+        tweak: Box::new(|config| config.quotas.stored_bytes = 1 << 20),
+        ..Default::default()
+    })
+    .await?;
+    let user = g.user().await?;
+    let tone = std::fs::read(g.tone("quota.wav", 10, 3)?)?;
+    assert!(tone.len() > 400_000 && tone.len() < 600_000, "{}", tone.len());
+    let first = g.tus_create(&user.token, tone.len() as u64, &format!("filename {}", b64("quota.wav"))).await?;
+    let refused = g
+        .http
+        .post(g.at("/v1/tus/"))
+        .bearer_auth(&user.token)
+        .header(TUS.0, TUS.1)
+        .header("Upload-Length", (1 << 20) - tone.len() + 1)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE, "the unfinished upload did not count");
+    assert_eq!(refused.json::<Value>().await?["error"], "storage_quota");
+    // Its job takes its place in the count, not a second one.
+    let last = g.tus_patch(&user.token, &first, 0, tone.clone(), None).await?;
+    assert_eq!(last.status(), StatusCode::NO_CONTENT, "{:?}", last.text().await?);
+    let me: Value = g.http.get(g.at("/v1/me")).bearer_auth(&user.token).send().await?.json().await?;
+    assert_eq!(me["quotas"]["stored_bytes"]["used"], tone.len(), "{me}");
+    g.stop().await
+}

@@ -480,7 +480,9 @@ where
         }
         (None, Some(said)) => {
             let usage = Usage::of(&state.db, caller.id).await.map_err(database)?;
-            usage.admits(&state.config.quotas, said as i64, false).map_err(crate::quotas::Exceeded::api_error)?;
+            // What is stored of it already counts.
+            let more = (said - upload.received) as i64;
+            usage.admits(&state.config.quotas, more, false).map_err(crate::quotas::Exceeded::api_error)?;
             record::set_length(&state.db, upload.id, lease, said).await.map_err(lease_error)?;
             Some(said)
         }
