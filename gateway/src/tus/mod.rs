@@ -489,9 +489,7 @@ where
         (known, _) => known,
     };
     let room = length.unwrap_or(limit).saturating_sub(upload.received);
-    let Some(start) = Stored::restore(upload.received, &upload.tail, &upload.sha256_state) else {
-        return Err(ApiError::internal("tus_state", format!("upload {} has an unreadable hash state", upload.id)));
-    };
+    let start = stored_of(upload)?;
     let stalled = Arc::new(AtomicBool::new(false));
     let metrics = state.metrics.clone();
     let body = idle_limited(body, state.config.upload_idle_timeout, stalled.clone()).inspect_ok(move |piece| {
@@ -561,17 +559,9 @@ async fn complete(
     stored: Stored,
 ) -> Result<JobId, ApiError> {
     // The probe may wait for a slot: the lease must outlive it.
-    let renew = async {
-        loop {
-            tokio::time::sleep(record::LEASE / 3).await;
-            if let Err(lost) = record::renew(&state.db, upload.id, lease).await {
-                return lost;
-            }
-        }
-    };
     tokio::select! {
         done = complete_leased(state, caller, upload, lease, stored) => done,
-        lost = renew => Err(lease_error(lost)),
+        lost = record::keep(&state.db, upload.id, lease) => Err(lease_error(lost)),
     }
 }
 
@@ -621,13 +611,16 @@ async fn complete_leased(
     }
 }
 
+/// What is stored of `upload`, as `receive` continues it.
+fn stored_of(upload: &Upload) -> Result<Stored, ApiError> {
+    Stored::restore(upload.received, &upload.tail, &upload.sha256_state)
+        .ok_or_else(|| ApiError::internal("tus_state", format!("upload {} has an unreadable hash state", upload.id)))
+}
+
 /// Finishes an upload whose bytes are all stored but whose job is not made yet (a completion
 /// that failed for a moment), for the request holding its lease.
 async fn complete_stored(state: &State, caller: &Caller, upload: &Upload, lease: Uuid) -> Result<JobId, ApiError> {
-    let Some(stored) = Stored::restore(upload.received, &upload.tail, &upload.sha256_state) else {
-        return Err(ApiError::internal("tus_state", format!("upload {} has an unreadable hash state", upload.id)));
-    };
-    complete(state, caller, upload, lease, stored).await
+    complete(state, caller, upload, lease, stored_of(upload)?).await
 }
 
 /// Removes an upload refused at its end, bytes and record.

@@ -170,17 +170,9 @@ where
         }
         Ok::<_, PatchError>(hasher)
     };
-    let renew = async {
-        loop {
-            tokio::time::sleep(record::LEASE / 3).await;
-            if let Err(lost) = record::renew(patch.db, patch.id, patch.lease).await {
-                return lost;
-            }
-        }
-    };
     let ((ended, taken), written) = tokio::select! {
         done = futures_util::future::join(read, write) => done,
-        lost = renew => return Err(PatchError::Lease(lost)),
+        lost = record::keep(patch.db, patch.id, patch.lease) => return Err(PatchError::Lease(lost)),
     };
     let hasher = written?;
     if matches!(ended, Ended::Mismatch) {

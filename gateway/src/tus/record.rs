@@ -207,6 +207,17 @@ pub async fn renew(db: &PgPool, id: Uuid, lease: Uuid) -> Result<(), LeaseError>
     held(&done)
 }
 
+/// Renews the lease every third of its length for as long as it is polled; ends only when
+/// the lease is lost (or the database fails), so work raced against it stops then.
+pub async fn keep(db: &PgPool, id: Uuid, lease: Uuid) -> LeaseError {
+    loop {
+        tokio::time::sleep(LEASE / 3).await;
+        if let Err(lost) = renew(db, id, lease).await {
+            return lost;
+        }
+    }
+}
+
 /// Declares a deferred length.
 pub async fn set_length(db: &PgPool, id: Uuid, lease: Uuid, length: u64) -> Result<(), LeaseError> {
     let done = sqlx::query("UPDATE gateway.tus_uploads SET length = $3 WHERE id = $1 AND lease = $2")
