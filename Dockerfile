@@ -14,10 +14,13 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
         clang libclang-dev pkg-config libssl-dev \
         libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev \
         libavfilter-dev libavdevice-dev \
+        nodejs npm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+# The gateway's build script builds the web app (web/, esbuild) with Node and npm.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/root/.npm \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
     && mkdir -p /out \

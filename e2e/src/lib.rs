@@ -40,6 +40,8 @@ pub struct Options {
     pub replicas: usize,
     /// The gateways' retention policy, when a test needs a short one.
     pub retention: Option<tunewire_gateway::retention::Policy>,
+    /// An admin account auth makes at start: (email, password).
+    pub admin: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             down_at_start: None,
             replicas: 2,
             retention: None,
+            admin: None,
         }
     }
 }
@@ -178,7 +181,12 @@ impl Pipeline {
         }
         let mut health = Health::default();
 
-        let auth = tunewire_auth::start(tunewire_auth::Config::local(urls.database("auth")), shutdown.clone()).await?;
+        let mut auth_config = tunewire_auth::Config::local(urls.database("auth"));
+        if let Some((email, password)) = &options.admin {
+            let email = email.parse().map_err(|e| anyhow::anyhow!("admin email {email:?}: {e}"))?;
+            auth_config.admin = Some((email, password.clone().into()));
+        }
+        let auth = tunewire_auth::start(auth_config, shutdown.clone()).await?;
         health.auth.push(auth.addr);
         let catalog = tunewire_catalog_indexer::start(
             tunewire_catalog_indexer::Config {

@@ -12,13 +12,14 @@ use tunewire_test_stack::{Sandbox, eventually, maildev};
 /// The converter's limit here: low, so a failure the gateway's probe cannot catch is cheap to make.
 const MAX_DURATION_S: f64 = 60.0;
 
-/// The one download link in an email's text part.
-fn download_link(email: &Value) -> anyhow::Result<String> {
+/// The MP3 behind the one link in an email's text part (the link is the web app's page for
+/// it).
+fn download_link(email: &Value, gateway: &str) -> anyhow::Result<String> {
     let text = email["text"].as_str().context("email without text part")?;
-    text.split_whitespace()
-        .find(|w| w.contains("/v1/downloads/"))
-        .map(str::to_string)
-        .context("no download link in the email")
+    let page = text.split_whitespace().find(|w| w.contains("/d/")).context("no download link in the email")?;
+    anyhow::ensure!(page.starts_with(gateway), "the link {page} is not under the gateway's address {gateway}");
+    let token = tunewire_signed_links::token_of_page(page).context("a link page without a token")?;
+    Ok(format!("{gateway}{}", tunewire_signed_links::download_path(token)))
 }
 
 #[tokio::test]
@@ -42,7 +43,7 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
     let mails = p.emails(&email, 1).await?;
     eprintln!("upload response to email: {:?}", uploaded_at.elapsed());
     assert!(mails[0]["subject"].as_str().unwrap_or_default().contains("Moonlight Serenade"));
-    let link = download_link(&mails[0])?;
+    let link = download_link(&mails[0], &p.gateway)?;
     let mp3 = reqwest::get(&link).await?;
     assert_eq!(mp3.status(), 200, "the emailed link works without a token");
     assert_eq!(mp3.headers()["content-type"], "audio/mpeg");

@@ -39,6 +39,8 @@ pub struct Config {
     pub tus: TusLimits,
     /// Browser origins allowed to call the API from another origin (CORS); none when empty.
     pub cors_origins: Vec<String>,
+    /// The web app's session cookies are `Secure` (sent over HTTPS and to `localhost` only).
+    pub session_cookie_secure: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +116,12 @@ const CORS_ORIGINS: Setting = Setting::optional(
     "comma-separated browser origins (`https://host`) allowed to use `/v1/tus/` (CORS), the gateway's own public origin among them; unset: no CORS",
 );
 
+const SESSION_COOKIE_SECURE: Setting = Setting::new(
+    "GATEWAY_SESSION_COOKIE_SECURE",
+    "true",
+    "the web app's session cookies are `Secure`; `false` only to serve it over plain HTTP to a host other than localhost",
+);
+
 /// Everything the gateway reads.
 pub const SETTINGS: &[Setting] = &[
     BIND,
@@ -141,6 +149,7 @@ pub const SETTINGS: &[Setting] = &[
     TUS_EXPIRES_AFTER_S,
     TUS_OPEN_PER_USER,
     CORS_ORIGINS,
+    SESSION_COOKIE_SECURE,
 ];
 
 fn this_program() -> PathBuf {
@@ -209,6 +218,7 @@ impl Config {
                     origins.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_string).collect()
                 })
                 .unwrap_or_default(),
+            session_cookie_secure: SESSION_COOKIE_SECURE.get(source)?,
         })
     }
 }

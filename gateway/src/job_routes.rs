@@ -193,6 +193,23 @@ pub async fn delete_job(id: String, caller: Caller, state: State) -> Result<Resp
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// A `job` event with each job of the caller's (an admin's: everyone's) that changes after
+/// the stream opens: load the list when it opens (and reopens), then apply these.
+#[utoipa::path(get, path = "/v1/events", operation_id = "job_feed", tag = "jobs", security(("bearer" = [])),
+    summary = "Follow all your jobs: Server-Sent Events with each change",
+    responses(
+        (status = 200, description = "An event stream of `job` events", content_type = "text/event-stream", body = Job),
+        (status = 401, response = ErrorBody),
+        (status = 429, description = "Too many event streams open: `too_many_streams` (yours, per gateway process) \
+            or `server_busy` (the process's)", body = ErrorBody, headers(("Retry-After" = u64))),
+        (status = "default", response = ErrorBody),
+    ))]
+pub async fn job_feed(caller: Caller, state: State) -> Result<Response, ApiError> {
+    let place = state.job_events.admit(&caller.id)?;
+    let stream = state.job_feed.follow(&caller, place, state.shutdown.clone());
+    Ok(warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(stream)).into_response())
+}
+
 /// A `job` event with the job at once and at each change, until it ends (a `deleted` event
 /// if it is deleted meanwhile).
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", operation_id = "job_events", tag = "jobs", security(("bearer" = [])),

@@ -79,6 +79,8 @@ pub struct JobOutput {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Job {
     pub id: JobId,
+    /// Who uploaded it (admins see everyone's jobs).
+    pub owner_email: String,
     pub state: JobState,
     /// Of the conversion, from 0 to 1.
     #[schema(minimum = 0, maximum = 1)]
@@ -115,6 +117,7 @@ impl Job {
         let tags: sqlx::types::Json<Vec<String>> = row.try_get("tags")?;
         Ok(Self {
             id: JobId::from(row.try_get::<uuid::Uuid, _>("id")?),
+            owner_email: row.try_get("owner_email")?,
             state: row.try_get::<String, _>("state")?.parse().map_err(|e| decode("state", e))?,
             progress: row.try_get("progress")?,
             preset: row.try_get::<String, _>("preset")?.parse().map_err(|e| decode("preset", e))?,

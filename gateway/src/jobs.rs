@@ -118,7 +118,7 @@ pub async fn create(
 }
 
 /// What [`Job::from_row`] reads.
-const COLUMNS: &str = "id, state, progress, preset, source_filename, source_size, source_sha256, output_file_id, \
+const COLUMNS: &str = "id, owner_email, state, progress, preset, source_filename, source_size, source_sha256, output_file_id, \
      output_duration_s, output_bitrate, tags, error, created_at, updated_at";
 
 /// The job as its owner (or an admin) sees it; `None` for anyone else.
@@ -137,6 +137,36 @@ pub async fn get_many(db: &PgPool, ids: &[JobId]) -> Result<Vec<Job>, sqlx::Erro
     let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM gateway.jobs WHERE id = ANY($1)"));
     let rows = sqlx::query(sql).bind(&ids).fetch_all(db).await?;
     rows.iter().map(Job::from_row).collect()
+}
+
+/// Every job changed after `since` (by `updated_at`), of `owners` or of everyone, each
+/// with its owner; and when the database read them, by its own clock.
+pub async fn changed_since(
+    db: &PgPool,
+    since: DateTime<Utc>,
+    owners: &[UserId],
+    everyone: bool,
+) -> Result<(Vec<(UserId, Job)>, DateTime<Utc>), sqlx::Error> {
+    let owners: Vec<uuid::Uuid> = owners.iter().map(UserId::as_uuid).collect();
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, owner_id, now() AS read_at FROM gateway.jobs
+         WHERE updated_at > $1 AND ($2 OR owner_id = ANY($3)) ORDER BY updated_at"
+    ));
+    let rows = sqlx::query(sql).bind(since).bind(everyone).bind(&owners).fetch_all(db).await?;
+    let read_at = match rows.first() {
+        Some(row) => row.try_get("read_at")?,
+        None => database_now(db).await?,
+    };
+    let jobs = rows
+        .iter()
+        .map(|row| Ok((UserId::from(row.try_get::<uuid::Uuid, _>("owner_id")?), Job::from_row(row)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok((jobs, read_at))
+}
+
+/// The database's clock, which `updated_at` is read by.
+pub async fn database_now(db: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(db).await
 }
 
 /// Where a page of `list` ends: the last job's creation time and id.

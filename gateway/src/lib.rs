@@ -7,6 +7,7 @@ pub mod caller;
 pub mod config;
 pub mod download;
 pub mod job_events;
+pub mod job_feed;
 pub mod job_routes;
 pub mod job_state;
 pub mod job_view;
@@ -20,10 +21,12 @@ pub mod proxy;
 pub mod quotas;
 pub mod retention;
 pub mod routes;
+pub mod session;
 pub mod state;
 pub mod tus;
 pub mod upload;
 pub mod upload_admission;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +79,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
     let outbox_wake = Arc::new(Notify::new());
     let job_events = Arc::new(job_events::JobEvents::new(config.stream_limits));
+    let job_feed = Arc::new(job_feed::JobFeed::default());
     let mut registry = Registry::default();
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let state = state::State {
@@ -90,6 +94,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         shutdown: shutdown.clone(),
         uploads: Arc::new(upload_admission::UploadAdmission::new(config.upload_limits)),
         job_events: job_events.clone(),
+        job_feed: job_feed.clone(),
         drains: Arc::new(tokio::sync::Semaphore::new(upload::DRAINS_AT_ONCE)),
         probes: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(2),
@@ -112,6 +117,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let api = routes::routes(state)
         .or(health.routes())
         .unify()
+        .or(web::routes())
+        .unify()
         .recover(http_error::recover)
         .with(warp::log::custom(move |info| metrics.observe(&info)));
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
@@ -121,6 +128,8 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(verifier.clone().follow_revocations(shutdown.clone()));
     let (poll_db, poll_shutdown) = (db.clone(), shutdown.clone());
     tokio::spawn(async move { job_events.poll(poll_db, poll_shutdown).await });
+    let (poll_db, poll_shutdown) = (db.clone(), shutdown.clone());
+    tokio::spawn(async move { job_feed.poll(poll_db, poll_shutdown).await });
     let job_wake = outbox_wake.clone();
     let relay = {
         let (db, bus, shutdown) = (db.clone(), bus.clone(), shutdown.clone());

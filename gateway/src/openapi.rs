@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, PathItem};
 use utoipa::{Modify, OpenApi};
 
-use crate::{download, job_routes, proxy, tus, upload};
+use crate::{download, job_routes, proxy, session, tus, upload};
 
 /// Bytes of a file, in a request or an answer.
 #[derive(utoipa::ToSchema)]
@@ -22,7 +22,9 @@ pub struct Binary(#[expect(dead_code, reason = "a schema only")] Vec<u8>);
         title = "Tunewire gateway",
         version = "1.0.0",
         description = "Upload a video or audio file, follow its conversion to MP3, download it. \
-                       Every error is JSON {\"error\": code, \"message\": text}."
+                       Every error is JSON {\"error\": code, \"message\": text}. \
+                       The web app signs in with `POST /v1/session`: its cookie stands for the bearer token, \
+                       and a request signed in by it that changes something carries `X-CSRF-Token`."
     ),
     servers((url = "/")),
     paths(
@@ -30,12 +32,15 @@ pub struct Binary(#[expect(dead_code, reason = "a schema only")] Vec<u8>);
         proxy::register,
         proxy::login,
         proxy::change_password,
+        session::sign_in,
+        session::sign_out,
         job_routes::me,
         upload::upload,
         job_routes::list_jobs,
         job_routes::get_job,
         job_routes::delete_job,
         job_routes::job_event_stream,
+        job_routes::job_feed,
         download::serve,
         download::signed_download,
         proxy::search,

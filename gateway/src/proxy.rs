@@ -31,6 +31,38 @@ pub async fn auth_proxy(
     if !["register", "login", "password"].contains(&action.as_str()) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route"));
     }
+    let authorization = authorization.filter(|_| action == "password");
+    Ok(to_auth(&action, body, remote, forwarded, authorization, &state).await?.into_response())
+}
+
+/// What auth answered, to pass on as it is.
+pub struct AuthAnswer {
+    pub status: StatusCode,
+    pub retry_after: Option<warp::http::HeaderValue>,
+    pub body: Bytes,
+}
+
+impl AuthAnswer {
+    pub fn into_response(self) -> Response {
+        let mut response =
+            warp::reply::with_header(self.body.to_vec(), header::CONTENT_TYPE, "application/json").into_response();
+        *response.status_mut() = self.status;
+        if let Some(value) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// One call to auth's `action` with the client's address added to `X-Forwarded-For`.
+pub async fn to_auth(
+    action: &str,
+    body: Bytes,
+    remote: Option<SocketAddr>,
+    forwarded: Option<String>,
+    authorization: Option<String>,
+    state: &State,
+) -> Result<AuthAnswer, ApiError> {
     let url = format!("{}/{action}", state.config.auth_url.trim_end_matches('/'));
     let mut request = state
         .http
@@ -45,20 +77,14 @@ pub async fn auth_proxy(
         };
         request = request.header("x-forwarded-for", chain);
     }
-    if let Some(authorization) = authorization.filter(|_| action == "password") {
+    if let Some(authorization) = authorization {
         request = request.header(header::AUTHORIZATION, authorization);
     }
     let resp = request.send().await.map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
-    let status = resp.status();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-    let bytes = resp.bytes().await.map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
-    let mut response =
-        warp::reply::with_header(bytes.to_vec(), header::CONTENT_TYPE, "application/json").into_response();
-    *response.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    if let Some(value) = retry_after {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
-    }
-    Ok(response)
+    let body = resp.bytes().await.map_err(|e| ApiError::unavailable("auth_unavailable", e))?;
+    Ok(AuthAnswer { status, retry_after, body })
 }
 
 // Auth's calls as the gateway serves them: `auth_proxy` forwards all three.

@@ -8,13 +8,13 @@ use bytes::{Buf, Bytes};
 use futures_util::TryStreamExt;
 use tunewire_service_runtime::ApiError;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, header};
+use warp::http::{HeaderMap, Method, header};
 use warp::{Filter, Rejection, Reply};
 
 use crate::caller::Caller;
 use crate::state::State;
 use crate::upload::{self, Details, RawUpload};
-use crate::{download, job_routes, proxy, tus};
+use crate::{download, job_routes, proxy, session, tus};
 
 type Response = warp::reply::Response;
 
@@ -24,10 +24,12 @@ fn with<T: Clone + Send + Sync + 'static>(
     warp::any().map(move || value.clone())
 }
 
+/// The caller, by bearer token or by the web app's session cookie.
 fn caller(state: State) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and(with(state)).and_then(
-        |auth: Option<String>, state: State| async move {
-            state.verifier.authorize(auth.as_deref()).await.map_err(warp::reject::custom)
+    warp::method().and(warp::header::headers_cloned()).and(with(state)).and_then(
+        |method: Method, headers: HeaderMap, state: State| async move {
+            let authorization = session::authorization(&method, &headers).map_err(warp::reject::custom)?;
+            state.verifier.authorize(authorization.as_deref()).await.map_err(warp::reject::custom)
         },
     )
 }
@@ -36,11 +38,12 @@ fn caller(state: State) -> impl Filter<Extract = (Caller,), Error = Rejection> +
 /// (a refusal must still read some of the body first), and whether the client waits for
 /// `100 Continue` before sending it.
 fn upload_request() -> impl Filter<Extract = (upload::Door,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
+    warp::method()
+        .and(warp::header::headers_cloned())
         .and(warp::header::optional::<String>("expect"))
         .and(warp::header::optional::<u64>("content-length"))
-        .map(|authorization, expect: Option<String>, content_length| upload::Door {
-            authorization,
+        .map(|method: Method, headers: HeaderMap, expect: Option<String>, content_length| upload::Door {
+            authorization: session::authorization(&method, &headers),
             content_length,
             expects_continue: expect.is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue")),
         })
@@ -99,6 +102,28 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .and_then(|action: String, body: Bytes, remote, forwarded, authorization, state: State| async move {
             answer(proxy::auth_proxy(action, body, remote, (forwarded, authorization), state).await).await
         })
+        .boxed();
+    let sign_in = warp::path!("v1" / "session")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::bytes())
+        .and(tunewire_service_runtime::server::peer())
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(with(state.clone()))
+        .and_then(|body: Bytes, remote, forwarded, state: State| async move {
+            answer(session::sign_in(body, remote, forwarded, state).await).await
+        })
+        .boxed();
+    let sign_out = warp::path!("v1" / "session")
+        .and(warp::delete())
+        .and(with(state.clone()))
+        .and_then(|state| async move { answer(session::sign_out(state).await).await })
+        .boxed();
+    let feed = warp::path!("v1" / "events")
+        .and(warp::get())
+        .and(caller(state.clone()))
+        .and(with(state.clone()))
+        .and_then(|caller, state| async move { answer(job_routes::job_feed(caller, state).await).await })
         .boxed();
     let me = warp::path!("v1" / "me")
         .and(warp::get())
@@ -185,6 +210,12 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .unify()
         .or(auth_proxy)
         .unify()
+        .or(sign_in)
+        .unify()
+        .or(sign_out)
+        .unify()
+        .or(feed)
+        .unify()
         .or(me)
         .unify()
         .or(upload_form)
@@ -209,7 +240,7 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
 }
 
 fn tus_request() -> impl Filter<Extract = (tus::TusRequest,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned().map(|headers| tus::TusRequest { headers })
+    warp::method().and(warp::header::headers_cloned()).map(|method, headers| tus::TusRequest { method, headers })
 }
 
 fn body_bytes<B, S>(body: S) -> impl futures_util::Stream<Item = Result<Bytes, String>> + Unpin + Send + 'static

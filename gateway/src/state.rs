@@ -27,6 +27,7 @@ pub struct State {
     pub shutdown: CancellationToken,
     pub uploads: Arc<crate::upload_admission::UploadAdmission>,
     pub job_events: Arc<job_events::JobEvents>,
+    pub job_feed: Arc<crate::job_feed::JobFeed>,
     /// Refused uploads whose bodies are being drained.
     pub drains: Arc<tokio::sync::Semaphore>,
     /// Probes running at once.

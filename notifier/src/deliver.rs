@@ -220,7 +220,11 @@ impl Notifier {
                     owner: c.owner.id,
                     exp: expires.timestamp(),
                 });
-                let link = format!("{}/v1/downloads/{token}", self.config.public_url.trim_end_matches('/'));
+                let link = format!(
+                    "{}{}",
+                    self.config.public_url.trim_end_matches('/'),
+                    tunewire_signed_links::page_path(&token)
+                );
                 self.templates.converted(c, &link, expires)
             }
             Outcome::Failed(f) => self.templates.failed(f),

@@ -18,6 +18,22 @@ type HmacSha256 = Hmac<Sha256>;
 /// as the HMAC-SHA256 output, so the key is not the weak part.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Where an emailed link points, under the gateway's public URL: the web app's page for the
+/// track, which works signed out and plays and downloads through [`download_path`].
+pub fn page_path(token: &str) -> String {
+    format!("/d/{token}")
+}
+
+/// The API route that serves the MP3 a link names.
+pub fn download_path(token: &str) -> String {
+    format!("/v1/downloads/{token}")
+}
+
+/// The token of a link page's path or whole URL.
+pub fn token_of_page(link: &str) -> Option<&str> {
+    link.rsplit_once("/d/").map(|(_, token)| token).filter(|t| !t.is_empty() && !t.contains('/'))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkClaims {
     pub file_id: FileId,

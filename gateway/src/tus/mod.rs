@@ -24,7 +24,7 @@ use tunewire_media_store::{Bucket, CHUNK_SIZE, MediaStore, StoreError, StoredFil
 use tunewire_service_runtime::ApiError;
 use tunewire_service_runtime::http_error::ErrorBody;
 use uuid::Uuid;
-use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use warp::{Reply, reply::Response};
 
 use crate::caller::Caller;
@@ -68,6 +68,7 @@ pub const ALLOWED_HEADERS: [&str; 9] = [
 
 /// A tus request: its headers (the token among them) and, for PATCH and creation, its body.
 pub struct TusRequest {
+    pub method: Method,
     pub headers: HeaderMap,
 }
 
@@ -92,7 +93,8 @@ impl TusRequest {
     }
 
     async fn caller(&self, state: &State) -> Result<Caller, ApiError> {
-        state.verifier.authorize(self.header("authorization")).await
+        let authorization = crate::session::authorization(&self.method, &self.headers)?;
+        state.verifier.authorize(authorization.as_deref()).await
     }
 
     fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {

@@ -272,7 +272,9 @@ pub(crate) async fn record_job(
 
 /// An upload at the door: what is known of it before its body is read.
 pub struct Door {
-    pub authorization: Option<String>,
+    /// The request's `Authorization`, from its header or its session cookie
+    /// (`session::authorization`), or why the cookie was refused.
+    pub authorization: Result<Option<String>, ApiError>,
     pub content_length: Option<u64>,
     /// The client sent `Expect: 100-continue`: it sends no body unless told to, so a refusal
     /// needs no draining (and draining would ask for the body).
@@ -286,7 +288,8 @@ impl Door {
     /// Who is uploading, and their place among the uploads in flight; a declared length
     /// over the limit is refused here too.
     async fn admit(&self, state: &State) -> Result<(Caller, UploadPlace), ApiError> {
-        let caller = state.verifier.authorize(self.authorization.as_deref()).await?;
+        let authorization = self.authorization.clone()?;
+        let caller = state.verifier.authorize(authorization.as_deref()).await?;
         let limit = state.config.max_upload_bytes;
         if self.content_length.is_some_and(|length| length > limit.saturating_add(FORM_OVERHEAD)) {
             return Err(store_error(StoreError::TooLarge { limit }));
