@@ -50,7 +50,7 @@ fn upload_request() -> impl Filter<Extract = (upload::Door,), Error = Rejection>
 }
 
 /// `true` for HEAD, `false` for GET.
-fn get_or_head() -> impl Filter<Extract = (bool,), Error = Rejection> + Clone {
+pub(crate) fn get_or_head() -> impl Filter<Extract = (bool,), Error = Rejection> + Clone {
     warp::get().map(|| false).or(warp::head().map(|| true)).unify()
 }
 

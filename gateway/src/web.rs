@@ -106,10 +106,7 @@ fn respond(asset: &Asset, head: bool, accept_encoding: Option<&str>, if_none_mat
 
 /// `GET`/`HEAD` of the app's files and pages; anything else is not found here.
 pub fn routes() -> BoxedFilter<(Response,)> {
-    warp::get()
-        .map(|| false)
-        .or(warp::head().map(|| true))
-        .unify()
+    crate::routes::get_or_head()
         .and(warp::path::full())
         .and(warp::header::optional::<String>("accept-encoding"))
         .and(warp::header::optional::<String>("if-none-match"))
