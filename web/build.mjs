@@ -1,8 +1,8 @@
 // Builds the web app: node web/build.mjs --modules <node_modules dir> --out <out dir>
 //
 // The node_modules dir is an `npm ci` of web/package.json made elsewhere (the gateway's build
-// script owns it), so esbuild and the app's bare imports are resolved from there, never from
-// a web/node_modules. Writes hashed assets, index.html, a .gz and .br of each text file and
+// script owns it), so esbuild and every bare import are resolved from there (a plugin sees to
+// it): a web/node_modules someone installed by hand can not shadow the locked packages. Writes hashed assets, index.html, a .gz and .br of each text file and
 // manifest.json (what the gateway serves, at which path, with which type and encodings).
 
 import { createHash } from 'node:crypto';
@@ -72,6 +72,19 @@ function removePrevious(out) {
   }
 }
 
+/** Resolves every bare import (`preact`, `tus-js-client`, and theirs) from `modules` only. */
+function lockedModules(modules) {
+  return {
+    name: 'locked-modules',
+    setup(build) {
+      build.onResolve({ filter: /^[^./]/ }, (args) => {
+        if (args.pluginData === 'locked') return undefined;
+        return build.resolve(args.path, { kind: args.kind, resolveDir: path.dirname(modules), pluginData: 'locked' });
+      });
+    },
+  };
+}
+
 async function main() {
   const { modules, out } = args(process.argv.slice(2));
   const require = createRequire(path.join(modules, 'noop.cjs'));
@@ -89,7 +102,7 @@ async function main() {
     platform: 'browser',
     entryNames: '[name]-[hash]',
     outdir: out,
-    nodePaths: [modules],
+    plugins: [lockedModules(modules)],
     metafile: true,
     legalComments: 'none',
     charset: 'utf8',

@@ -23,6 +23,9 @@ pub struct Caller {
     pub id: UserId,
     pub email: Email,
     pub admin: bool,
+    /// When the token was issued and when it expires (unix s), for streams that outlive a request.
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 /// How often the gateway asks auth which accounts changed their password: a token issued
@@ -213,14 +216,36 @@ impl TokenVerifier {
         })?;
         let claims = data.claims;
         let id: UserId = claims.sub.parse().map_err(|_| ApiError::unauthorized("the token's subject is invalid"))?;
-        let not_before = self.not_before.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).copied();
-        if not_before.is_some_and(|at| claims.iat < at) {
+        if self.revoked(id, claims.iat) {
             return Err(ApiError::unauthorized("the password was changed after this token was issued; log in again"));
         }
         Ok(Caller {
             id,
             email: claims.email.parse().map_err(|_| ApiError::unauthorized("the token's email is invalid"))?,
             admin: claims.role == Role::Admin,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
         })
+    }
+
+    fn revoked(&self, id: UserId, issued_at: i64) -> bool {
+        let not_before = self.not_before.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).copied();
+        not_before.is_some_and(|at| issued_at < at)
+    }
+
+    /// Returns when `caller`'s token stops being accepted: at its expiry, or within
+    /// `REVOCATIONS_EVERY` of a password change. A response that streams for longer than a
+    /// request ends with it.
+    pub async fn lapsed(self: Arc<Self>, caller: Caller) {
+        loop {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            if now >= caller.expires_at || self.revoked(caller.id, caller.issued_at) {
+                return;
+            }
+            let left = Duration::from_secs(u64::try_from(caller.expires_at - now).unwrap_or(0));
+            tokio::time::sleep(left.min(REVOCATIONS_EVERY)).await;
+        }
     }
 }

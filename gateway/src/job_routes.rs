@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 use tunewire_contract::{Account, JobId, Role};
 use tunewire_media_store::Bucket;
@@ -194,11 +195,12 @@ pub async fn delete_job(id: String, caller: Caller, state: State) -> Result<Resp
 }
 
 /// A `job` event with each job of the caller's (an admin's: everyone's) that changes after
-/// the stream opens: load the list when it opens (and reopens), then apply these.
+/// the stream opens: load the list when it opens (and reopens), then apply these. The stream
+/// ends when the token expires or is revoked by a password change; reopening then needs a new one.
 #[utoipa::path(get, path = "/v1/events", operation_id = "job_feed", tag = "jobs", security(("bearer" = [])),
     summary = "Follow all your jobs: Server-Sent Events with each change",
     responses(
-        (status = 200, description = "An event stream of `job` events", content_type = "text/event-stream", body = Job),
+        (status = 200, description = "An event stream of `job` events, until the token expires or is revoked", content_type = "text/event-stream", body = Job),
         (status = 401, response = ErrorBody),
         (status = 429, description = "Too many event streams open: `too_many_streams` (yours, per gateway process) \
             or `server_busy` (the process's)", body = ErrorBody, headers(("Retry-After" = u64))),
@@ -207,6 +209,7 @@ pub async fn delete_job(id: String, caller: Caller, state: State) -> Result<Resp
 pub async fn job_feed(caller: Caller, state: State) -> Result<Response, ApiError> {
     let place = state.job_events.admit(&caller.id)?;
     let stream = state.job_feed.follow(&caller, place, state.shutdown.clone());
+    let stream = stream.take_until(Box::pin(state.verifier.clone().lapsed(caller)));
     Ok(warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(stream)).into_response())
 }
 
@@ -232,5 +235,6 @@ pub async fn job_event_stream(id: String, caller: Caller, state: State) -> Resul
         .map_err(|e| ApiError::unavailable("database_unavailable", e))?
         .ok_or_else(|| ApiError::not_found("job"))?;
     let stream = state.job_events.follow(id, first, place, state.shutdown.clone());
+    let stream = stream.take_until(Box::pin(state.verifier.clone().lapsed(caller)));
     Ok(warp::sse::reply(warp::sse::keep_alive().interval(Duration::from_secs(15)).stream(stream)).into_response())
 }

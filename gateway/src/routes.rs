@@ -105,13 +105,14 @@ pub fn routes(state: State) -> BoxedFilter<(Response,)> {
         .boxed();
     let sign_in = warp::path!("v1" / "session")
         .and(warp::post())
+        .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(16 * 1024))
         .and(warp::body::bytes())
         .and(tunewire_service_runtime::server::peer())
         .and(warp::header::optional::<String>("x-forwarded-for"))
         .and(with(state.clone()))
-        .and_then(|body: Bytes, remote, forwarded, state: State| async move {
-            answer(session::sign_in(body, remote, forwarded, state).await).await
+        .and_then(|headers, body: Bytes, remote, forwarded, state: State| async move {
+            answer(session::sign_in(headers, body, remote, forwarded, state).await).await
         })
         .boxed();
     let sign_out = warp::path!("v1" / "session")

@@ -107,6 +107,31 @@ fn set_cookie(name: &str, value: &str, max_age: u64, http_only: bool, secure: bo
     HeaderValue::from_str(&cookie).ok()
 }
 
+/// Refuses a sign-in another site's page could have sent: a form cannot send JSON (its
+/// content types need no CORS preflight; `application/json` does, and we grant none), and
+/// browsers that say where a request comes from must say it is this site. Without this, a
+/// page elsewhere could sign a visitor into the attacker's account (login CSRF).
+fn from_this_site(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "sign in with a JSON body and Content-Type: application/json",
+        ));
+    }
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("same-origin");
+    if !matches!(site, "same-origin" | "none") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross_site_request",
+            format!("a sign-in from another site ({site}) is refused"),
+        ));
+    }
+    Ok(())
+}
+
 /// Signs in with auth's login and keeps the token in the session cookie; auth's refusals
 /// (wrong password, too many attempts with `Retry-After`) are passed on as they are.
 #[utoipa::path(post, path = "/v1/session", operation_id = "sign_in", tag = "accounts",
@@ -117,16 +142,20 @@ fn set_cookie(name: &str, value: &str, max_age: u64, http_only: bool, secure: bo
             body = Session),
         (status = 400, response = ErrorBody),
         (status = 401, response = ErrorBody),
+        (status = 403, description = "Sent from another site's page: `cross_site_request`", body = ErrorBody),
+        (status = 415, description = "Not sent as `application/json`", body = ErrorBody),
         (status = 429, description = "Too many failed logins", body = ErrorBody, headers(("Retry-After" = u64))),
         (status = 503, response = ErrorBody),
         (status = "default", response = ErrorBody),
     ))]
 pub async fn sign_in(
+    headers: HeaderMap,
     body: Bytes,
     remote: Option<SocketAddr>,
     forwarded: Option<String>,
     state: State,
 ) -> Result<Response, ApiError> {
+    from_this_site(&headers)?;
     let answer = proxy::to_auth("login", body, remote, forwarded, None, &state).await?;
     if answer.status != StatusCode::OK {
         return Ok(answer.into_response());
@@ -195,6 +224,24 @@ mod tests {
         assert!(authorization(&Method::POST, &wrong).is_err());
         let right = headers(&[("cookie", &cookie), ("x-csrf-token", &csrf_token(session))]);
         assert_eq!(authorization(&Method::POST, &right).expect("csrf").as_deref(), Some("Bearer eyJ.payload.sig"));
+    }
+
+    #[test]
+    fn a_sign_in_must_be_json_from_this_site() {
+        let json = [("content-type", "application/json; charset=utf-8")];
+        assert!(from_this_site(&headers(&json)).is_ok(), "API clients send no Sec-Fetch-Site");
+        let ours = [("content-type", "application/json"), ("sec-fetch-site", "same-origin")];
+        assert!(from_this_site(&headers(&ours)).is_ok());
+        for form in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+            let refused = from_this_site(&headers(&[("content-type", form)])).expect_err(form);
+            assert_eq!(refused.code, "unsupported_media_type");
+        }
+        assert!(from_this_site(&headers(&[])).is_err(), "no content type");
+        for site in ["cross-site", "same-site"] {
+            let refused = from_this_site(&headers(&[("content-type", "application/json"), ("sec-fetch-site", site)]))
+                .expect_err(site);
+            assert_eq!(refused.code, "cross_site_request");
+        }
     }
 
     #[test]

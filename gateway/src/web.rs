@@ -74,7 +74,12 @@ fn respond(asset: &Asset, head: bool, accept_encoding: Option<&str>, if_none_mat
         (_, Some(gzip)) if accepts(accept_encoding, "gzip") => (Some("gzip"), gzip),
         _ => (None, asset.identity),
     };
-    let not_modified = crate::download::none_match(if_none_match, asset.etag);
+    // Each encoding is its own representation, so its own validator (RFC 9110 8.8.3).
+    let etag = match encoding {
+        Some(coding) => format!("{}-{coding}\"", asset.etag.trim_end_matches('"')),
+        None => asset.etag.to_owned(),
+    };
+    let not_modified = crate::download::none_match(if_none_match, &etag);
     let empty: &'static [u8] = &[];
     let mut response = if not_modified || head { empty.into_response() } else { body.into_response() };
     if not_modified {
@@ -85,7 +90,6 @@ fn respond(asset: &Asset, head: bool, accept_encoding: Option<&str>, if_none_mat
     for (name, value) in [
         (header::CONTENT_TYPE, asset.content_type),
         (header::CACHE_CONTROL, cache),
-        (header::ETAG, asset.etag),
         (header::VARY, "accept-encoding"),
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -94,6 +98,9 @@ fn respond(asset: &Asset, head: bool, accept_encoding: Option<&str>, if_none_mat
         (header::REFERRER_POLICY, "no-referrer"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, etag);
     }
     if let Some(encoding) = encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));

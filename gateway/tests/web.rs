@@ -41,8 +41,14 @@ async fn the_app_is_served_compressed_cached_and_under_a_strict_policy() -> anyh
     assert!(header(&js, "content-type").starts_with("text/javascript"));
     let etag = header(&js, "etag").to_owned();
     let compressed = js.bytes().await?.len();
-    let again = g.http.get(g.at(&script)).header("if-none-match", &etag).send().await?;
-    assert_eq!(again.status(), 304);
+    let revalidate = |encodings: &'static str| {
+        g.http.get(g.at(&script)).header("accept-encoding", encodings).header("if-none-match", &etag).send()
+    };
+    assert_eq!(revalidate("gzip, br").await?.status(), 304);
+    // Another encoding is another representation: the brotli validator does not stand for it.
+    let other = revalidate("identity").await?;
+    assert_eq!(other.status(), 200);
+    assert_ne!(header(&other, "etag"), etag);
     let gzip = g.http.get(g.at(&script)).header("accept-encoding", "gzip").send().await?;
     assert_eq!(header(&gzip, "content-encoding"), "gzip");
     let gzipped = gzip.bytes().await?.len();
@@ -90,6 +96,22 @@ async fn a_session_cookie_stands_for_the_token_and_changes_need_its_csrf_token()
         g.http.post(g.at("/v1/session")).json(&json!({"email": user.email, "password": "not it"})).send().await?;
     assert_eq!(wrong.status(), 401, "auth's refusal is passed on");
     assert!(cookies(&wrong).is_empty());
+    // What another site's page can send: a form (no JSON content type), or JSON with the
+    // browser saying it comes from elsewhere. Neither signs the visitor in.
+    let credentials = json!({"email": user.email, "password": "correct horse"}).to_string();
+    let form = g.http.post(g.at("/v1/session")).header("content-type", "text/plain").body(credentials.clone());
+    let cross_site = g
+        .http
+        .post(g.at("/v1/session"))
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "cross-site")
+        .body(credentials);
+    for (request, status, code) in [(form, 415, "unsupported_media_type"), (cross_site, 403, "cross_site_request")] {
+        let r = request.send().await?;
+        assert_eq!(r.status(), status);
+        assert!(cookies(&r).is_empty(), "no session from a refused sign-in");
+        assert_eq!(r.json::<Value>().await?["error"], code);
+    }
 
     let r = g
         .http
@@ -232,5 +254,32 @@ async fn the_job_feed_tells_each_user_of_their_jobs_and_admins_of_all() -> anyho
 
     let unauthenticated = g.http.get(g.at("/v1/events")).send().await?;
     assert_eq!(unauthenticated.status(), 401);
+    g.stop().await
+}
+
+#[tokio::test]
+async fn a_feed_ends_when_its_token_is_revoked() -> anyhow::Result<()> {
+    let g = Gateway::start().await?;
+    let user = g.user().await?;
+    let r = g.http.get(g.at("/v1/events")).bearer_auth(&user.token).send().await?;
+    assert_eq!(r.status(), 200);
+    let mut feed = r.bytes_stream();
+    let r = g
+        .http
+        .post(g.at("/v1/auth/password"))
+        .bearer_auth(&user.token)
+        .json(&json!({"current_password": "correct horse", "new_password": "battery staple"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, feed.next()).await.context("the feed outlived its token")? {
+            None => break,
+            Some(chunk) => drop(chunk?),
+        }
+    }
+    let reopened = g.http.get(g.at("/v1/events")).bearer_auth(&user.token).send().await?;
+    assert_eq!(reopened.status(), 401, "and the old token cannot reopen it");
     g.stop().await
 }

@@ -13,6 +13,7 @@ import { Link, navigate, route, useLocation, useTitle } from './router.js';
 import { SearchPage } from './search.js';
 import { loadMe, signOut } from './session.js';
 import { Status } from './ui.js';
+import { setUploadOwner } from './uploads.js';
 
 function Header({ me, path, onSignOut }) {
   const current = (href) => (path === href ? 'page' : undefined);
@@ -71,6 +72,10 @@ function App() {
     if (!needMe || me !== undefined) return;
     loadMe().then(setMe, (err) => setProblem(err.message));
   }, [needMe, me]);
+
+  useEffect(() => {
+    if (me !== undefined) setUploadOwner(me?.id ?? '');
+  }, [me]);
 
   // Redirects: signed-out users to sign in, signed-in users away from the sign-in forms.
   useEffect(() => {

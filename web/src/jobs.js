@@ -13,17 +13,25 @@ import { Uploads } from './uploads.js';
 
 const PAGE = 50;
 
-const newestFirst = (a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0);
+// Times are compared as instants: RFC 3339 strings with different fractions or offsets do
+// not sort as text.
+const instant = (t) => Date.parse(t) || 0;
+const newestFirst = (a, b) => instant(b.created_at) - instant(a.created_at);
 
 /** The later of two versions of one job. */
 function newer(a, b) {
   if (!a) return b;
   if (!b) return a;
-  return a.updated_at >= b.updated_at ? a : b;
+  return instant(a.updated_at) >= instant(b.updated_at) ? a : b;
 }
+
+// Jobs deleted from this page: an event or a list read already under way may still carry
+// them, and must not bring them back.
+const deleted = new Set();
 
 function upsert(list, job, stateFilter) {
   const rest = list.filter((j) => j.id !== job.id);
+  if (deleted.has(job.id)) return rest;
   const current = list.find((j) => j.id === job.id);
   const latest = newer(current, job);
   if (stateFilter && latest.state !== stateFilter) return rest;
@@ -56,7 +64,7 @@ export function useJobFeed(stateFilter) {
         const page = await api('GET', `/v1/jobs${query({ state: stateFilter, limit: PAGE })}`);
         if (stopped || seq !== loadSeq) return;
         setJobs(() => {
-          let list = page.jobs.map((j) => newer(seen.get(j.id), j));
+          let list = page.jobs.filter((j) => !deleted.has(j.id)).map((j) => newer(seen.get(j.id), j));
           for (const job of seen.values()) list = upsert(list, job, stateFilter);
           return list.sort(newestFirst);
         });
@@ -136,6 +144,7 @@ export function useJobFeed(stateFilter) {
 
   const remove = useCallback(async (job) => {
     await api('DELETE', `/v1/jobs/${encodeURIComponent(job.id)}`);
+    deleted.add(job.id);
     setJobs((list) => list.filter((j) => j.id !== job.id));
   }, []);
 

@@ -29,6 +29,8 @@ export function useLocation() {
 
 /** Which view a path shows, and whether it needs a signed-in user. */
 export function route(path) {
+  // The gateway serves /sign-up/ as /sign-up; so do we.
+  if (path.length > 1) path = path.replace(/\/+$/, '');
   if (path === '/') return { name: 'jobs', auth: true };
   if (path === '/sign-in') return { name: 'sign-in', auth: false };
   if (path === '/sign-up') return { name: 'sign-up', auth: false };

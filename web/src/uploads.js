@@ -120,6 +120,25 @@ async function forget(uploadUrl) {
   await Promise.all(all.filter((u) => u.uploadUrl === uploadUrl).map((u) => storage.removeUpload(u.urlStorageKey)));
 }
 
+// Whose uploads these are: each fingerprint starts with the account's id, so after a sign-out
+// another account on this browser neither sees nor continues them.
+let owner = '';
+
+/** Called with the signed-in account's id ('' when signed out). */
+export function setUploadOwner(id) {
+  if (owner === (id || '')) return;
+  owner = id || '';
+  for (const upload of running.values()) upload.abort().catch(() => {});
+  running.clear();
+  meters.clear();
+  set({ items: [], remembered: [], notice: '' });
+  if (owner) refreshRemembered();
+}
+
+async function fingerprint(file, options) {
+  return `${owner}/${await tus.defaultOptions.fingerprint(file, options)}`;
+}
+
 export async function refreshRemembered() {
   let all = [];
   try {
@@ -129,6 +148,7 @@ export async function refreshRemembered() {
   }
   const active = new Set([...running.values()].map((u) => u.url).filter(Boolean));
   const remembered = all
+    .filter((u) => owner && u.urlStorageKey?.startsWith(`tus::${owner}/`))
     .filter((u) => !active.has(u.uploadUrl))
     .sort((a, b) => String(b.creationTime).localeCompare(String(a.creationTime)));
   set({ remembered });
@@ -165,6 +185,7 @@ export async function start(key) {
     chunkSize: CHUNK_SIZE,
     retryDelays: [0, 1000, 3000, 5000],
     metadata,
+    fingerprint,
     storeFingerprintForResuming: true,
     removeFingerprintOnSuccess: true,
     onBeforeRequest,
