@@ -42,6 +42,8 @@ pub struct Options {
     pub retention: Option<tunewire_gateway::retention::Policy>,
     /// An admin account auth makes at start: (email, password).
     pub admin: Option<(String, String)>,
+    /// How long auth's tokens last, when a test needs them to expire.
+    pub token_ttl_s: Option<u64>,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             replicas: 2,
             retention: None,
             admin: None,
+            token_ttl_s: None,
         }
     }
 }
@@ -185,6 +188,9 @@ impl Pipeline {
         if let Some((email, password)) = &options.admin {
             let email = email.parse().map_err(|e| anyhow::anyhow!("admin email {email:?}: {e}"))?;
             auth_config.admin = Some((email, password.clone().into()));
+        }
+        if let Some(ttl) = options.token_ttl_s {
+            auth_config.token_ttl_s = ttl;
         }
         let auth = tunewire_auth::start(auth_config, shutdown.clone()).await?;
         health.auth.push(auth.addr);

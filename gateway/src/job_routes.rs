@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::Serialize;
+use tunewire_contract::accounts::{Me, QuotaLimit, QuotaReport, QuotaUse};
 use tunewire_contract::{Account, JobId, Role};
 use tunewire_media_store::Bucket;
 use tunewire_service_runtime::ApiError;
@@ -20,37 +20,6 @@ use crate::state::State;
 use tunewire_service_runtime::http_error::ErrorBody;
 
 type Response = warp::reply::Response;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QuotaUse {
-    pub used: i64,
-    pub limit: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QuotaLimit {
-    pub limit: usize,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct QuotaReport {
-    /// Jobs queued or converting.
-    pub jobs_in_progress: QuotaUse,
-    /// Bytes of originals still stored (jobs not failed or expired whose original retention
-    /// has not removed).
-    pub stored_bytes: QuotaUse,
-    /// Uploads one user may stream in at once (per gateway process).
-    pub uploads_in_flight: QuotaLimit,
-    /// Job event streams one user may have open at once (per gateway process).
-    pub event_streams: QuotaLimit,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Me {
-    #[serde(flatten)]
-    pub account: Account,
-    pub quotas: QuotaReport,
-}
 
 #[derive(ToSchema)]
 #[serde(rename_all = "lowercase")]

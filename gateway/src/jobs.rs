@@ -12,7 +12,7 @@ use tunewire_contract::{
 };
 
 use crate::caller::Caller;
-use crate::job_view::{Job, JobState};
+use crate::job_view::{self, Job, JobState};
 use crate::quotas::{Exceeded, Quotas, Usage};
 
 pub enum Created {
@@ -117,7 +117,7 @@ pub async fn create(
     Err(sqlx::Error::Protocol("the duplicate job kept changing state".into()).into())
 }
 
-/// What [`Job::from_row`] reads.
+/// What [`job_view::from_row`] reads.
 const COLUMNS: &str = "id, owner_email, state, progress, preset, source_filename, source_size, source_sha256, output_file_id, \
      output_duration_s, output_bitrate, tags, error, created_at, updated_at";
 
@@ -127,7 +127,7 @@ pub async fn get(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Job>,
         sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM gateway.jobs WHERE id = $1 AND (owner_id = $2 OR $3)"));
     let row =
         sqlx::query(sql).bind(id.as_uuid()).bind(caller.id.as_uuid()).bind(caller.admin).fetch_optional(db).await?;
-    row.as_ref().map(Job::from_row).transpose()
+    row.as_ref().map(job_view::from_row).transpose()
 }
 
 /// The jobs among `ids` that still exist, whoever owns them: for event streams whose caller
@@ -136,7 +136,7 @@ pub async fn get_many(db: &PgPool, ids: &[JobId]) -> Result<Vec<Job>, sqlx::Erro
     let ids: Vec<uuid::Uuid> = ids.iter().map(JobId::as_uuid).collect();
     let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM gateway.jobs WHERE id = ANY($1)"));
     let rows = sqlx::query(sql).bind(&ids).fetch_all(db).await?;
-    rows.iter().map(Job::from_row).collect()
+    rows.iter().map(job_view::from_row).collect()
 }
 
 /// Every job changed after `since` (by `updated_at`), of `owners` or of everyone, each
@@ -159,7 +159,7 @@ pub async fn changed_since(
     };
     let jobs = rows
         .iter()
-        .map(|row| Ok((UserId::from(row.try_get::<uuid::Uuid, _>("owner_id")?), Job::from_row(row)?)))
+        .map(|row| Ok((UserId::from(row.try_get::<uuid::Uuid, _>("owner_id")?), job_view::from_row(row)?)))
         .collect::<Result<_, sqlx::Error>>()?;
     Ok((jobs, read_at))
 }
@@ -220,7 +220,7 @@ pub async fn list(
         Some(row) if more => Some(Cursor { created_at: row.try_get("created_at")?, id: row.try_get("id")? }),
         _ => None,
     };
-    Ok((page.iter().map(Job::from_row).collect::<Result<_, _>>()?, next))
+    Ok((page.iter().map(job_view::from_row).collect::<Result<_, _>>()?, next))
 }
 
 pub struct Download {

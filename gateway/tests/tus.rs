@@ -625,10 +625,10 @@ async fn a_browser_on_an_allowed_origin_may_use_tus_and_read_its_headers() -> an
 }
 
 #[tokio::test]
-async fn the_readme_resumes_an_upload_by_hand_with_curl() -> anyhow::Result<()> {
+async fn the_api_guide_resumes_an_upload_by_hand_with_curl() -> anyhow::Result<()> {
     let g = Gateway::start().await?;
     let user = g.user().await?;
-    let readme = std::fs::read_to_string(root().join("README.md"))?;
+    let readme = std::fs::read_to_string(root().join("docs/api.md"))?;
     let from = readme.find("ffmpeg -loglevel error -y -f lavfi -i sine=frequency=330").context("the session")?;
     let session = &readme[from..from + readme[from..].find("```").context("its end")?];
     let out = tokio::process::Command::new("bash")

@@ -52,3 +52,39 @@ pub struct Token {
     /// Seconds.
     pub expires_in: u64,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QuotaUse {
+    pub used: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QuotaLimit {
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QuotaReport {
+    /// Jobs queued or converting.
+    pub jobs_in_progress: QuotaUse,
+    /// Bytes of originals still stored (jobs not failed or expired whose original retention
+    /// has not removed).
+    pub stored_bytes: QuotaUse,
+    /// Uploads one user may stream in at once (per gateway process).
+    pub uploads_in_flight: QuotaLimit,
+    /// Job event streams one user may have open at once (per gateway process).
+    pub event_streams: QuotaLimit,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+/// `GET /v1/me`: the caller, and where they stand against their quotas.
+pub struct Me {
+    #[serde(flatten)]
+    pub account: Account,
+    pub quotas: QuotaReport,
+}

@@ -1,10 +1,11 @@
 //! What Tunewire's services agree on, with no I/O: the ids they share, the events they
 //! exchange (versioned by routing key), the claims of an access token, and the bodies of
-//! the account calls and of a search answer. The broker transport that carries the events is `tunewire-events`.
+//! the account calls, of a job and of a search answer. The broker transport that carries the events is `tunewire-events`.
 
 pub mod accounts;
 pub mod events;
 pub mod ids;
+pub mod jobs;
 pub mod search;
 pub mod tokens;
 

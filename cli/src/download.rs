@@ -1,0 +1,112 @@
+//! `tunewire download`: a converted job's MP3, named after the original, written to
+//! `NAME.mp3.part` and renamed when whole; a `.part` left by an interrupted run is continued
+//! with a Range request.
+
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tunewire_contract::jobs::JobState;
+
+use crate::api::{self, Api};
+use crate::error::CliError;
+use crate::jobs;
+use crate::progress::Progress;
+
+#[derive(Debug, Serialize)]
+pub struct Downloaded {
+    pub job_id: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Bytes an earlier, interrupted download had already written.
+    pub resumed_at: u64,
+}
+
+/// The MP3's file name: the original's, with `.mp3`, and nothing that leaves the folder.
+pub fn file_name(original: &str) -> String {
+    let base = original.rsplit(['/', '\\']).next().unwrap_or_default();
+    let stem = match base.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => base,
+    };
+    let clean: String = stem.chars().map(|c| if c.is_control() || c == ':' { '_' } else { c }).collect();
+    let clean = clean.trim().trim_start_matches('.');
+    format!("{}.mp3", if clean.is_empty() { "track" } else { clean })
+}
+
+pub async fn one(api: &Api, id: &str, dir: &Path, progress: &Progress) -> Result<Downloaded, CliError> {
+    let job = jobs::get(api, id).await?;
+    let (Some(output), JobState::Converted) = (&job.output, job.state) else {
+        return Err(CliError::Api {
+            status: 409,
+            code: "not_converted".into(),
+            message: format!("job {id} is {}, there is no MP3 to download", job.state),
+        });
+    };
+    let target = dir.join(file_name(&job.source.filename));
+    let part = PathBuf::from(format!("{}.part", target.display()));
+    let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+
+    let mut request = api.request(Method::GET, &format!("/v1/files/{}", output.file_id))?;
+    if have > 0 {
+        request = request.header("range", format!("bytes={have}-"));
+    }
+    let response = api.send(request).await?;
+    let (resumed_at, response) = match response.status() {
+        StatusCode::PARTIAL_CONTENT => (have, response),
+        // Nothing past what we have: the part is whole.
+        StatusCode::RANGE_NOT_SATISFIABLE => {
+            finish(&part, &target).await?;
+            return Ok(Downloaded { job_id: id.to_owned(), path: target, bytes: have, resumed_at: have });
+        }
+        _ => (0, api::ok(response).await?),
+    };
+    let total = resumed_at + response.content_length().unwrap_or(0);
+    let bar = progress.file(&file_name(&job.source.filename), total);
+    bar.at(resumed_at);
+    if resumed_at > 0 {
+        bar.status(&format!("resuming at {}", crate::output::bytes(resumed_at)));
+    }
+    let what = || format!("writing {}", part.display());
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed_at > 0)
+        .truncate(resumed_at == 0)
+        .open(&part)
+        .await
+        .map_err(|e| CliError::io(what(), e))?;
+    let mut written = resumed_at;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| api.unreachable(&e))?;
+        file.write_all(&chunk).await.map_err(|e| CliError::io(what(), e))?;
+        written += chunk.len() as u64;
+        bar.at(written);
+    }
+    file.flush().await.map_err(|e| CliError::io(what(), e))?;
+    drop(file);
+    finish(&part, &target).await?;
+    bar.done(&format!("saved {}", target.display()));
+    Ok(Downloaded { job_id: id.to_owned(), path: target, bytes: written, resumed_at })
+}
+
+async fn finish(part: &Path, target: &Path) -> Result<(), CliError> {
+    tokio::fs::rename(part, target).await.map_err(|e| CliError::io(format!("renaming {}", part.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_original_and_stay_in_the_folder() {
+        assert_eq!(file_name("talk.mp4"), "talk.mp3");
+        assert_eq!(file_name("../../etc/passwd"), "passwd.mp3");
+        assert_eq!(file_name("..."), "track.mp3");
+        assert_eq!(file_name("noext"), "noext.mp3");
+        assert_eq!(file_name("a.b.wav"), "a.b.mp3");
+    }
+}

@@ -1,0 +1,106 @@
+//! Unfinished uploads, so that a run stopped any way (Ctrl-C, a dropped connection, a killed
+//! process) and started again continues each file where the server's copy ends. Keyed by the
+//! file's path, size and modification time: a file changed since is uploaded afresh.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config;
+use crate::error::CliError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub server: String,
+    /// The tus upload's address on that server.
+    pub url: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Stored {
+    uploads: BTreeMap<String, Entry>,
+}
+
+/// Which file an entry is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileKey(String);
+
+impl FileKey {
+    pub fn of(path: &Path, metadata: &std::fs::Metadata) -> Self {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mtime =
+            metadata.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        FileKey(format!("{}|{}|{mtime}", path.display(), metadata.len()))
+    }
+}
+
+/// `uploads.json` in the config folder. One process's uploads share it under a lock; two
+/// processes uploading at once may each lose the other's newest entry (that file then
+/// starts over).
+pub struct ResumeStore {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl ResumeStore {
+    pub fn new(dir: &Path) -> Self {
+        ResumeStore { path: dir.join("uploads.json"), lock: Mutex::new(()) }
+    }
+
+    fn update<T>(&self, change: impl FnOnce(&mut Stored) -> T) -> Result<T, CliError> {
+        let _held = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stored: Stored = config::read_json(&self.path)?.unwrap_or_default();
+        let before = serde_json::to_vec(&stored).unwrap_or_default();
+        let out = change(&mut stored);
+        if serde_json::to_vec(&stored).unwrap_or_default() != before {
+            config::write_json(&self.path, &stored)?;
+        }
+        Ok(out)
+    }
+
+    pub fn get(&self, key: &FileKey, server: &str) -> Result<Option<String>, CliError> {
+        self.update(|s| s.uploads.get(&key.0).filter(|e| e.server == server).map(|e| e.url.clone()))
+    }
+
+    pub fn put(&self, key: &FileKey, entry: Entry) -> Result<(), CliError> {
+        self.update(|s| {
+            s.uploads.insert(key.0.clone(), entry);
+        })
+    }
+
+    pub fn remove(&self, key: &FileKey) -> Result<(), CliError> {
+        self.update(|s| {
+            s.uploads.remove(&key.0);
+        })
+    }
+
+    /// Every entry (the tests read where an upload went).
+    pub fn entries(&self) -> Result<Vec<Entry>, CliError> {
+        self.update(|s| s.uploads.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_for_one_file_on_one_server() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("a.wav");
+        std::fs::write(&file, b"1234").expect("written");
+        let key = FileKey::of(&file, &std::fs::metadata(&file).expect("stat"));
+        let store = ResumeStore::new(dir.path());
+        store.put(&key, Entry { server: "http://a".into(), url: "/v1/tus/1".into() }).expect("put");
+        assert_eq!(store.get(&key, "http://a").expect("get").as_deref(), Some("/v1/tus/1"));
+        assert_eq!(store.get(&key, "http://b").expect("get"), None);
+        std::fs::write(&file, b"12345").expect("changed");
+        let changed = FileKey::of(&file, &std::fs::metadata(&file).expect("stat"));
+        assert_ne!(changed, key, "a changed file is another upload");
+        store.remove(&key).expect("removed");
+        assert_eq!(store.get(&key, "http://a").expect("get"), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! `tunewire upload`: files (and the media files in folders) sent with tus, a few at a time,
+//! each continued where the server's copy ends if an earlier run stopped; with `--wait`,
+//! each followed to the end of its conversion.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use tunewire_contract::jobs::{Job, JobState};
+
+use crate::api::Api;
+use crate::args;
+use crate::error::CliError;
+use crate::follow::{self, End};
+use crate::progress::{FileProgress, Progress};
+use crate::rate::Rate;
+use crate::resume::{Entry, FileKey, ResumeStore};
+use crate::tus::{self, Metadata};
+
+/// What a folder is searched for: the usual audio and video containers. Files named on the
+/// command line are sent whatever their name; the server judges their content.
+const MEDIA_EXTENSIONS: &[&str] = &[
+    "aac", "aif", "aiff", "alac", "amr", "ape", "avi", "flac", "flv", "m4a", "m4b", "m4v", "mka", "mkv", "mov", "mp2",
+    "mp3", "mp4", "mpeg", "mpg", "oga", "ogg", "ogv", "opus", "ts", "wav", "weba", "webm", "wma", "wmv",
+];
+
+/// Sends that failed for a reason that may pass (a dropped connection, a busy server) are
+/// tried again this many times, waiting longer each time.
+const ATTEMPTS: u32 = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Sent whole; the job was not waited for.
+    Uploaded,
+    Converted,
+    /// The conversion failed (or the job expired or was deleted while waited for).
+    Failed,
+    /// The server would not take the file.
+    Refused,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    pub error: String,
+    pub message: String,
+}
+
+/// One file's result, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct FileResult {
+    pub file: String,
+    pub size: u64,
+    pub outcome: Outcome,
+    /// Bytes the server already had from an earlier run.
+    pub resumed_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Refusal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+}
+
+/// The files to send: named files as they are, folders walked for media files (hidden ones
+/// skipped), in name order.
+pub fn files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let metadata = std::fs::metadata(path).map_err(|e| CliError::io(format!("{}", path.display()), e))?;
+        if metadata.is_dir() {
+            walk(path, &mut out)?;
+        } else {
+            out.push(path.clone());
+        }
+    }
+    if out.is_empty() {
+        return Err(CliError::Usage("no media files found there".into()));
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
+    let read = std::fs::read_dir(dir).map_err(|e| CliError::io(format!("reading {}", dir.display()), e))?;
+    let mut entries: Vec<PathBuf> = read.filter_map(Result::ok).map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| MEDIA_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+struct Context<'a> {
+    api: &'a Api,
+    store: &'a ResumeStore,
+    options: &'a args::Upload,
+    progress: &'a Progress,
+    /// Each file's share of `--bwlimit`.
+    rate: Option<Rate>,
+}
+
+/// Uploads every file; refusals and failed jobs are results, a lost login or an unreachable
+/// server ends the command.
+pub async fn run(
+    api: &Api,
+    store: &ResumeStore,
+    options: &args::Upload,
+    progress_mode: crate::progress::Mode,
+) -> Result<Vec<FileResult>, CliError> {
+    let files = files(&options.paths)?;
+    let mut sizes = Vec::with_capacity(files.len());
+    for file in &files {
+        let metadata = std::fs::metadata(file).map_err(|e| CliError::io(format!("{}", file.display()), e))?;
+        sizes.push(metadata.len());
+    }
+    let total = (files.len() > 1).then(|| sizes.iter().sum());
+    let progress = Progress::new(progress_mode, total);
+    let parallel = usize::from(options.jobs).min(files.len()).max(1);
+    let rate = options.bwlimit.map(|r| Rate((r.0 / parallel as u64).max(1)));
+    let context = Context { api, store, options, progress: &progress, rate };
+    let results: Vec<Result<FileResult, CliError>> = futures_util::stream::iter(files.iter().zip(sizes))
+        .map(|(file, size)| {
+            let context = &context;
+            async move {
+                let bar = context.progress.file(&display_name(file), size);
+                one(context, file, size, &bar).await
+            }
+        })
+        .buffered(parallel)
+        .collect()
+        .await;
+    progress.finish();
+    results.into_iter().collect()
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn upload_metadata(file: &Path, options: &args::Upload) -> Metadata {
+    let mut m = Metadata::default().with("filename", display_name(file));
+    if let Some(preset) = options.preset {
+        m = m.with("preset", preset.as_str());
+    }
+    for (key, value) in [("title", &options.title), ("artist", &options.artist), ("album", &options.album)] {
+        if let Some(value) = value {
+            m = m.with(key, value.clone());
+        }
+    }
+    if options.loudnorm {
+        m = m.with("loudnorm", "true");
+    }
+    m
+}
+
+async fn one(context: &Context<'_>, file: &Path, size: u64, bar: &FileProgress<'_>) -> Result<FileResult, CliError> {
+    let api = context.api;
+    let name = file.display().to_string();
+    let metadata = std::fs::metadata(file).map_err(|e| CliError::io(name.clone(), e))?;
+    let key = FileKey::of(file, &metadata);
+    let result = |outcome, resumed_at, job_id, reason, job| FileResult {
+        file: name.clone(),
+        size,
+        outcome,
+        resumed_at,
+        job_id,
+        reason,
+        job,
+    };
+
+    // An earlier run's upload, if the server still has it.
+    let mut resumed = None;
+    if let Some(url) = context.store.get(&key, &api.server)? {
+        match tus::stored(api, &url).await? {
+            Some(stored) => resumed = Some((url, stored)),
+            None => context.store.remove(&key)?,
+        }
+    }
+    let (url, mut stored) = match resumed {
+        Some((url, stored)) => {
+            bar.status(&format!("resuming at {}", crate::output::bytes(stored.offset)));
+            (url, stored)
+        }
+        None => match tus::create(api, size, &upload_metadata(file, context.options)).await {
+            Ok(url) => {
+                context.store.put(&key, Entry { server: api.server.clone(), url: url.clone() })?;
+                (url, tus::Stored { offset: 0, job_id: None })
+            }
+            Err(CliError::Api { code, message, status }) if status < 500 && !matches!(status, 408 | 423 | 429) => {
+                bar.done(&format!("refused: {message}"));
+                return Ok(result(Outcome::Refused, 0, None, Some(Refusal { error: code, message }), None));
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    let resumed_at = stored.offset;
+    bar.at(stored.offset);
+
+    let mut attempt = 0;
+    while stored.job_id.is_none() {
+        if stored.offset < size || attempt == 0 {
+            bar.status("sending");
+        }
+        let outcome = send_showing_progress(context, &url, file, stored.offset, bar).await;
+        match outcome {
+            Ok(now) => stored = now,
+            Err(CliError::Api { code, message, status }) if !retryable(status, &code) => {
+                context.store.remove(&key)?;
+                bar.done(&format!("refused: {message}"));
+                return Ok(result(Outcome::Refused, resumed_at, None, Some(Refusal { error: code, message }), None));
+            }
+            Err(e) if (e.transient() || matches!(e, CliError::Api { .. })) && attempt + 1 < ATTEMPTS => {
+                attempt += 1;
+                let wait = Duration::from_secs(1 << attempt.min(4));
+                bar.status(&format!("{e}; trying again in {} s", wait.as_secs()));
+                tokio::time::sleep(wait).await;
+                // What reached the server is kept: continue from there.
+                match tus::stored(api, &url).await {
+                    Ok(Some(now)) => stored = now,
+                    Ok(None) => {
+                        context.store.remove(&key)?;
+                        return Err(CliError::Failed(format!(
+                            "{name}: the server no longer has the upload; run again"
+                        )));
+                    }
+                    Err(e) if e.transient() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        bar.at(stored.offset);
+    }
+    context.store.remove(&key)?;
+    let job_id = stored.job_id.unwrap_or_default();
+    if !context.options.wait {
+        bar.done(&format!("uploaded: job {job_id}"));
+        return Ok(result(Outcome::Uploaded, resumed_at, Some(job_id), None, None));
+    }
+
+    bar.status("queued");
+    let on_change = |job: &Job| match job.state {
+        JobState::Converting => bar.status(&format!("converting {:.0}%", job.progress * 100.0)),
+        state => bar.status(state.as_str()),
+    };
+    match follow::until_final(api, &job_id, &on_change).await? {
+        End::Final(job) if job.state == JobState::Converted => {
+            bar.done("converted");
+            Ok(result(Outcome::Converted, resumed_at, Some(job_id), None, Some(*job)))
+        }
+        End::Final(job) => {
+            let message = job.error.clone().unwrap_or_else(|| format!("the job is {}", job.state));
+            bar.done(&format!("{}: {message}", job.state));
+            let reason = Refusal { error: format!("job_{}", job.state), message };
+            Ok(result(Outcome::Failed, resumed_at, Some(job_id), Some(reason), Some(*job)))
+        }
+        End::Deleted => {
+            bar.done("deleted while converting");
+            let reason = Refusal { error: "job_deleted".into(), message: "the job was deleted".into() };
+            Ok(result(Outcome::Failed, resumed_at, Some(job_id), Some(reason), None))
+        }
+    }
+}
+
+/// A refusal that another try can not change (the file is not media, too large, over quota).
+fn retryable(status: u16, code: &str) -> bool {
+    matches!(status, 408 | 409 | 423 | 429 | 500..=599) || code == "upload_interrupted"
+}
+
+/// Sends the rest of `file` from `from`, moving the bar as the bytes leave.
+async fn send_showing_progress(
+    context: &Context<'_>,
+    url: &str,
+    file: &Path,
+    from: u64,
+    bar: &FileProgress<'_>,
+) -> Result<tus::Stored, CliError> {
+    let position = Arc::new(AtomicU64::new(from));
+    let on_sent: tus::OnSent = {
+        let position = position.clone();
+        Arc::new(move |sent| position.store(from + sent, Ordering::Relaxed))
+    };
+    let send = tus::send(context.api, url, file, from, context.rate, on_sent);
+    tokio::pin!(send);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            outcome = &mut send => return outcome,
+            _ = tick.tick() => bar.at(position.load(Ordering::Relaxed)),
+        }
+    }
+}
