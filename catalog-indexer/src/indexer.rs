@@ -99,6 +99,7 @@ impl Indexer {
             return self.unindex(event.job_id).await;
         }
         info!(job_id = %event.job_id, tags = tags.len(), "catalogued");
+        self.tags.metrics.catalogued.inc();
         let catalogued = MediaCatalogued { job_id: event.job_id, tags: tags.into_iter().map(|t| t.name).collect() };
         publisher.publish(&catalogued).await.or_retry("publishing media.catalogued")
     }

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod config;
 pub mod indexer;
 pub mod lastfm;
+pub mod metrics;
 pub mod search_index;
 pub mod tag_lookup;
 
@@ -84,6 +85,7 @@ async fn search(
     params: SearchParams,
     index: Arc<SearchIndex>,
     searches: Arc<Admission>,
+    duration: prometheus_client::metrics::histogram::Histogram,
 ) -> Result<warp::reply::Response, std::convert::Infallible> {
     if let Some(error) = too_long(&params) {
         return Ok(error.into_response());
@@ -119,6 +121,7 @@ async fn search(
             );
         }
     };
+    let started = std::time::Instant::now();
     let outcome = ticket
         .run_blocking(move || {
             let request = search_index::SearchRequest {
@@ -132,6 +135,7 @@ async fn search(
             index.search(&request)
         })
         .await;
+    duration.observe(started.elapsed().as_secs_f64());
     Ok(match outcome {
         Ok(Ok((hits, total))) => {
             let next = (offset + hits.len() < total).then(|| (offset + hits.len()).to_string());
@@ -222,7 +226,13 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if lastfm.is_none() {
         tracing::warn!("LASTFM_API_KEY is not set: tracks are catalogued without Last.fm tags");
     }
-    let tags = Arc::new(tag_lookup::TagLookup { db: db.clone(), lastfm, cache_ttl: config.lastfm_cache_ttl });
+    let metrics = metrics::CatalogMetrics::default();
+    let tags = Arc::new(tag_lookup::TagLookup {
+        db: db.clone(),
+        lastfm,
+        cache_ttl: config.lastfm_cache_ttl,
+        metrics: metrics.clone(),
+    });
     let indexer = Arc::new(indexer::Indexer { db: db.clone(), index: index.clone(), tags: tags.clone() });
     let backlog = tokio::spawn(tag_lookup::run_backlog(
         tags.clone(),
@@ -233,12 +243,14 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     ));
 
     let search_index = index.clone();
+    let search_duration = metrics.search_duration.clone();
     let searches = Arc::new(Admission::new(config.search_slots, config.search_queue));
     let search_route = warp::path!("search")
         .and(warp::get())
         .and(warp::query::<SearchParams>())
         .and(warp::any().map(move || search_index.clone()))
         .and(warp::any().map(move || searches.clone()))
+        .and(warp::any().map(move || search_duration.clone()))
         .and_then(search);
     // Ready means search answers: that takes the index alone. PostgreSQL and RabbitMQ feed
     // the catalog; without them new tracks wait, and search still serves what is indexed.
@@ -252,7 +264,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .optional("postgres", postgres::check(&db))
         .optional("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }))
         .notes(move || lastfm_notes(&tags));
-    let health = HealthRoutes::new(Arc::new(dependencies), Registry::default());
+    let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
+    metrics.register(&mut registry);
+    let health = HealthRoutes::new(Arc::new(dependencies), registry);
     let routes = search_route.or(health.routes()).unify().recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;

@@ -14,12 +14,14 @@ use tunewire_service_runtime::Backoff;
 
 use crate::catalog::{self, name_key};
 use crate::lastfm::{Failure, Lastfm, Tag};
+use crate::metrics::CatalogMetrics;
 use crate::search_index::{SearchIndex, TrackDoc};
 
 pub struct TagLookup {
     pub db: PgPool,
     pub lastfm: Option<Lastfm>,
     pub cache_ttl: Duration,
+    pub metrics: CatalogMetrics,
 }
 
 /// What became of a lookup.
@@ -86,11 +88,23 @@ impl TagLookup {
         let Some(lastfm) = &self.lastfm else { return Tags::None };
         let lookup = format!("{}\u{1f}{}", name_key(artist), name_key(title));
         match self.cached(&lookup).await {
-            Ok(Some((tags, source))) => return Tags::Found(tags, source),
+            Ok(Some((tags, source))) => {
+                self.metrics.lastfm_cache_hits.inc();
+                return Tags::Found(tags, source);
+            }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "the Last.fm cache is unreadable; asking Last.fm"),
         }
-        match lastfm.top_tags(artist, title).await {
+        let answer = lastfm.top_tags(artist, title).await;
+        self.metrics.lastfm(match &answer {
+            Ok(_) => "ok",
+            Err(e) => match e.failure() {
+                Failure::Transient => "transient",
+                Failure::KeyRejected => "key_rejected",
+                Failure::Permanent => "permanent",
+            },
+        });
+        match answer {
             Ok((tags, source)) => {
                 if let Err(e) = self.remember(&lookup, &tags, source).await {
                     warn!(error = %e, "could not cache Last.fm's answer");
@@ -196,6 +210,8 @@ async fn round(
     .bind(ROUND)
     .fetch_all(&lookup.db)
     .await?;
+    let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM catalog.tag_backlog").fetch_one(&lookup.db).await?;
+    lookup.metrics.lastfm_backlog.set(waiting);
     let mut filled = 0;
     for (job, artist, title, attempts) in due {
         if lookup.key_rejected() {

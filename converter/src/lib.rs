@@ -3,6 +3,7 @@
 //! `audio` and never writes to PostgreSQL.
 
 pub mod config;
+pub mod metrics;
 pub mod transcode;
 pub mod worker;
 
@@ -20,6 +21,7 @@ use tunewire_service_runtime::{Dependencies, HealthRoutes, check_with, http_erro
 use warp::Filter;
 
 pub use config::Config;
+use metrics::ConversionMetrics;
 use worker::Worker;
 
 /// Seconds in-flight work gets after SIGTERM (a conversion in flight gets this long; after it, its message is redelivered); the Kubernetes
@@ -58,6 +60,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         store: store.clone(),
         max_duration_s: config.max_duration_s,
         time_limit: std::time::Duration::from_secs(config.time_limit_s),
+        metrics: ConversionMetrics::default(),
     });
 
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
@@ -65,7 +68,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let dependencies = Dependencies::new()
         .required("rabbitmq", check_with(bus.clone(), |bus| async move { bus.status() }))
         .required("mongodb", check_with(store.clone(), |store| async move { store.ping().await }));
-    let health = HealthRoutes::new(Arc::new(dependencies), Registry::default());
+    let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
+    worker.metrics.register(&mut registry);
+    let health = HealthRoutes::new(Arc::new(dependencies), registry);
     let server = tunewire_service_runtime::spawn_server(
         listener,
         health.routes().recover(http_error::recover),

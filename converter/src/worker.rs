@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::ConversionMetrics;
 use mongodb::bson::{Document, doc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,7 @@ pub struct Worker {
     pub store: MediaStore,
     pub max_duration_s: f64,
     pub time_limit: std::time::Duration,
+    pub metrics: ConversionMetrics,
 }
 
 fn stem(filename: &str) -> &str {
@@ -88,6 +90,7 @@ fn converted_from_stored(event: &MediaUploaded, info: &FileInfo) -> Option<Media
 /// stored an output (then that one is announced instead): a job fails only when no attempt
 /// converted it.
 async fn fail_unless_done(
+    metrics: &ConversionMetrics,
     store: &MediaStore,
     publisher: &Publisher,
     event: &MediaUploaded,
@@ -101,11 +104,17 @@ async fn fail_unless_done(
         info!(%job_id, file_id = %winner, %reason, "this attempt failed, but another converted the job");
         return Err(HandleError::Retry("another attempt converted this job; announcing its output".into()));
     }
-    fail(publisher, event, reason).await
+    fail(metrics, publisher, event, reason).await
 }
 
-async fn fail(publisher: &Publisher, event: &MediaUploaded, reason: String) -> Result<(), HandleError> {
+async fn fail(
+    metrics: &ConversionMetrics,
+    publisher: &Publisher,
+    event: &MediaUploaded,
+    reason: String,
+) -> Result<(), HandleError> {
     info!(job_id = %event.job_id, %reason, "conversion failed for good");
+    metrics.failed();
     let failed = MediaFailed {
         job_id: event.job_id,
         owner: event.owner.clone(),
@@ -227,12 +236,13 @@ impl Worker {
         if msg.deliveries >= CRASH_DELIVERIES {
             let reason =
                 format!("this file could not be converted (the converter stopped on it {} times)", msg.deliveries);
-            return fail_unless_done(&self.store, &msg.publisher, event, reason).await;
+            return fail_unless_done(&self.metrics, &self.store, &msg.publisher, event, reason).await;
         }
         let Some(source) =
             self.store.reader(Bucket::Uploads, &event.source.file_id).await.or_retry("opening the original")?
         else {
             return fail_unless_done(
+                &self.metrics,
                 &self.store,
                 &msg.publisher,
                 event,
@@ -332,7 +342,9 @@ impl Worker {
         let report = match outcome {
             Ok(Ok(report)) => report,
             Ok(Err(TranscodeError::BadMedia(reason))) => {
-                return fail_unless_done(&self.store, &msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+                return fail_unless_done(&self.metrics, &self.store, &msg.publisher, event, reason)
+                    .await
+                    .map(|()| Attempt::Failed);
             }
             // The store's trouble, not the file's: retried like any outage, never counted
             // against the job.
@@ -342,13 +354,17 @@ impl Worker {
             // dead-letter queue.
             Ok(Err(TranscodeError::Internal(e))) if msg.deliveries + 1 >= INTERNAL_ERROR_ATTEMPTS => {
                 let reason = format!("this file could not be converted ({e}; tried {INTERNAL_ERROR_ATTEMPTS} times)");
-                return fail_unless_done(&self.store, &msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+                return fail_unless_done(&self.metrics, &self.store, &msg.publisher, event, reason)
+                    .await
+                    .map(|()| Attempt::Failed);
             }
             Ok(Err(TranscodeError::Internal(e))) => return Err(HandleError::Requeue(format!("transcoding: {e}"))),
             Err(panic) => {
                 warn!(%job_id, error = %panic, "the transcoder panicked");
                 let reason = "this file could not be converted (internal error)".to_string();
-                return fail_unless_done(&self.store, &msg.publisher, event, reason).await.map(|()| Attempt::Failed);
+                return fail_unless_done(&self.metrics, &self.store, &msg.publisher, event, reason)
+                    .await
+                    .map(|()| Attempt::Failed);
             }
         };
 
@@ -419,6 +435,7 @@ impl Worker {
             source_wait_ms = source_waited_us.load(std::sync::atomic::Ordering::Relaxed) / 1000,
             "converted"
         );
+        self.metrics.converted(started.elapsed(), report.duration_s, event.source.size, report.size);
         Ok(Attempt::Claimed(MediaConverted {
             job_id,
             owner: event.owner.clone(),

@@ -332,6 +332,20 @@ impl Pipeline {
         .await
     }
 
+    /// Publishes `body` on the events exchange as any service would (persistent, confirmed),
+    /// past every service's checks: how a test delivers a duplicate or a poison message.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        let conn = lapin::Connection::connect(&self.sandbox.amqp_url, lapin::ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let properties = lapin::BasicProperties::default().with_delivery_mode(2);
+        let options = BasicPublishOptions::default();
+        channel.basic_publish("tunewire.events".into(), routing_key.into(), options, body, properties).await?.await?;
+        conn.close(200, "published".into()).await?;
+        Ok(())
+    }
+
     pub async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
         maildev::wait_for(&self.sandbox.stack.maildev_url, to, count, PIPELINE_DEADLINE).await
     }

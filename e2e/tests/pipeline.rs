@@ -2,8 +2,7 @@
 //! failure with its email, and who may see what. Faults have their own suite (tests/faults).
 
 use anyhow::Context;
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{Value, json};
 use tunewire_e2e::{Options, PIPELINE_DEADLINE, Pipeline};
 use tunewire_test_stack::media::{self, ffmpeg, probe};
@@ -105,18 +104,7 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
         Ok((acks >= 1).then_some(acks))
     })
     .await?;
-    let conn = Connection::connect(&p.sandbox.amqp_url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_publish(
-            "tunewire.events".into(),
-            "media.uploaded".into(),
-            BasicPublishOptions::default(),
-            &serde_json::to_vec(&event)?,
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await?
-        .await?;
+    p.publish_raw("media.uploaded", &serde_json::to_vec(&event)?).await?;
     // The converter announces its claimed MP3 again; the catalog has handled that once its ack
     // count moves on. The gateway got the same announcement: an outcome it passed on to the
     // notifier would sit in its outbox until relayed.
@@ -159,7 +147,6 @@ async fn an_upload_is_converted_emailed_downloadable_searchable_and_never_done_t
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
         assert!(names.contains(&format!("{expected}.dead").as_str()), "{expected}.dead missing");
     }
-    conn.close(200, "done".into()).await?;
     db.close().await;
     p.stop().await
 }

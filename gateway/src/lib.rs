@@ -81,6 +81,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let job_events = Arc::new(job_events::JobEvents::new(config.stream_limits));
     let job_feed = Arc::new(job_feed::JobFeed::default());
     let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let state = state::State {
         config: Arc::new(config.clone()),

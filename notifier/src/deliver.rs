@@ -46,6 +46,7 @@ pub struct Notifier {
     /// more notifiers send more. It also keeps a claim's age to its own send, which the
     /// lease is measured against.
     pub one_at_a_time: tokio::sync::Mutex<()>,
+    pub metrics: crate::metrics::EmailMetrics,
 }
 
 /// SMTP replies that mean "this message can never be delivered", as opposed to trouble an
@@ -256,7 +257,15 @@ impl Notifier {
             Ok(message) => message,
             Err(e) => return Sent::Not(e),
         };
-        match self.mailer.send(message).await {
+        let sending = Instant::now();
+        let sent = self.mailer.send(message).await;
+        let outcome = match &sent {
+            Ok(_) => "sent",
+            Err(e) if refused_for_good(e) => "refused",
+            Err(_) => "failed",
+        };
+        self.metrics.sent(outcome, sending.elapsed());
+        match sent {
             Ok(_) => {
                 info!(job_id = %job, kind, "email sent");
                 fail::fail_point!("notifier::after_smtp_send", |_| std::process::abort());

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod deliver;
 pub mod email;
+pub mod metrics;
 pub mod smtp_check;
 
 use std::net::SocketAddr;
@@ -71,6 +72,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         templates: email::Templates::load()?,
         config: Arc::new(config.clone()),
         one_at_a_time: tokio::sync::Mutex::new(()),
+        metrics: metrics::EmailMetrics::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.health_bind).await?;
     let health_addr = listener.local_addr()?;
@@ -87,7 +89,10 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
                 }
             }),
         );
-    let health = HealthRoutes::new(Arc::new(dependencies), Registry::default());
+    let mut registry = Registry::default();
+    bus.register_metrics(&mut registry);
+    notifier.metrics.register(&mut registry);
+    let health = HealthRoutes::new(Arc::new(dependencies), registry);
     let server = tunewire_service_runtime::spawn_server(
         listener,
         health.routes().recover(http_error::recover),

@@ -132,6 +132,7 @@ pub struct Bus {
     session: Mutex<Option<Session>>,
     /// Consumer sessions connected right now.
     pub(crate) consuming: std::sync::atomic::AtomicUsize,
+    pub(crate) metrics: crate::metrics::ConsumerMetrics,
 }
 
 impl Bus {
@@ -143,7 +144,13 @@ impl Bus {
             name: service_name.into(),
             session: Mutex::new(None),
             consuming: std::sync::atomic::AtomicUsize::new(0),
+            metrics: crate::metrics::ConsumerMetrics::default(),
         }
+    }
+
+    /// Puts this bus's consumer metrics (per queue) into the registry `/metrics` serves.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     /// Opens a connection and checks that the exchanges, and the queue it will consume if any,

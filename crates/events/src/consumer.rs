@@ -28,6 +28,8 @@ use crate::topology::QueueSpec;
 use tunewire_contract::Message;
 use tunewire_service_runtime::Backoff;
 
+use crate::metrics::QueueLabels;
+
 /// A decoded delivery, with what a handler needs to answer it.
 pub struct Incoming<E> {
     pub event: E,
@@ -243,6 +245,8 @@ where
     Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
 {
     let DeliveryContext { bus, spec, channel, shutdown, lost } = context;
+    let labels = QueueLabels { queue: spec.name };
+    bus.metrics.consumed.get_or_create(&labels).inc();
     let deliveries = delivery_count(delivery.properties.headers());
     let routing_key = delivery.routing_key.to_string();
     let first_try = std::time::Instant::now();
@@ -260,20 +264,27 @@ where
             break outcome;
         }
         warn!(queue = spec.name, %routing_key, attempt, %reason, retry_in_s = delay.as_secs(), "will retry message");
+        bus.metrics.retried.get_or_create(&labels).inc();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.cancelled() => break outcome,
         }
         attempt += 1;
     };
+    bus.metrics.handler_duration.get_or_create(&labels).observe(first_try.elapsed().as_secs_f64());
     let settled = match outcome {
-        Ok(()) => delivery.ack(BasicAckOptions::default()).await,
+        Ok(()) => {
+            bus.metrics.acked.get_or_create(&labels).inc();
+            delivery.ack(BasicAckOptions::default()).await
+        }
         Err(HandleError::Abort(reason)) => {
             error!(queue = spec.name, %routing_key, attempt, %reason, "giving up on message; dead-lettering it");
+            bus.metrics.dead_lettered.get_or_create(&labels).inc();
             delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await
         }
         Err(HandleError::Retry(reason) | HandleError::Requeue(reason)) => {
             warn!(queue = spec.name, %routing_key, attempt, deliveries, %reason, "requeueing message");
+            bus.metrics.requeued.get_or_create(&labels).inc();
             delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
         }
     };

@@ -7,6 +7,7 @@
 
 pub mod bus;
 pub mod consumer;
+pub mod metrics;
 pub mod topology;
 
 pub use bus::{Bus, BusError, Publisher};
