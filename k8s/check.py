@@ -31,7 +31,10 @@ the rendered objects to the project's rules:
 - MongoDB runs with authentication (its replica set with a key file), and the mongo,
   postgres and rabbitmq images are not older than the patch fixing the CVEs in
   MINIMUM_IMAGES;
-- minikube.md's commands name objects, ports and images the minikube overlay really has.
+- minikube.md's commands name objects, ports and images the minikube overlay really has;
+- production's alerts (k8s/components/observability) pass `promtool check rules` and the cases
+  of alerts.test.yaml (`promtool test rules`), and they and the dashboard read only metrics a
+  service registers (or RabbitMQ's plugin exports).
 
 Run by scripts/test; exits non-zero with one line per broken rule.
 """
@@ -40,8 +43,10 @@ import base64
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 
 import yaml
@@ -106,7 +111,8 @@ def render(overlay: str) -> list[dict]:
 
 
 def validate(overlay: str, docs: list[dict]) -> None:
-    core = [d for d in docs if not d["apiVersion"].startswith("keda.sh/")]
+    # The operators' CRDs (KEDA, the Prometheus Operator) have no schemas here.
+    core = [d for d in docs if not d["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/"))]
     path = ROOT / "target" / f"k8s-{overlay}.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump_all(core))
@@ -597,6 +603,62 @@ def check_minikube_guide(docs: list[dict]) -> None:
             problem("minikube.md", f"no docker build for {target}")
 
 
+OBSERVABILITY = ROOT / "k8s" / "components" / "observability"
+
+
+def check_alerts(docs: list[dict]) -> None:
+    """The PrometheusRule's groups pass `promtool check rules`, and every case of
+    alerts.test.yaml passes `promtool test rules`; every metric the rules read is one a
+    service or RabbitMQ's plugin exports; the dashboard is JSON with panels."""
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    if not rules:
+        problem("production", "no PrometheusRule (k8s/components/observability)")
+        return
+    promtool = shutil.which("promtool")
+    if not promtool:
+        problem("observability", "promtool is not installed (scripts/stack tools installs prometheus)")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = pathlib.Path(tmp)
+        (folder / "rules.yaml").write_text(yaml.safe_dump(rules[0]["spec"]))
+        shutil.copy(OBSERVABILITY / "alerts.test.yaml", folder / "alerts.test.yaml")
+        for args in (["check", "rules", "rules.yaml"], ["test", "rules", "alerts.test.yaml"]):
+            ran = subprocess.run([promtool, *args], cwd=folder, capture_output=True, text=True)
+            if ran.returncode != 0:
+                problem("observability", f"promtool {' '.join(args)} failed:\n{ran.stdout}{ran.stderr}")
+    sources = "".join(p.read_text() for p in ROOT.glob("*/src/**/*.rs")) + "".join(
+        p.read_text() for p in ROOT.glob("crates/*/src/**/*.rs")
+    )
+    for group in rules[0]["spec"]["groups"]:
+        for rule in group["rules"]:
+            for name in metric_names(rule["expr"]):
+                base = re.sub(r"(_seconds|_bytes)?(_total|_count|_sum|_bucket)?$", "", name)
+                if not name.startswith("rabbitmq_") and f'"{base}"' not in sources:
+                    problem("observability", f"alert {rule['alert']} reads {name}, which no service registers")
+    dashboard = json.loads((OBSERVABILITY / "dashboard.json").read_text())
+    if not dashboard.get("panels"):
+        problem("observability", "the dashboard has no panels")
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name in metric_names(target["expr"]):
+                base = re.sub(r"(_seconds|_bytes)?(_total|_count|_sum|_bucket)?$", "", name)
+                if not name.startswith("rabbitmq_") and f'"{base}"' not in sources:
+                    problem("observability", f"dashboard panel {panel['title']!r} reads {name}, which no service registers")
+
+
+# PromQL's functions, operators and the label names the rules group by.
+PROMQL_WORDS = {
+    "sum", "by", "max", "min", "avg", "count", "and", "or", "unless", "on", "ignoring", "without",
+    "rate", "increase", "delta", "histogram_quantile", "le", "queue", "pod", "dependency", "status", "outcome",
+}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (label matchers and strings left out)."""
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", " ", expr)
+    return {w for w in re.findall(r"\b[a-z][a-z0-9_]*\b", bare) if w not in PROMQL_WORDS}
+
+
 def main() -> int:
     check_sources_have_no_secrets()
     if not schema_owners():
@@ -628,6 +690,8 @@ def main() -> int:
                 problem(overlay, f"no {needed}")
         if overlay == "production" and not any(d["kind"] == "ScaledObject" for d in docs):
             problem(overlay, "no KEDA ScaledObject for the converter")
+        if overlay == "production":
+            check_alerts(docs)
         if overlay == "minikube":
             if not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs):
                 problem(overlay, "no HorizontalPodAutoscaler for the converter")
