@@ -48,7 +48,11 @@ pub async fn register(api: &Api, body: &LoginBody) -> Result<(), CliError> {
 /// Logs in and stores the token.
 pub async fn login(api: &Api, dir: &Path, body: LoginBody) -> Result<Credentials, CliError> {
     let email = body.email.clone();
-    let issued: Issued = api.json(api.anonymous(Method::POST, "/v1/auth/login").json(&body)).await?;
+    let issued: Issued =
+        api.json(api.anonymous(Method::POST, "/v1/auth/login").json(&body)).await.map_err(|e| match e {
+            CliError::Unauthorized { message } => CliError::LoginRefused(message),
+            e => e,
+        })?;
     let credentials = Credentials { server: api.server.clone(), email, token: Token::new(issued.access_token) };
     config::save_credentials(dir, &credentials)?;
     Ok(credentials)

@@ -1,6 +1,7 @@
 //! `tunewire download`: a converted job's MP3, named after the original, written to
-//! `NAME.mp3.part` and renamed when whole; a `.part` left by an interrupted run is continued
-//! with a Range request.
+//! `NAME.mp3.JOB_ID.part` and renamed when whole; a `.part` left by an interrupted run is
+//! continued with a Range request (a job's MP3 never changes, and the part is that job's
+//! alone). Two jobs of one command with the same name get `NAME (2).mp3` and so on.
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +37,26 @@ pub fn file_name(original: &str) -> String {
     format!("{}.mp3", if clean.is_empty() { "track" } else { clean })
 }
 
-pub async fn one(api: &Api, id: &str, dir: &Path, progress: &Progress) -> Result<Downloaded, CliError> {
+/// `name`, or `name (2)`, `name (3)`... whichever `taken` does not hold yet; then taken.
+pub fn unique(name: String, taken: &mut std::collections::HashSet<String>) -> String {
+    let stem = name.strip_suffix(".mp3").unwrap_or(&name).to_owned();
+    let mut candidate = name;
+    let mut n = 2;
+    while taken.contains(&candidate) {
+        candidate = format!("{stem} ({n}).mp3");
+        n += 1;
+    }
+    taken.insert(candidate.clone());
+    candidate
+}
+
+pub async fn one(
+    api: &Api,
+    id: &str,
+    dir: &Path,
+    progress: &Progress,
+    taken: &mut std::collections::HashSet<String>,
+) -> Result<Downloaded, CliError> {
     let job = jobs::get(api, id).await?;
     let (Some(output), JobState::Converted) = (&job.output, job.state) else {
         return Err(CliError::Api {
@@ -45,8 +65,9 @@ pub async fn one(api: &Api, id: &str, dir: &Path, progress: &Progress) -> Result
             message: format!("job {id} is {}, there is no MP3 to download", job.state),
         });
     };
-    let target = dir.join(file_name(&job.source.filename));
-    let part = PathBuf::from(format!("{}.part", target.display()));
+    let name = unique(file_name(&job.source.filename), taken);
+    let target = dir.join(&name);
+    let part = PathBuf::from(format!("{}.{}.part", target.display(), job.id));
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
 
     let mut request = api.request(Method::GET, &format!("/v1/files/{}", output.file_id))?;
@@ -64,7 +85,7 @@ pub async fn one(api: &Api, id: &str, dir: &Path, progress: &Progress) -> Result
         _ => (0, api::ok(response).await?),
     };
     let total = resumed_at + response.content_length().unwrap_or(0);
-    let bar = progress.file(&file_name(&job.source.filename), total);
+    let bar = progress.file(&name, total);
     bar.at(resumed_at);
     if resumed_at > 0 {
         bar.status(&format!("resuming at {}", crate::output::bytes(resumed_at)));
@@ -108,5 +129,13 @@ mod tests {
         assert_eq!(file_name("..."), "track.mp3");
         assert_eq!(file_name("noext"), "noext.mp3");
         assert_eq!(file_name("a.b.wav"), "a.b.mp3");
+    }
+
+    #[test]
+    fn names_taken_in_one_command_are_numbered() {
+        let mut taken = std::collections::HashSet::new();
+        assert_eq!(unique("a.mp3".into(), &mut taken), "a.mp3");
+        assert_eq!(unique("a.mp3".into(), &mut taken), "a (2).mp3");
+        assert_eq!(unique("a.mp3".into(), &mut taken), "a (3).mp3");
     }
 }

@@ -29,6 +29,9 @@ pub enum CliError {
     NotLoggedIn,
     #[error("{message}: run `tunewire login`")]
     Unauthorized { message: String },
+    /// The email or password given to `login` is wrong.
+    #[error("{0}")]
+    LoginRefused(String),
     #[error("cannot reach the server at {server} ({reason}): is it running? (`--server` or TUNEWIRE_SERVER)")]
     Unreachable { server: String, reason: String },
     /// The server refused the request and said why.
@@ -52,7 +55,7 @@ impl CliError {
 
     pub fn exit(&self) -> Exit {
         match self {
-            CliError::NotLoggedIn | CliError::Unauthorized { .. } => Exit::Auth,
+            CliError::NotLoggedIn | CliError::Unauthorized { .. } | CliError::LoginRefused(_) => Exit::Auth,
             CliError::Unreachable { .. } => Exit::Unreachable,
             CliError::Usage(_) => Exit::Usage,
             CliError::Api { .. } | CliError::Protocol(_) | CliError::Io { .. } | CliError::Failed(_) => Exit::Failed,
@@ -64,6 +67,7 @@ impl CliError {
         match self {
             CliError::NotLoggedIn => "not_logged_in",
             CliError::Unauthorized { .. } => "unauthorized",
+            CliError::LoginRefused(_) => "login_refused",
             CliError::Unreachable { .. } => "server_unreachable",
             CliError::Api { code, .. } => code,
             CliError::Protocol(_) => "protocol_error",

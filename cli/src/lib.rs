@@ -193,8 +193,9 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
             let progress = Progress::new(mode, None);
             let mut downloaded = Vec::new();
             let mut errors = Vec::new();
+            let mut taken = std::collections::HashSet::new();
             for id in &ids {
-                match download::one(&api, id, &dir, &progress).await {
+                match download::one(&api, id, &dir, &progress, &mut taken).await {
                     Ok(d) => downloaded.push(d),
                     Err(e) if matches!(e.exit(), Exit::Auth | Exit::Unreachable) => return Err(e),
                     Err(e) => {

@@ -35,6 +35,11 @@ impl FileKey {
             metadata.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         FileKey(format!("{}|{}|{mtime}", path.display(), metadata.len()))
     }
+
+    fn path(&self) -> &str {
+        // The size and mtime are numbers: the path is all before the last two separators.
+        self.0.rsplitn(3, '|').nth(2).unwrap_or_default()
+    }
 }
 
 /// `uploads.json` in the config folder. One process's uploads share it under a lock; two
@@ -65,8 +70,11 @@ impl ResumeStore {
         self.update(|s| s.uploads.get(&key.0).filter(|e| e.server == server).map(|e| e.url.clone()))
     }
 
+    /// Records where `key`'s upload is, forgetting those of the same path's earlier versions.
     pub fn put(&self, key: &FileKey, entry: Entry) -> Result<(), CliError> {
+        let path = key.path();
         self.update(|s| {
+            s.uploads.retain(|k, _| FileKey(k.clone()).path() != path);
             s.uploads.insert(key.0.clone(), entry);
         })
     }
@@ -100,7 +108,10 @@ mod tests {
         std::fs::write(&file, b"12345").expect("changed");
         let changed = FileKey::of(&file, &std::fs::metadata(&file).expect("stat"));
         assert_ne!(changed, key, "a changed file is another upload");
-        store.remove(&key).expect("removed");
-        assert_eq!(store.get(&key, "http://a").expect("get"), None);
+        store.put(&changed, Entry { server: "http://a".into(), url: "/v1/tus/2".into() }).expect("put");
+        assert_eq!(store.get(&key, "http://a").expect("get"), None, "the earlier version's upload is forgotten");
+        assert_eq!(store.entries().expect("entries").len(), 1);
+        store.remove(&changed).expect("removed");
+        assert!(store.entries().expect("entries").is_empty());
     }
 }

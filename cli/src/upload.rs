@@ -218,6 +218,9 @@ async fn one(context: &Context<'_>, file: &Path, size: u64, bar: &FileProgress<'
         }
         let outcome = send_showing_progress(context, &url, file, stored.offset, bar).await;
         match outcome {
+            Ok(now) if now.job_id.is_none() && now.offset >= size && stored.offset >= size => {
+                return Err(CliError::Protocol(format!("{name}: the server has every byte but named no job")));
+            }
             Ok(now) => stored = now,
             Err(CliError::Api { code, message, status }) if !retryable(status, &code) => {
                 context.store.remove(&key)?;

@@ -126,6 +126,10 @@ async fn a_folder_goes_up_converts_and_comes_back_down() -> anyhow::Result<()> {
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stderr).contains("tunewire login"));
 
+    let wrong = you.run(&["login", "--email", &email, "--password-stdin"], "not the password\n").await?;
+    assert_eq!(wrong.status.code(), Some(3), "a wrong password is an auth failure");
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(said.contains("wrong") && !said.contains("run `tunewire login`"), "{said}");
     you.login(&email).await?;
     let credentials = you.config.path().join("credentials.json");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&credentials)?.permissions());
@@ -213,7 +217,7 @@ async fn a_folder_goes_up_converts_and_comes_back_down() -> anyhow::Result<()> {
     assert_eq!(sha256(&std::fs::read(&path)?), sha256(&served));
     let half = served.len() / 2;
     std::fs::remove_file(&path)?;
-    std::fs::write(out.join("quixotic-sunrise.mp3.part"), &served[..half])?;
+    std::fs::write(out.join(format!("quixotic-sunrise.mp3.{}.part", ids[0])), &served[..half])?;
     let resumed = you.json(&["download", &ids[0], "-o", out_arg], 0).await?;
     assert_eq!(resumed["downloaded"][0]["resumed_at"].as_u64(), Some(half as u64));
     assert_eq!(sha256(&std::fs::read(&path)?), sha256(&served), "a resumed download has the same bytes");
