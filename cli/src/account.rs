@@ -41,7 +41,7 @@ pub fn ask(email: Option<String>, password_stdin: bool) -> Result<LoginBody, Cli
 
 /// Creates the account; the server's refusal (address taken, password too short) as is.
 pub async fn register(api: &Api, body: &LoginBody) -> Result<(), CliError> {
-    let request = api.anonymous(Method::POST, "/v1/auth/register").json(body);
+    let request = api.anonymous(Method::POST, "/v1/auth/register")?.json(body);
     crate::api::ok(api.send(request).await?).await.map(drop)
 }
 
@@ -49,8 +49,10 @@ pub async fn register(api: &Api, body: &LoginBody) -> Result<(), CliError> {
 pub async fn login(api: &Api, dir: &Path, body: LoginBody) -> Result<Credentials, CliError> {
     let email = body.email.clone();
     let issued: Issued =
-        api.json(api.anonymous(Method::POST, "/v1/auth/login").json(&body)).await.map_err(|e| match e {
-            CliError::Unauthorized { message } => CliError::LoginRefused(message),
+        api.json(api.anonymous(Method::POST, "/v1/auth/login")?.json(&body)).await.map_err(|e| match e {
+            CliError::Unauthorized { message } => {
+                CliError::LoginRefused(format!("{message}: check the email and password, or `tunewire register`"))
+            }
             e => e,
         })?;
     let credentials = Credentials { server: api.server.clone(), email, token: Token::new(issued.access_token) };

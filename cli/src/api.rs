@@ -24,29 +24,35 @@ impl Api {
     pub fn new(server: String, token: Option<Token>) -> Result<Self, CliError> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // A peer gone silently is noticed by the kernel; streams time out their own reads.
+            .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("tunewire-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CliError::Protocol(e.to_string()))?;
         Ok(Api { server, token, http })
     }
 
-    pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_owned()
-        } else {
-            format!("{}{path}", self.server)
+    /// `path` (or an address the server handed out, e.g. a `Location`) resolved against the
+    /// server; anything on another origin is refused, so the token never goes elsewhere.
+    pub fn url(&self, path: &str) -> Result<reqwest::Url, CliError> {
+        let base = reqwest::Url::parse(&format!("{}/", self.server))
+            .map_err(|e| CliError::Usage(format!("the server address {:?} is not a URL ({e})", self.server)))?;
+        let url = base.join(path).map_err(|e| CliError::Protocol(format!("{path:?}: {e}")))?;
+        if url.origin() != base.origin() {
+            return Err(CliError::Protocol(format!("the server pointed at another origin ({url}); not following")));
         }
+        Ok(url)
     }
 
     /// A request with the token; `NotLoggedIn` when there is none.
     pub fn request(&self, method: Method, path: &str) -> Result<RequestBuilder, CliError> {
         let token = self.token.as_ref().ok_or(CliError::NotLoggedIn)?;
-        Ok(self.http.request(method, self.url(path)).bearer_auth(token.expose()))
+        Ok(self.http.request(method, self.url(path)?).bearer_auth(token.expose()))
     }
 
     /// A request without credentials (logging in).
-    pub fn anonymous(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path))
+    pub fn anonymous(&self, method: Method, path: &str) -> Result<RequestBuilder, CliError> {
+        Ok(self.http.request(method, self.url(path)?))
     }
 
     /// Sends it; a connection failure is `Unreachable`.
@@ -96,6 +102,10 @@ pub fn refusal(status: StatusCode, body: &[u8]) -> CliError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     let (code, message) = match parsed {
         Some(body) => (body.error, body.message),
+        // A proxy or balancer answering for a gateway that is not there.
+        None if matches!(status.as_u16(), 502..=504) => {
+            return CliError::NoGateway(status.to_string());
+        }
         None => (format!("http_{}", status.as_u16()), format!("the server answered {status}")),
     };
     if status == StatusCode::UNAUTHORIZED {
@@ -120,6 +130,16 @@ mod tests {
         );
         assert_eq!(expired.exit(), crate::error::Exit::Auth);
         assert!(expired.to_string().ends_with("run `tunewire login`"));
-        assert_eq!(refusal(StatusCode::BAD_GATEWAY, b"<html>").code(), "http_502");
+        assert_eq!(refusal(StatusCode::BAD_GATEWAY, b"<html>").exit(), crate::error::Exit::Unreachable);
+        assert_eq!(refusal(StatusCode::IM_A_TEAPOT, b"<html>").code(), "http_418");
+    }
+
+    #[test]
+    fn addresses_the_server_hands_out_stay_on_its_origin() {
+        let api = Api::new("http://gw:8080".into(), None).expect("client");
+        assert_eq!(api.url("/v1/tus/1").expect("same origin").as_str(), "http://gw:8080/v1/tus/1");
+        assert_eq!(api.url("http://gw:8080/v1/tus/2").expect("absolute, same origin").path(), "/v1/tus/2");
+        assert!(api.url("http://elsewhere:8080/v1/tus/3").is_err());
+        assert!(api.url("https://gw:8080/v1/tus/3").is_err(), "another scheme is another origin");
     }
 }

@@ -37,7 +37,7 @@ pub struct Global {
     /// The Tunewire server (default: the one you logged in to, else http://localhost:8080).
     #[arg(long, global = true, env = "TUNEWIRE_SERVER", hide_env = true)]
     pub server: Option<String>,
-    /// Print one JSON document on stdout and nothing else.
+    /// Print one JSON document on stdout and nothing else (`jobs --watch`: one per line).
     #[arg(long, global = true)]
     pub json: bool,
     /// No progress and no messages on stderr; errors still.

@@ -24,7 +24,7 @@ pub fn dir() -> Result<PathBuf, CliError> {
     }
     directories::ProjectDirs::from("", "", "tunewire")
         .map(|dirs| dirs.config_dir().to_path_buf())
-        .ok_or_else(|| CliError::Usage(format!("no home folder to keep the login in; set {CONFIG_DIR_ENV}")))
+        .ok_or_else(|| CliError::Config(format!("no home folder to keep the login in; set {CONFIG_DIR_ENV}")))
 }
 
 /// A bearer token; never printed.
@@ -104,7 +104,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, CliError
         Err(e) => return Err(CliError::io(format!("reading {}", path.display()), e)),
     };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        CliError::Usage(format!("{} is not what tunewire wrote ({e}); remove it and try again", path.display()))
+        CliError::Config(format!("{} is not what tunewire wrote ({e}); remove it and try again", path.display()))
     })
 }
 

@@ -76,11 +76,18 @@ pub async fn one(
     }
     let response = api.send(request).await?;
     let (resumed_at, response) = match response.status() {
-        StatusCode::PARTIAL_CONTENT => (have, response),
-        // Nothing past what we have: the part is whole.
-        StatusCode::RANGE_NOT_SATISFIABLE => {
+        StatusCode::PARTIAL_CONTENT if content_range_start(response.headers()) == Some(have) => (have, response),
+        // Nothing past what we have: the part is whole if it is the file's length.
+        StatusCode::RANGE_NOT_SATISFIABLE if content_range_length(response.headers()) == Some(have) => {
             finish(&part, &target).await?;
             return Ok(Downloaded { job_id: id.to_owned(), path: target, bytes: have, resumed_at: have });
+        }
+        StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE => {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(CliError::Failed(format!(
+                "{}: the partial download does not fit the file on the server; it was removed, run again",
+                part.display()
+            )));
         }
         _ => (0, api::ok(response).await?),
     };
@@ -91,17 +98,24 @@ pub async fn one(
         bar.status(&format!("resuming at {}", crate::output::bytes(resumed_at)));
     }
     let what = || format!("writing {}", part.display());
+    let expected = response.content_length().map(|n| resumed_at + n);
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .append(resumed_at > 0)
         .truncate(resumed_at == 0)
+        // A link planted where the part goes (a shared folder) is not followed.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&part)
         .await
         .map_err(|e| CliError::io(what(), e))?;
     let mut written = resumed_at;
     let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let chunk = tokio::time::timeout(crate::sse::SILENCE, body.next())
+            .await
+            .map_err(|_| CliError::Unreachable { server: api.server.clone(), reason: "the download stalled".into() })?;
+        let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| api.unreachable(&e))?;
         file.write_all(&chunk).await.map_err(|e| CliError::io(what(), e))?;
         written += chunk.len() as u64;
@@ -109,9 +123,26 @@ pub async fn one(
     }
     file.flush().await.map_err(|e| CliError::io(what(), e))?;
     drop(file);
+    if expected.is_some_and(|n| n != written) {
+        return Err(CliError::Unreachable {
+            server: api.server.clone(),
+            reason: format!("the download ended at {written} bytes; run again to continue"),
+        });
+    }
     finish(&part, &target).await?;
     bar.done(&format!("saved {}", target.display()));
     Ok(Downloaded { job_id: id.to_owned(), path: target, bytes: written, resumed_at })
+}
+
+/// `N` of `Content-Range: bytes N-M/L`.
+fn content_range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let value = headers.get("content-range")?.to_str().ok()?;
+    value.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+}
+
+/// `L` of `Content-Range: bytes */L` (or `N-M/L`).
+fn content_range_length(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers.get("content-range")?.to_str().ok()?.rsplit('/').next()?.trim().parse().ok()
 }
 
 async fn finish(part: &Path, target: &Path) -> Result<(), CliError> {

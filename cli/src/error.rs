@@ -34,6 +34,9 @@ pub enum CliError {
     LoginRefused(String),
     #[error("cannot reach the server at {server} ({reason}): is it running? (`--server` or TUNEWIRE_SERVER)")]
     Unreachable { server: String, reason: String },
+    /// A proxy answered for the server: no gateway is behind it now.
+    #[error("the server's proxy answered {0}: no gateway is running behind it; try again later")]
+    NoGateway(String),
     /// The server refused the request and said why.
     #[error("{message}")]
     Api { status: u16, code: String, message: String },
@@ -41,6 +44,9 @@ pub enum CliError {
     Protocol(String),
     #[error("{0}")]
     Usage(String),
+    /// A file in the config folder is unreadable or not ours.
+    #[error("{0}")]
+    Config(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     /// Some of the work failed; each failure was reported where it happened.
@@ -56,9 +62,13 @@ impl CliError {
     pub fn exit(&self) -> Exit {
         match self {
             CliError::NotLoggedIn | CliError::Unauthorized { .. } | CliError::LoginRefused(_) => Exit::Auth,
-            CliError::Unreachable { .. } => Exit::Unreachable,
+            CliError::Unreachable { .. } | CliError::NoGateway(_) => Exit::Unreachable,
             CliError::Usage(_) => Exit::Usage,
-            CliError::Api { .. } | CliError::Protocol(_) | CliError::Io { .. } | CliError::Failed(_) => Exit::Failed,
+            CliError::Api { .. }
+            | CliError::Protocol(_)
+            | CliError::Io { .. }
+            | CliError::Failed(_)
+            | CliError::Config(_) => Exit::Failed,
         }
     }
 
@@ -68,10 +78,11 @@ impl CliError {
             CliError::NotLoggedIn => "not_logged_in",
             CliError::Unauthorized { .. } => "unauthorized",
             CliError::LoginRefused(_) => "login_refused",
-            CliError::Unreachable { .. } => "server_unreachable",
+            CliError::Unreachable { .. } | CliError::NoGateway(_) => "server_unreachable",
             CliError::Api { code, .. } => code,
             CliError::Protocol(_) => "protocol_error",
             CliError::Usage(_) => "usage",
+            CliError::Config(_) => "config_unreadable",
             CliError::Io { .. } => "io_error",
             CliError::Failed(_) => "failed",
         }
@@ -80,7 +91,7 @@ impl CliError {
     /// Worth trying again as it is: the server was unreachable or busy.
     pub fn transient(&self) -> bool {
         match self {
-            CliError::Unreachable { .. } => true,
+            CliError::Unreachable { .. } | CliError::NoGateway(_) => true,
             CliError::Api { status, .. } => matches!(status, 408 | 423 | 429 | 500..=599),
             _ => false,
         }

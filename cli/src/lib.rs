@@ -47,7 +47,8 @@ pub fn main() -> ExitCode {
         Ok(exit) => exit.into(),
         Err(e) => {
             if json {
-                let _ = output::json(&json!({ "error": e.code(), "message": e.to_string() }));
+                // On one line: after `jobs --watch --json`'s lines, it is one more of them.
+                let _ = output::json_line(&json!({ "error": e.code(), "message": e.to_string() }));
             }
             eprintln!("tunewire: {e}");
             e.exit().into()
@@ -99,7 +100,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         }
         Command::Whoami => {
             let me = account::whoami(&api).await?;
-            if global.json { output::json(&me)? } else { println!("{}", account::describe(&me)) }
+            if global.json { output::json(&me)? } else { output::line(account::describe(&me)) }
         }
         Command::Upload(options) => {
             let store = resume::ResumeStore::new(&dir);
@@ -116,7 +117,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                         (None, Some(id)) => format!("job {id}"),
                         (None, None) => String::new(),
                     };
-                    println!("{:<10} {}  {detail}", outcome, r.file);
+                    output::line(format_args!("{:<10} {}  {detail}", outcome, r.file));
                 }
             }
             if failed > 0 {
@@ -134,7 +135,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                 output::json(&page)?;
             } else {
                 for job in &page.jobs {
-                    println!("{}", output::job_line(job));
+                    output::line(output::job_line(job));
                 }
                 if page.next_cursor.is_some() {
                     say(format!("(the newest {limit}; --limit shows up to 100)"));
@@ -148,12 +149,16 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                     if global.json {
                         return output::json_line(job);
                     }
-                    println!("{}", output::job_line(job));
+                    output::line(output::job_line(job));
                     Ok(())
                 };
                 loop {
-                    jobs::watch(&api, &|| say("watching: each change follows (Ctrl-C stops)".into()), &mut print)
-                        .await?;
+                    let opened = || say("watching: each change follows (Ctrl-C stops)".into());
+                    match jobs::watch(&api, &opened, &mut print).await {
+                        Ok(()) => {}
+                        Err(e) if e.exit() == Exit::Unreachable => {}
+                        Err(e) => return Err(e),
+                    }
                     // The stream ends when the token lapses (this says so) or a gateway stops
                     // (then another takes over).
                     account::whoami(&api).await?;
@@ -163,7 +168,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         }
         Command::Job { id } => {
             let job = jobs::get(&api, &id).await?;
-            if global.json { output::json(&job)? } else { println!("{}", output::job_details(&job)) }
+            if global.json { output::json(&job)? } else { output::line(output::job_details(&job)) }
         }
         Command::Delete { ids } => {
             let mut deleted = Vec::new();
@@ -208,7 +213,7 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                 output::json(&json!({ "downloaded": downloaded, "errors": errors }))?;
             } else {
                 for d in &downloaded {
-                    println!("{}", d.path.display());
+                    output::line(d.path.display());
                 }
             }
             if !errors.is_empty() {
@@ -223,13 +228,15 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
                 for hit in &page.hits {
                     let artist = hit.artist.as_deref().map(|a| format!(" — {a}")).unwrap_or_default();
                     let tags = if hit.tags.is_empty() { String::new() } else { format!("  [{}]", hit.tags.join(", ")) };
-                    println!("{}  {}{artist}{tags}", hit.job_id, hit.title);
+                    output::line(format_args!("{}  {}{artist}{tags}", hit.job_id, hit.title));
                 }
                 say(format!("{} of {} matching", page.hits.len(), page.total));
             }
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "tunewire", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tunewire", &mut script);
+            output::write_all(&script);
         }
     }
     Ok(Exit::Ok)

@@ -1,21 +1,39 @@
 //! The result of a command on stdout: one JSON document with `--json`, else lines for people.
 
+use std::io::Write;
+
 use serde::Serialize;
 use tunewire_contract::jobs::Job;
 
 use crate::error::CliError;
 
+/// Writes `text` and a newline to stdout. A reader that went away (`tunewire jobs | head`)
+/// ends the program quietly, as it would a shell tool; `println!` would panic.
+pub fn line(text: impl std::fmt::Display) {
+    write_all(format!("{text}\n").as_bytes());
+}
+
+/// Writes `bytes` to stdout as they are (see `line`).
+pub fn write_all(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tunewire: writing the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Prints `value` as the command's one JSON document.
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| CliError::Protocol(e.to_string()))?;
-    println!("{text}");
+    line(serde_json::to_string_pretty(value).map_err(|e| CliError::Protocol(e.to_string()))?);
     Ok(())
 }
 
-/// Prints `value` as one line of a JSON stream (`--watch --json`).
+/// Prints `value` as one line of a JSON stream (`--watch --json`), or a document on one line.
 pub fn json_line<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string(value).map_err(|e| CliError::Protocol(e.to_string()))?;
-    println!("{text}");
+    line(serde_json::to_string(value).map_err(|e| CliError::Protocol(e.to_string()))?);
     Ok(())
 }
 

@@ -84,7 +84,14 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        FileProgress { progress: self, bar, name: name.to_owned(), size, last: Mutex::new((0, 0)) }
+        FileProgress {
+            progress: self,
+            bar,
+            name: name.to_owned(),
+            size,
+            last: Mutex::new((0, 0)),
+            said: Mutex::default(),
+        }
     }
 
     pub fn finish(&self) {
@@ -102,6 +109,8 @@ pub struct FileProgress<'a> {
     size: u64,
     /// The position last shown, and the last quarter announced.
     last: Mutex<(u64, u64)>,
+    /// The first word of the last status line said.
+    said: Mutex<String>,
 }
 
 impl FileProgress<'_> {
@@ -126,11 +135,19 @@ impl FileProgress<'_> {
         *last = (position, now.max(quarter));
     }
 
-    /// What is happening to the file now (shown beside its bar, or as a line).
+    /// What is happening to the file now (shown beside its bar; as a line when what happens
+    /// changes, so "converting 12%", "converting 40%"... is one line).
     pub fn status(&self, words: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(words.to_owned()),
-            None => self.progress.say(&format!("{}: {words}", self.name)),
+            None => {
+                let kind = words.split_whitespace().next().unwrap_or_default().to_owned();
+                let mut said = self.said.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *said != kind {
+                    self.progress.say(&format!("{}: {words}", self.name));
+                    *said = kind;
+                }
+            }
         }
     }
 

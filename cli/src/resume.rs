@@ -17,6 +17,9 @@ pub struct Entry {
     pub server: String,
     /// The tus upload's address on that server.
     pub url: String,
+    /// The `Upload-Metadata` it was made with: other options make another upload.
+    #[serde(default)]
+    pub options: String,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -66,16 +69,20 @@ impl ResumeStore {
         Ok(out)
     }
 
-    pub fn get(&self, key: &FileKey, server: &str) -> Result<Option<String>, CliError> {
-        self.update(|s| s.uploads.get(&key.0).filter(|e| e.server == server).map(|e| e.url.clone()))
+    pub fn get(&self, key: &FileKey, server: &str) -> Result<Option<Entry>, CliError> {
+        self.update(|s| s.uploads.get(&key.0).filter(|e| e.server == server).cloned())
     }
 
-    /// Records where `key`'s upload is, forgetting those of the same path's earlier versions.
-    pub fn put(&self, key: &FileKey, entry: Entry) -> Result<(), CliError> {
-        let path = key.path();
+    /// Records where `key`'s upload is; returns the entries it replaces (this path's earlier
+    /// versions, or the same file's upload with other options), whose uploads the caller ends.
+    pub fn put(&self, key: &FileKey, entry: Entry) -> Result<Vec<Entry>, CliError> {
+        let path = key.path().to_owned();
         self.update(|s| {
-            s.uploads.retain(|k, _| FileKey(k.clone()).path() != path);
+            let replaced: Vec<String> =
+                s.uploads.keys().filter(|k| FileKey((*k).clone()).path() == path).cloned().collect();
+            let replaced = replaced.into_iter().filter_map(|k| s.uploads.remove(&k)).collect();
             s.uploads.insert(key.0.clone(), entry);
+            replaced
         })
     }
 
@@ -102,14 +109,16 @@ mod tests {
         std::fs::write(&file, b"1234").expect("written");
         let key = FileKey::of(&file, &std::fs::metadata(&file).expect("stat"));
         let store = ResumeStore::new(dir.path());
-        store.put(&key, Entry { server: "http://a".into(), url: "/v1/tus/1".into() }).expect("put");
-        assert_eq!(store.get(&key, "http://a").expect("get").as_deref(), Some("/v1/tus/1"));
+        let entry = |url: &str| Entry { server: "http://a".into(), url: url.into(), options: "filename YQ==".into() };
+        assert!(store.put(&key, entry("/v1/tus/1")).expect("put").is_empty());
+        assert_eq!(store.get(&key, "http://a").expect("get").map(|e| e.url).as_deref(), Some("/v1/tus/1"));
         assert_eq!(store.get(&key, "http://b").expect("get"), None);
         std::fs::write(&file, b"12345").expect("changed");
         let changed = FileKey::of(&file, &std::fs::metadata(&file).expect("stat"));
         assert_ne!(changed, key, "a changed file is another upload");
-        store.put(&changed, Entry { server: "http://a".into(), url: "/v1/tus/2".into() }).expect("put");
-        assert_eq!(store.get(&key, "http://a").expect("get"), None, "the earlier version's upload is forgotten");
+        let replaced = store.put(&changed, entry("/v1/tus/2")).expect("put");
+        assert_eq!(replaced, vec![entry("/v1/tus/1")], "the earlier version's upload is handed back to end");
+        assert_eq!(store.get(&key, "http://a").expect("get"), None);
         assert_eq!(store.entries().expect("entries").len(), 1);
         store.remove(&changed).expect("removed");
         assert!(store.entries().expect("entries").is_empty());

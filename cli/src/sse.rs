@@ -9,21 +9,26 @@ pub struct Event {
     pub data: String,
 }
 
-/// Splits what has arrived into whole events; what is left waits for more bytes.
+/// Splits what has arrived into whole events; what is left waits for more bytes (kept as
+/// bytes: a character may be split across chunks).
 #[derive(Default)]
 pub struct Parser {
-    buffer: String,
+    buffer: Vec<u8>,
 }
+
+/// A stream quiet for longer than this is dead: the gateway sends a keep-alive every 15 s.
+pub const SILENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An event larger than this is not one of ours.
 const MAX_EVENT: usize = 1 << 20;
 
 impl Parser {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, String> {
-        self.buffer.push_str(&String::from_utf8_lossy(chunk));
+        self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.find("\n\n") {
-            let block: String = self.buffer.drain(..end + 2).collect();
+        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&block);
             let (mut name, mut data) = (String::from("message"), Vec::new());
             for line in block.lines() {
                 if let Some(value) = line.strip_prefix("event:") {
@@ -57,7 +62,13 @@ where
                 if let Some(event) = ready.pop_front() {
                     return Some((Ok(event), (body, parser, ready)));
                 }
-                match body.next().await? {
+                let next = match tokio::time::timeout(SILENCE, body.next()).await {
+                    Ok(next) => next?,
+                    Err(_) => {
+                        return Some((Err(format!("nothing came for {} s", SILENCE.as_secs())), (body, parser, ready)));
+                    }
+                };
+                match next {
                     Ok(chunk) => match parser.push(&chunk) {
                         Ok(events) => ready.extend(events),
                         Err(e) => return Some((Err(e), (body, parser, ready))),
@@ -77,7 +88,7 @@ mod tests {
     fn events_split_across_chunks_and_keep_alives_are_skipped() {
         let mut parser = Parser::default();
         assert_eq!(parser.push(b": keep-alive\n\nevent: job\ndata: {\"id\"").expect("ok"), vec![]);
-        let events = parser.push(b":1}\n\nevent:deleted\ndata:abc\n\n").expect("ok");
+        let events = parser.push(b":1}\n\nevent:deleted\ndata:abc\n\nevent: job\ndata: \xc3").expect("ok");
         assert_eq!(
             events,
             vec![
@@ -85,5 +96,7 @@ mod tests {
                 Event { name: "deleted".into(), data: "abc".into() },
             ]
         );
+        // "é" split across two chunks.
+        assert_eq!(parser.push(b"\xa9\n\n").expect("ok"), vec![Event { name: "job".into(), data: "é".into() }]);
     }
 }

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
-use tokio::io::AsyncSeekExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::api::{self, Api};
 use crate::error::CliError;
@@ -32,7 +32,8 @@ impl Metadata {
         self
     }
 
-    fn header(&self) -> String {
+    /// The `Upload-Metadata` value (also what tells one run's options from another's).
+    pub fn header(&self) -> String {
         self.0.iter().map(|(k, v)| format!("{k} {}", STANDARD.encode(v))).collect::<Vec<_>>().join(",")
     }
 }
@@ -84,21 +85,29 @@ pub async fn stored(api: &Api, url: &str) -> Result<Option<Stored>, CliError> {
     Ok(Some(Stored { offset, job_id: job_id(response.headers()) }))
 }
 
+/// Removes an upload the client gave up (tus termination); a failure is left to the server's
+/// expiry of unfinished uploads.
+pub async fn terminate(api: &Api, url: &str) {
+    if let Ok(request) = api.request(Method::DELETE, url) {
+        let _ = api.send(request.header("tus-resumable", TUS_VERSION)).await;
+    }
+}
+
 /// Called with the bytes handed to the connection so far, from `offset` on.
 pub type OnSent = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Sends `path` from `offset` to its end in one `PATCH`, paced to `rate`. The server keeps
-/// what arrives even when the connection drops, so a failed send is continued from the
-/// offset `stored` then reports.
+/// Sends `len` bytes of `path` from `offset` (the rest of the upload) in one `PATCH`, paced
+/// to `rate`. The server keeps what arrives even when the connection drops, so a failed send
+/// is continued from the offset `stored` then reports.
 pub async fn send(
     api: &Api,
     url: &str,
     path: &Path,
-    offset: u64,
+    (offset, len): (u64, u64),
     rate: Option<Rate>,
     on_sent: OnSent,
 ) -> Result<Stored, CliError> {
-    let body = file_body(path.to_path_buf(), offset, rate, on_sent).await?;
+    let body = file_body(path.to_path_buf(), (offset, len), rate, on_sent).await?;
     let request = api
         .request(Method::PATCH, url)?
         .header("tus-resumable", TUS_VERSION)
@@ -111,10 +120,17 @@ pub async fn send(
     Ok(Stored { offset, job_id: job_id(response.headers()) })
 }
 
-async fn file_body(path: PathBuf, offset: u64, rate: Option<Rate>, on_sent: OnSent) -> Result<reqwest::Body, CliError> {
+async fn file_body(
+    path: PathBuf,
+    (offset, len): (u64, u64),
+    rate: Option<Rate>,
+    on_sent: OnSent,
+) -> Result<reqwest::Body, CliError> {
     let what = || format!("reading {}", path.display());
     let mut file = tokio::fs::File::open(&path).await.map_err(|e| CliError::io(what(), e))?;
     file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| CliError::io(what(), e))?;
+    // Never more than the upload's length, should the file have grown.
+    let file = file.take(len);
     let mut pace = rate.map(Pace::new);
     let mut sent = 0u64;
     let pieces = tokio_util::io::ReaderStream::with_capacity(file, PIECE).then(move |piece| {

@@ -187,6 +187,7 @@ async fn a_folder_goes_up_converts_and_comes_back_down() -> anyhow::Result<()> {
         assert_eq!(file["job"]["state"], "converted");
         ids.push(file["job_id"].as_str().context("job id")?.to_owned());
     }
+    assert!(you.config.path().join("uploads.json").exists(), "the uploads were remembered while they ran");
     assert!(you.resume_entries()?.is_empty(), "finished uploads are forgotten");
     let seen = tokio::time::timeout(PIPELINE_DEADLINE, watched).await???;
     for id in &ids {
@@ -238,11 +239,23 @@ async fn a_folder_goes_up_converts_and_comes_back_down() -> anyhow::Result<()> {
     let gone = you.json(&["job", &ids[1]], 1).await?;
     assert_eq!(gone["error"], "not_found");
 
-    // Logout: the next command needs a login again.
+    // Logout: the next command needs a login again; TUNEWIRE_TOKEN stands in for one.
     you.expect(&["logout"], 0).await?;
     assert!(!credentials.exists());
     let output = you.run(&["jobs"], "").await?;
     assert_eq!(output.status.code(), Some(3));
+    let mut with_token = assert_cmd::Command::from_std(you.command(&["job", &ids[0], "--json"]));
+    with_token.env("TUNEWIRE_TOKEN", &token).timeout(COMMAND_DEADLINE);
+    let by_env = tokio::task::spawn_blocking(move || with_token.output()).await??;
+    assert_eq!(by_env.status.code(), Some(0), "{}", String::from_utf8_lossy(&by_env.stderr));
+
+    // Usage: exit 2; no server there: exit 4, with what to do.
+    assert_eq!(you.run(&["jobs", "--state", "finished"], "").await?.status.code(), Some(2));
+    let mut nowhere = assert_cmd::Command::from_std(you.command(&["whoami", "--server", "http://127.0.0.1:9"]));
+    nowhere.env("TUNEWIRE_TOKEN", &token).timeout(COMMAND_DEADLINE);
+    let nowhere = tokio::task::spawn_blocking(move || nowhere.output()).await??;
+    assert_eq!(nowhere.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("is it running?"));
     p.stop().await
 }
 
@@ -308,8 +321,8 @@ async fn login_token(p: &Pipeline, email: &str) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn progress_bars_on_a_terminal_plain_lines_in_a_pipe_and_an_expired_token_says_what_to_do() -> anyhow::Result<()>
 {
-    // Tokens that expire at once (the gateway allows 30 s of clock skew past that).
-    let p = Pipeline::start_with(Options { token_ttl_s: Some(1), ..Options::default() }).await?;
+    // Tokens that expire soon (the gateway allows 30 s of clock skew past their 15 s).
+    let p = Pipeline::start_with(Options { token_ttl_s: Some(15), ..Options::default() }).await?;
     let you = Client::new(&p)?;
     let email = format!("cli-{}@example.com", uuid::Uuid::new_v4().simple());
     let registered = you.run(&["register", "--email", &email, "--password-stdin"], &format!("{PASSWORD}\n")).await?;
@@ -322,12 +335,16 @@ async fn progress_bars_on_a_terminal_plain_lines_in_a_pipe_and_an_expired_token_
     let track = p.scratch.join("terminal.wav");
     wav(&track, 40, 440, 2)?;
     let track_arg = track.to_str().context("utf-8")?;
+    let second = p.scratch.join("second.wav");
+    wav(&second, 20, 550, 2)?;
 
-    // On a pseudo-terminal (util-linux `script`): bars drawn with escape sequences.
+    // On a pseudo-terminal (util-linux `script`): a bar per file and a total, drawn with
+    // escape sequences.
     let line = format!(
-        "stty cols 120 rows 40; {} upload {} --bwlimit 2M",
+        "stty cols 120 rows 40; {} upload {} {} --bwlimit 2M",
         env!("CARGO_BIN_EXE_tunewire"),
-        shell_quote(track_arg)
+        shell_quote(track_arg),
+        shell_quote(second.to_str().context("utf-8")?)
     );
     let mut script = std::process::Command::new("script");
     script
@@ -344,6 +361,7 @@ async fn progress_bars_on_a_terminal_plain_lines_in_a_pipe_and_an_expired_token_
     assert!(on_terminal.status.success(), "{screen}");
     assert!(screen.contains("\u{1b}["), "the terminal got cursor movements: {screen:?}");
     assert!(screen.contains("terminal.wav") && screen.contains("MiB/s"), "a bar with its speed: {screen:?}");
+    assert!(screen.contains("second.wav") && screen.contains("total"), "and the total's: {screen:?}");
     assert!(screen.contains("uploaded: job"), "{screen:?}");
 
     // In a pipe: plain lines on stderr, the result alone on stdout.

@@ -62,6 +62,8 @@ pub struct TokenVerifier {
 }
 
 const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+/// How far past `exp` a token is still taken, for clock skew (streams end there too).
+const LEEWAY_S: i64 = 30;
 
 impl TokenVerifier {
     pub fn new(auth_url: &str, issuer: &str, audience: &str, http: reqwest::Client) -> Arc<Self> {
@@ -174,7 +176,7 @@ impl TokenVerifier {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 30;
+        validation.leeway = LEEWAY_S.unsigned_abs();
         validation
     }
 
@@ -233,7 +235,7 @@ impl TokenVerifier {
         not_before.is_some_and(|at| issued_at < at)
     }
 
-    /// Returns when `caller`'s token stops being accepted: at its expiry, or within
+    /// Returns when `caller`'s token stops being accepted: at its expiry (and leeway), or within
     /// `REVOCATIONS_EVERY` of a password change. A response that streams for longer than a
     /// request ends with it.
     pub async fn lapsed(self: Arc<Self>, caller: Caller) {
@@ -241,10 +243,11 @@ impl TokenVerifier {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-            if now >= caller.expires_at || self.revoked(caller.id, caller.issued_at) {
+            let expires = caller.expires_at.saturating_add(LEEWAY_S);
+            if now >= expires || self.revoked(caller.id, caller.issued_at) {
                 return;
             }
-            let left = Duration::from_secs(u64::try_from(caller.expires_at - now).unwrap_or(0));
+            let left = Duration::from_secs(u64::try_from(expires - now).unwrap_or(0));
             tokio::time::sleep(left.min(REVOCATIONS_EVERY)).await;
         }
     }

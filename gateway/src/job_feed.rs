@@ -1,5 +1,6 @@
 //! `GET /v1/events`: Server-Sent Events with every change to the caller's jobs (an admin's:
-//! everyone's), for a live list. One poller per process reads the rows changed since its
+//! everyone's), for a live list: a `job` event with the job, or `deleted` with its id (read
+//! from the deleted job's tombstone). One poller per process reads the rows changed since its
 //! last reading, for every user someone follows, in one query; reading rows (not the events
 //! this replica consumed) lets any replica serve any user.
 //!
@@ -43,9 +44,16 @@ impl Scope {
     }
 }
 
+/// One change a feed passes on.
+#[derive(Debug, Clone)]
+enum Change {
+    Job(Arc<Job>),
+    Deleted(JobId),
+}
+
 #[derive(Default)]
 pub struct JobFeed {
-    followed: Mutex<HashMap<Scope, broadcast::Sender<Arc<Job>>>>,
+    followed: Mutex<HashMap<Scope, broadcast::Sender<Change>>>,
 }
 
 impl JobFeed {
@@ -64,11 +72,16 @@ impl JobFeed {
         futures_util::stream::unfold((changes, place), move |(mut changes, place)| {
             let shutdown = shutdown.clone();
             async move {
-                let job = tokio::select! {
+                let change = tokio::select! {
                     _ = shutdown.cancelled() => return None,
-                    job = changes.recv() => job.ok()?,
+                    change = changes.recv() => change.ok()?,
                 };
-                let event = Event::default().event("job").json_data(&*job).unwrap_or_else(|_| Event::default());
+                let event = match change {
+                    Change::Job(job) => {
+                        Event::default().event("job").json_data(&*job).unwrap_or_else(|_| Event::default())
+                    }
+                    Change::Deleted(id) => Event::default().event("deleted").data(id.to_string()),
+                };
                 Some((Ok(event), (changes, place)))
             }
         })
@@ -110,14 +123,15 @@ impl JobFeed {
                 }
                 continue;
             };
-            let (changed, read_at) = match jobs::changed_since(&db, from, &owners, everyone).await {
-                Ok(read) => read,
-                // The database will be back; the streams stay open meanwhile.
-                Err(e) => {
-                    tracing::warn!(error = %e, "job feed: reading the changed jobs failed");
-                    continue;
-                }
-            };
+            let jobs::Changes { jobs: changed, deleted, read_at } =
+                match jobs::changed_since(&db, from, &owners, everyone).await {
+                    Ok(read) => read,
+                    // The database will be back; the streams stay open meanwhile.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "job feed: reading the changed jobs failed");
+                        continue;
+                    }
+                };
             since = Some(from.max(read_at - overlap));
             let followed = self.followed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (owner, job) in changed {
@@ -125,11 +139,21 @@ impl JobFeed {
                     continue;
                 }
                 sent.insert(job.id, job.updated_at);
-                let job = Arc::new(job);
+                let job = Change::Job(Arc::new(job));
                 for scope in [Scope::Owner(owner), Scope::Everyone] {
                     if let Some(changes) = followed.get(&scope) {
                         // No receiver left: it is forgotten at the next reading.
                         let _ = changes.send(job.clone());
+                    }
+                }
+            }
+            for (owner, id, at) in deleted {
+                if sent.insert(id, at) == Some(at) {
+                    continue;
+                }
+                for scope in [Scope::Owner(owner), Scope::Everyone] {
+                    if let Some(changes) = followed.get(&scope) {
+                        let _ = changes.send(Change::Deleted(id));
                     }
                 }
             }

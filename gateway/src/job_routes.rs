@@ -169,7 +169,7 @@ pub async fn delete_job(id: String, caller: Caller, state: State) -> Result<Resp
 #[utoipa::path(get, path = "/v1/events", operation_id = "job_feed", tag = "jobs", security(("bearer" = [])),
     summary = "Follow all your jobs: Server-Sent Events with each change",
     responses(
-        (status = 200, description = "An event stream of `job` events, until the token expires or is revoked", content_type = "text/event-stream", body = Job),
+        (status = 200, description = "An event stream of `job` events (the job) and `deleted` events (its id), until the token expires or is revoked", content_type = "text/event-stream", body = Job),
         (status = 401, response = ErrorBody),
         (status = 429, description = "Too many event streams open: `too_many_streams` (yours, per gateway process) \
             or `server_busy` (the process's)", body = ErrorBody, headers(("Retry-After" = u64))),

@@ -146,7 +146,7 @@ pub async fn changed_since(
     since: DateTime<Utc>,
     owners: &[UserId],
     everyone: bool,
-) -> Result<(Vec<(UserId, Job)>, DateTime<Utc>), sqlx::Error> {
+) -> Result<Changes, sqlx::Error> {
     let owners: Vec<uuid::Uuid> = owners.iter().map(UserId::as_uuid).collect();
     let sql = sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS}, owner_id, now() AS read_at FROM gateway.jobs
@@ -161,7 +161,25 @@ pub async fn changed_since(
         .iter()
         .map(|row| Ok((UserId::from(row.try_get::<uuid::Uuid, _>("owner_id")?), job_view::from_row(row)?)))
         .collect::<Result<_, sqlx::Error>>()?;
-    Ok((jobs, read_at))
+    let deleted: Vec<(uuid::Uuid, uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT job_id, owner_id, deleted_at FROM gateway.job_tombstones
+         WHERE deleted_at > $1 AND ($2 OR owner_id = ANY($3)) ORDER BY deleted_at",
+    )
+    .bind(since)
+    .bind(everyone)
+    .bind(&owners)
+    .fetch_all(db)
+    .await?;
+    let deleted = deleted.into_iter().map(|(job, owner, at)| (UserId::from(owner), JobId::from(job), at)).collect();
+    Ok(Changes { jobs, deleted, read_at })
+}
+
+/// What `changed_since` read: the jobs changed (with their owners), the jobs deleted (owner,
+/// job, when), and the database's time of the reading.
+pub struct Changes {
+    pub jobs: Vec<(UserId, Job)>,
+    pub deleted: Vec<(UserId, JobId, DateTime<Utc>)>,
+    pub read_at: DateTime<Utc>,
 }
 
 /// The database's clock, which `updated_at` is read by.
@@ -263,9 +281,20 @@ pub async fn files(db: &PgPool, id: JobId, caller: &Caller) -> Result<Option<Job
 /// of the job, and work still running on it keeps nothing.
 pub async fn delete(db: &PgPool, id: JobId) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    let deleted = sqlx::query("DELETE FROM gateway.jobs WHERE id = $1").bind(id.as_uuid()).execute(&mut *tx).await?;
-    if deleted.rows_affected() > 0 {
+    let owner: Option<uuid::Uuid> = sqlx::query_scalar("DELETE FROM gateway.jobs WHERE id = $1 RETURNING owner_id")
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(owner) = owner {
         enqueue(&mut tx, &MediaDeleted { job_id: id }).await?;
+        sqlx::query("DELETE FROM gateway.job_tombstones WHERE deleted_at < now() - interval '1 hour'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO gateway.job_tombstones (job_id, owner_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(id.as_uuid())
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
 }

@@ -42,7 +42,7 @@ fn asset(path: &str) -> Option<&'static Asset> {
     let mut segments = path.trim_start_matches('/').split('/');
     let first = segments.next().unwrap_or_default();
     let page = match (first, segments.next(), segments.next()) {
-        ("d", Some(token), None) => !token.is_empty(),
+        ("d", Some(token), None | Some("")) => !token.is_empty(),
         ("d", _, _) => false,
         (first, None, None) | (first, Some(""), None) => PAGES.contains(&first),
         _ => false,

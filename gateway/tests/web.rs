@@ -210,6 +210,13 @@ async fn until_event(
                     return Ok(job);
                 }
             }
+            // A deletion is told as `{"deleted": id}` here.
+            if block.lines().any(|l| l.trim() == "event:deleted") || block.contains("event: deleted") {
+                let gone = serde_json::json!({ "deleted": data });
+                if wanted(&gone) {
+                    return Ok(gone);
+                }
+            }
         }
         let chunk = tokio::time::timeout_at(deadline, feed.next())
             .await
@@ -251,6 +258,16 @@ async fn the_job_feed_tells_each_user_of_their_jobs_and_admins_of_all() -> anyho
     assert_eq!(first["id"], bob_job.as_str(), "bob's feed showed another user's job: {first}");
     until_event(&mut admin_feed, &mut admin_seen, is(&ann_job)).await?;
     until_event(&mut admin_feed, &mut admin_seen, is(&bob_job)).await?;
+
+    // A deletion reaches the owner's feeds and admins', wherever it was made.
+    let r = g.http.delete(g.at(&format!("/v1/jobs/{ann_job}"))).bearer_auth(&ann.token).send().await?;
+    assert_eq!(r.status(), 204);
+    let gone = |id: &str| {
+        let id = id.to_owned();
+        move |event: &Value| event["deleted"] == id.as_str()
+    };
+    until_event(&mut ann_feed, &mut ann_seen, gone(&ann_job)).await?;
+    until_event(&mut admin_feed, &mut admin_seen, gone(&ann_job)).await?;
 
     let unauthenticated = g.http.get(g.at("/v1/events")).send().await?;
     assert_eq!(unauthenticated.status(), 401);

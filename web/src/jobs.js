@@ -13,16 +13,16 @@ import { Uploads } from './uploads.js';
 
 const PAGE = 50;
 
-// Times are compared as instants: RFC 3339 strings with different fractions or offsets do
-// not sort as text.
-const instant = (t) => Date.parse(t) || 0;
-const newestFirst = (a, b) => instant(b.created_at) - instant(a.created_at);
+// The gateway's times are UTC with up to nine fraction digits ("...T10:00:00.123456Z"); with
+// the fraction padded they sort as text, to the nanosecond (Date.parse stops at the ms).
+const stamp = (t) => (typeof t === 'string' ? t.replace(/(?:\.(\d+))?Z$/, (_, f = '') => `.${f.padEnd(9, '0')}Z`) : '');
+const newestFirst = (a, b) => (stamp(a.created_at) < stamp(b.created_at) ? 1 : stamp(a.created_at) > stamp(b.created_at) ? -1 : 0);
 
-/** The later of two versions of one job. */
+/** The later of two versions of one job; on a tie, the one that came last (`b`). */
 function newer(a, b) {
   if (!a) return b;
   if (!b) return a;
-  return instant(a.updated_at) >= instant(b.updated_at) ? a : b;
+  return stamp(a.updated_at) > stamp(b.updated_at) ? a : b;
 }
 
 // Jobs deleted from this page: an event or a list read already under way may still carry
@@ -94,6 +94,11 @@ export function useJobFeed(stateFilter) {
         seen.set(job.id, newer(seen.get(job.id), job));
         setJobs((list) => upsert(list, job, stateFilter));
       });
+      // A job deleted anywhere (another tab, another device, an admin).
+      source.addEventListener('deleted', (e) => {
+        deleted.add(e.data);
+        setJobs((list) => list.filter((j) => j.id !== e.data));
+      });
       source.addEventListener('error', () => {
         if (stopped) return;
         if (source.readyState !== EventSource.CLOSED) {
@@ -143,7 +148,10 @@ export function useJobFeed(stateFilter) {
   }, [cursor, stateFilter]);
 
   const remove = useCallback(async (job) => {
-    await api('DELETE', `/v1/jobs/${encodeURIComponent(job.id)}`);
+    await api('DELETE', `/v1/jobs/${encodeURIComponent(job.id)}`).catch((err) => {
+      // Already gone (deleted elsewhere): what was asked for is done.
+      if (err.status !== 404) throw err;
+    });
     deleted.add(job.id);
     setJobs((list) => list.filter((j) => j.id !== job.id));
   }, []);

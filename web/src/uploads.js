@@ -128,11 +128,23 @@ let owner = '';
 export function setUploadOwner(id) {
   if (owner === (id || '')) return;
   owner = id || '';
+  forgetUnowned();
   for (const upload of running.values()) upload.abort().catch(() => {});
   running.clear();
   meters.clear();
   set({ items: [], remembered: [], notice: '' });
   if (owner) refreshRemembered();
+}
+
+/** Drops remembered uploads whose fingerprint names no account (made before they did). */
+function forgetUnowned() {
+  try {
+    for (const key of Object.keys(localStorage)) {
+      if (key.startsWith('tus::') && !/^tus::[0-9a-f-]{36}\//.test(key)) localStorage.removeItem(key);
+    }
+  } catch {
+    // no localStorage: nothing to forget
+  }
 }
 
 async function fingerprint(file, options) {
@@ -150,7 +162,7 @@ export async function refreshRemembered() {
   const remembered = all
     .filter((u) => owner && u.urlStorageKey?.startsWith(`tus::${owner}/`))
     .filter((u) => !active.has(u.uploadUrl))
-    .sort((a, b) => String(b.creationTime).localeCompare(String(a.creationTime)));
+    .sort((a, b) => (Date.parse(b.creationTime) || 0) - (Date.parse(a.creationTime) || 0));
   set({ remembered });
 }
 
@@ -230,7 +242,7 @@ export async function start(key) {
   try {
     const previous = await upload.findPreviousUploads();
     if (previous.length) {
-      previous.sort((a, b) => String(b.creationTime).localeCompare(String(a.creationTime)));
+      previous.sort((a, b) => (Date.parse(b.creationTime) || 0) - (Date.parse(a.creationTime) || 0));
       upload.resumeFromPreviousUpload(previous[0]);
       update(key, { message: 'Continuing where the earlier upload stopped.' });
     }
