@@ -345,6 +345,7 @@ async fn send(context: &Context<'_>, file: &Path, size: u64, bar: &FileProgress<
                 CliError::Protocol(format!("the server lost {name}'s upload"))
             }
             Err(CliError::Api { code, message, status }) if !retryable(status, &code) => {
+                tus::terminate(api, &url).await;
                 context.store.remove(&key)?;
                 return Ok(Sent::Refused { reason: Refusal { error: code, message }, resumed_at });
             }
