@@ -105,7 +105,10 @@ pub async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Upload(options) => {
             let store = resume::ResumeStore::new(&dir);
             let results = upload::run(&api, &store, &options, mode).await?;
-            let failed = results.iter().filter(|r| matches!(r.outcome, Outcome::Refused | Outcome::Failed)).count();
+            let failed = results
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Refused | Outcome::Failed | Outcome::Error))
+                .count();
             if global.json {
                 output::json(&json!({ "files": results }))?;
             } else {

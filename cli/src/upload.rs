@@ -239,9 +239,19 @@ async fn one(context: &Context<'_>, file: &Path, size: u64) -> Result<FileResult
         JobState::Converting => bar.status(&format!("converting {:.0}%", job.progress * 100.0)),
         state => bar.status(state.as_str()),
     };
-    let end = follow::until_final(context.api, &job_id, &on_change)
-        .await
-        .inspect_err(|e| bar.done(&format!("error: {e}")))?;
+    let end = match follow::until_final(context.api, &job_id, &on_change).await {
+        Ok(end) => end,
+        Err(e) if matches!(e.exit(), Exit::Auth | Exit::Unreachable) => {
+            bar.done(&format!("error: {e}"));
+            return Err(e);
+        }
+        // The job exists: say which it is.
+        Err(e) => {
+            bar.done(&format!("error: {e}"));
+            let reason = Refusal { error: e.code().to_owned(), message: e.to_string() };
+            return Ok(result(Outcome::Error, resumed_at, Some(job_id), Some(reason), None));
+        }
+    };
     match end {
         End::Final(job) if job.state == JobState::Converted => {
             bar.done("converted");
@@ -290,13 +300,17 @@ async fn send(context: &Context<'_>, file: &Path, size: u64, bar: &FileProgress<
     let api = context.api;
     let name = file.display().to_string();
     let metadata = std::fs::metadata(file).map_err(|e| CliError::io(name.clone(), e))?;
+    if metadata.len() != size {
+        return Err(CliError::Failed(format!("{name} changed before it was sent; run again")));
+    }
     let key = FileKey::of(file, &metadata);
     let options = upload_metadata(file, context.options);
 
     let mut resumed = None;
     if let Some(entry) = context.store.get(&key, &api.server)? {
-        // Another --title or --preset is another upload.
-        if entry.options == options.header()
+        // Another --title or --preset is another upload (an entry from before options were
+        // kept has none, and is taken as it is).
+        if (entry.options.is_empty() || entry.options == options.header())
             && let Some(stored) = tus::stored(api, &entry.url).await?
         {
             resumed = Some((entry.url, stored));
