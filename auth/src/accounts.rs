@@ -145,7 +145,7 @@ pub async fn revocations(db: &PgPool, horizon_s: i64) -> Result<Vec<(UserId, i64
 /// every replica may run it at start.
 pub async fn provision_admin(db: &PgPool, email: &Email, password: &str) -> Result<UserId, AccountError> {
     let password = password.to_string();
-    let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+    let hash = tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|e| AccountError::Hashing(e.to_string()))??;
     let id: uuid::Uuid = sqlx::query_scalar(

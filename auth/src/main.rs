@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    telemetry::init("auth");
+    let _telemetry = telemetry::init("auth");
     let stop = shutdown::on_signal();
     let running = tunewire_auth::start(config, stop.clone()).await?;
     shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_auth::SHUTDOWN_DEADLINE_S)).await;

@@ -135,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
             catalog::upsert(&db, &event, title, &tags, "lastfm-track").await?;
             let (job, owner, title, artist, tag) =
                 (event.job_id.to_string(), owner.to_string(), title.clone(), artist.clone(), tag.to_string());
-            tokio::task::spawn_blocking(move || {
+            tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
                 let doc =
                     TrackDoc { job_id: job, owner, title: &title, artist: Some(&artist), album: None, tags: vec![tag] };
                 index.upsert(&doc)

@@ -45,7 +45,7 @@ impl Indexer {
 
     async fn unindex(&self, job_id: JobId) -> Result<(), HandleError> {
         let index = self.index.clone();
-        tokio::task::spawn_blocking(move || index.remove(&job_id.to_string()))
+        tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || index.remove(&job_id.to_string()))
             .await
             .or_retry("unindexing (task)")?
             .or_retry("unindexing")
@@ -80,7 +80,7 @@ impl Indexer {
         let (job_id, owner) = (event.job_id.to_string(), event.owner.id.to_string());
         let (indexed_title, artist, album) = (title.clone(), event.tags.artist.clone(), event.tags.album.clone());
         let tag_names: Vec<String> = tags.iter().map(|t| t.name.clone()).collect();
-        tokio::task::spawn_blocking(move || {
+        tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
             let doc = TrackDoc {
                 job_id,
                 owner,

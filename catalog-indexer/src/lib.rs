@@ -151,7 +151,7 @@ pub async fn rebuild(db: &PgPool, index: &Arc<SearchIndex>) -> anyhow::Result<us
     let tracks = catalog::all_track_docs(db).await?;
     let count = tracks.len();
     let index = index.clone();
-    tokio::task::spawn_blocking(move || {
+    tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
         let docs: Vec<search_index::TrackDoc<'_>> = tracks
             .iter()
             .map(|(job, t)| search_index::TrackDoc {
@@ -258,7 +258,9 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .required(
             "search_index",
             check_with(index.clone(), |index| async move {
-                tokio::task::spawn_blocking(move || index.check()).await.map_err(|e| e.to_string())?
+                tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || index.check())
+                    .await
+                    .map_err(|e| e.to_string())?
             }),
         )
         .optional("postgres", postgres::check(&db))

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::from(2));
         }
     }
-    telemetry::init("catalog-indexer");
+    let _telemetry = telemetry::init("catalog-indexer");
     let stop = shutdown::on_signal();
     let running = tunewire_catalog_indexer::start(config, stop.clone()).await?;
     shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_catalog_indexer::SHUTDOWN_DEADLINE_S))

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use tunewire_contract::{JobId, MediaCatalogued};
 use tunewire_events::Bus;
 use tunewire_service_runtime::Backoff;
@@ -122,15 +123,20 @@ impl TagLookup {
     }
 }
 
+/// Puts the track in the backlog, with the trace it is catalogued in.
 pub async fn defer(db: &PgPool, job: JobId, artist: &str, title: &str, reason: &str) -> Result<(), sqlx::Error> {
+    let trace = TraceHeaders::current();
     sqlx::query(
-        "INSERT INTO catalog.tag_backlog (job_id, artist, title, last_error) VALUES ($1, $2, $3, $4)
+        "INSERT INTO catalog.tag_backlog (job_id, artist, title, last_error, traceparent, tracestate)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (job_id) DO NOTHING",
     )
     .bind(job.as_uuid())
     .bind(artist)
     .bind(title)
     .bind(reason)
+    .bind(trace.traceparent)
+    .bind(trace.tracestate)
     .execute(db)
     .await
     .map(drop)
@@ -159,7 +165,7 @@ async fn fill(
     if let Some(track) = catalog::track_doc(db, job).await? {
         let writer = index.clone();
         let tag_names = track.tags.clone();
-        tokio::task::spawn_blocking(move || {
+        tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
             let doc = TrackDoc {
                 job_id: job.to_string(),
                 owner: track.owner.to_string(),
@@ -176,7 +182,7 @@ async fn fill(
         // A removal that committed after the track was read: take the document out again.
         if catalog::is_removed(db, job).await? {
             let index = index.clone();
-            tokio::task::spawn_blocking(move || index.remove(&job.to_string()))
+            tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || index.remove(&job.to_string()))
                 .await
                 .map_err(|e| BacklogError::Index(e.to_string()))?
                 .map_err(|e| BacklogError::Index(e.to_string()))?;
@@ -192,6 +198,26 @@ async fn fill(
     Ok(())
 }
 
+/// A backlog entry whose next attempt is due.
+#[derive(sqlx::FromRow)]
+struct Due {
+    job_id: uuid::Uuid,
+    artist: String,
+    title: String,
+    attempts: i32,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl Due {
+    /// The late lookup's span, in the trace of the upload.
+    fn span(&self) -> tracing::Span {
+        let span = tracing::info_span!("late_tags", job_id = %self.job_id, trace_id = tracing::field::Empty);
+        TraceHeaders::from_parts(self.traceparent.clone(), self.tracestate.clone()).continue_in(&span);
+        span
+    }
+}
+
 /// Entries looked at per round.
 const ROUND: i64 = 20;
 /// The longest wait between two attempts for one track.
@@ -203,8 +229,8 @@ async fn round(
     bus: &Bus,
     every: Duration,
 ) -> Result<usize, BacklogError> {
-    let due: Vec<(uuid::Uuid, String, String, i32)> = sqlx::query_as(
-        "SELECT job_id, artist, title, attempts FROM catalog.tag_backlog
+    let due: Vec<Due> = sqlx::query_as(
+        "SELECT job_id, artist, title, attempts, traceparent, tracestate FROM catalog.tag_backlog
          WHERE next_attempt_at <= now() ORDER BY next_attempt_at LIMIT $1",
     )
     .bind(ROUND)
@@ -213,34 +239,46 @@ async fn round(
     let (waiting,): (i64,) = sqlx::query_as("SELECT count(*) FROM catalog.tag_backlog").fetch_one(&lookup.db).await?;
     lookup.metrics.lastfm_backlog.set(waiting);
     let mut filled = 0;
-    for (job, artist, title, attempts) in due {
+    for entry in due {
         if lookup.key_rejected() {
             break;
         }
-        match lookup.tags(&artist, &title).await {
-            Tags::Found(tags, source) => {
-                fill(&lookup.db, index, bus, job, &tags, source).await?;
-                info!(job_id = %job, tags = tags.len(), attempts = attempts + 1, "late Last.fm tags filled in");
-                filled += 1;
+        let span = entry.span();
+        let Due { job_id: job, artist, title, attempts, .. } = entry;
+        let attempt = async {
+            match lookup.tags(&artist, &title).await {
+                Tags::Found(tags, source) => {
+                    fill(&lookup.db, index, bus, job, &tags, source).await?;
+                    info!(job_id = %job, tags = tags.len(), attempts = attempts + 1, "late Last.fm tags filled in");
+                    Ok::<_, BacklogError>(Some(1))
+                }
+                Tags::None => {
+                    sqlx::query("DELETE FROM catalog.tag_backlog WHERE job_id = $1")
+                        .bind(job)
+                        .execute(&lookup.db)
+                        .await?;
+                    Ok(Some(0))
+                }
+                Tags::Later(reason) => {
+                    let backoff = Backoff::new(every, MAX_BACKOFF).delay(attempts.max(0) as u32).as_secs_f64();
+                    sqlx::query(
+                        "UPDATE catalog.tag_backlog SET attempts = attempts + 1, last_error = $2,
+                                next_attempt_at = now() + make_interval(secs => $3)
+                         WHERE job_id = $1",
+                    )
+                    .bind(job)
+                    .bind(&reason)
+                    .bind(backoff)
+                    .execute(&lookup.db)
+                    .await?;
+                    // Last.fm is down or refusing: the rest of the round would fail the same way.
+                    Ok(None)
+                }
             }
-            Tags::None => {
-                sqlx::query("DELETE FROM catalog.tag_backlog WHERE job_id = $1").bind(job).execute(&lookup.db).await?;
-            }
-            Tags::Later(reason) => {
-                let backoff = Backoff::new(every, MAX_BACKOFF).delay(attempts.max(0) as u32).as_secs_f64();
-                sqlx::query(
-                    "UPDATE catalog.tag_backlog SET attempts = attempts + 1, last_error = $2,
-                            next_attempt_at = now() + make_interval(secs => $3)
-                     WHERE job_id = $1",
-                )
-                .bind(job)
-                .bind(&reason)
-                .bind(backoff)
-                .execute(&lookup.db)
-                .await?;
-                // Last.fm is down or refusing: the rest of the round would fail the same way.
-                break;
-            }
+        };
+        match attempt.instrument(span).await? {
+            Some(n) => filled += n,
+            None => break,
         }
     }
     Ok(filled)

@@ -232,7 +232,7 @@ impl Drop for ConverterProcess {
 async fn read_alone(store: &MediaStore, id: &tunewire_contract::FileId) -> anyhow::Result<(Duration, u64)> {
     use std::io::Read;
     let mut reader = store.reader(Bucket::Uploads, id).await?.context("the original is gone")?;
-    tokio::task::spawn_blocking(move || {
+    tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
         let started = Instant::now();
         let mut buf = vec![0u8; 32 * 1024];
         let mut total = 0u64;
@@ -510,7 +510,8 @@ async fn main() -> anyhow::Result<()> {
         };
         for run in 1..=runs {
             let (p, o) = (path.clone(), cli_out.clone());
-            let c = tokio::task::spawn_blocking(move || cli(&p, &o, tick)).await??;
+            let c =
+                tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || cli(&p, &o, tick)).await??;
             let s =
                 stage(&[path.as_path()], 1, deadline_for(c.wall, 1), tick).await.with_context(|| name.to_string())?;
             let out = s.outputs.first().context("no output")?;
@@ -581,7 +582,11 @@ async fn main() -> anyhow::Result<()> {
             Some(f) => median(&f.cli),
             None => {
                 let (p, o) = (path.clone(), cli_out.clone());
-                secs(tokio::task::spawn_blocking(move || cli(&p, &o, tick)).await??.wall)
+                secs(
+                    tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || cli(&p, &o, tick))
+                        .await??
+                        .wall,
+                )
             }
         };
         let pair = [path.as_path(), path.as_path()];

@@ -6,7 +6,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return Ok(health::healthcheck(config.health_bind.port()).await);
     }
-    telemetry::init("converter");
+    let _telemetry = telemetry::init("converter");
     let stop = shutdown::on_signal();
     let running = tunewire_converter::start(config, stop.clone()).await?;
     shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_converter::SHUTDOWN_DEADLINE_S)).await;

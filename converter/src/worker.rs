@@ -11,7 +11,7 @@ use crate::metrics::ConversionMetrics;
 use mongodb::bson::{Document, doc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 use tunewire_contract::{AudioOutput, TrackTags};
 use tunewire_contract::{FileId, JobId, MediaConverted, MediaDeleted, MediaFailed, MediaProgress, MediaUploaded};
 use tunewire_events::{HandleError, HandleResultExt, Incoming, Publisher};
@@ -292,7 +292,7 @@ impl Worker {
         let heartbeat = tokio::spawn(keep_alive(self.store.clone(), attempt.clone(), stop.clone()));
         let _stop_heartbeat = stop.clone().drop_guard();
         let (progress_tx, progress_rx) = watch::channel(0f32);
-        let forwarder = tokio::spawn(forward_progress(job_id, progress_rx, msg.publisher.clone()));
+        let forwarder = tokio::spawn(forward_progress(job_id, progress_rx, msg.publisher.clone()).in_current_span());
         let (preset, overrides, max_duration_s) = (event.preset, event.overrides.clone(), self.max_duration_s);
         let time_limit = self.time_limit;
         let normalize_loudness = event.normalize_loudness;
@@ -301,7 +301,7 @@ impl Worker {
         let (chunks, incoming) = tokio::sync::mpsc::channel(ChunkWriter::CHANNEL);
         let started = std::time::Instant::now();
         let source_waited_us = source.waited_us();
-        let converting = tokio::task::spawn_blocking(move || {
+        let converting = tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
             let request = transcode::Request {
                 preset,
                 overrides: &overrides,

@@ -154,7 +154,7 @@ async fn a_read_that_blocks_ends_at_the_time_limit() -> anyhow::Result<()> {
     let limit = Duration::from_secs(3);
     let output = std::fs::File::create(dir.0.join("out.mp3"))?;
     let started = Instant::now();
-    let converting = tokio::task::spawn_blocking(move || {
+    let converting = tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || {
         let overrides = TrackTags::default();
         transcode(&request(&overrides, 3600.0, limit), reader, output, &mut |_| {}).map(|_| ())
     });

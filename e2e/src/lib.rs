@@ -123,7 +123,7 @@ pub struct Pipeline {
 }
 
 /// A stand-in for Last.fm's `track.getTopTags`: one tag, given as an object (a real quirk).
-async fn fake_lastfm(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+pub async fn fake_lastfm(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
     use warp::Filter;
     let route = warp::any()
         .map(|| warp::reply::json(&json!({"toptags": {"tag": {"name": "Electronic", "count": "77"}, "@attr": {}}})));

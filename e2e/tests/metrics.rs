@@ -1,6 +1,6 @@
 //! Each service's `/metrics` after a pipeline run: the counters moved by exactly what the run
 //! did (one upload, one conversion, one email, one catalogue entry, no dead letter), and a
-//! poison message shows up as one dead letter.
+//! poison message shows up as one dead letter; an unfinished resumable upload is counted.
 
 use std::net::SocketAddr;
 
@@ -70,6 +70,24 @@ async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_le
         }
         assert!(metric(&p, replicas, "dependency_up", "").await? >= 1.0, "readiness is a gauge everywhere");
     }
+
+    // A resumable upload begun and not finished is counted (all gateways see the same count).
+    let begun = p
+        .http
+        .post(format!("{}/v1/tus/", p.gateway))
+        .bearer_auth(&token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "1000000")
+        .header("Upload-Metadata", "filename dW5maW5pc2hlZC53YXY=")
+        .send()
+        .await?;
+    assert_eq!(begun.status(), 201, "tus create");
+    let open = eventually("tus_uploads_open counts it", PIPELINE_DEADLINE, || async {
+        let open = metric(&p, &h.gateway[..1], "tus_uploads_open", "").await?;
+        Ok((open >= 1.0).then_some(open))
+    })
+    .await?;
+    assert_eq!(open, 1.0, "one unfinished resumable upload");
 
     // A message no consumer can read: the converter gives up on it at once.
     p.publish_raw("media.uploaded", b"{\"not\": \"an upload\"}").await?;

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use tracing::Instrument as _;
 use tunewire_contract::{AccessClaims, Email, Role, UserId};
 use tunewire_service_runtime::ApiError;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -119,7 +121,8 @@ impl TokenVerifier {
     async fn fetch(self: Arc<Self>) {
         let started = Instant::now();
         let fetched: Result<JwkSet, reqwest::Error> = async {
-            self.http.get(&self.jwks_url).timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
+            let request = self.http.get(&self.jwks_url).headers(TraceHeaders::current().http());
+            request.timeout(Duration::from_secs(5)).send().await?.error_for_status()?.json().await
         }
         .await;
         let outcome = match fetched {
@@ -161,7 +164,7 @@ impl TokenVerifier {
         // Its own task: the fetch finishes and is recorded even if this caller is dropped.
         *self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((Instant::now(), Fetch::Running));
-        let fetched = tokio::spawn(self.clone().fetch()).await;
+        let fetched = tokio::spawn(self.clone().fetch().in_current_span()).await;
         let outcome = *self.last_fetch.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let worked = fetched.is_ok() && outcome.is_some_and(|(_, fetch)| fetch == Fetch::Worked);
         if !worked {

@@ -10,6 +10,7 @@ use tunewire_contract::{
     Event, JobConverted, JobFailed, JobId, MediaConverted, MediaDeleted, MediaExpired, MediaFailed, MediaUploaded,
     UserId,
 };
+use tunewire_service_runtime::telemetry::TraceHeaders;
 
 use crate::caller::Caller;
 use crate::job_view::{self, Job, JobState};
@@ -23,16 +24,24 @@ pub enum Created {
 
 const LIVE_STATES: &str = "('queued', 'converting', 'converted')";
 
-/// Queues `event` in the outbox, in the caller's transaction.
+/// Queues `event` in the outbox, in the caller's transaction, with the trace of the work
+/// that caused it (the relay publishes it in that trace).
 async fn enqueue<E: Event>(tx: &mut sqlx::PgConnection, event: &E) -> Result<(), sqlx::Error> {
     let payload = serde_json::to_vec(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query("INSERT INTO gateway.outbox (id, routing_key, payload) VALUES ($1, $2, $3)")
-        .bind(uuid::Uuid::new_v4())
-        .bind(E::ROUTING_KEY)
-        .bind(&payload)
-        .execute(tx)
-        .await
-        .map(drop)
+    let trace = TraceHeaders::current();
+    sqlx::query(
+        "INSERT INTO gateway.outbox (id, routing_key, payload, job_id, traceparent, tracestate)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(E::ROUTING_KEY)
+    .bind(&payload)
+    .bind(event.job_id().as_uuid())
+    .bind(trace.traceparent)
+    .bind(trace.tracestate)
+    .execute(tx)
+    .await
+    .map(drop)
 }
 
 #[derive(Debug, thiserror::Error)]

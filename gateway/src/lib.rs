@@ -102,6 +102,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         )),
     };
     let relay_metrics = metrics.clone();
+    let tus_metrics = metrics.clone();
     let workers = Workers::new();
     // Ready means uploads and downloads can be served: PostgreSQL and MongoDB. RabbitMQ down
     // only delays events (the outbox holds them), so it is a note, not a reason to leave the
@@ -131,6 +132,7 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tokio::spawn(async move { job_events.poll(poll_db, poll_shutdown).await });
     let (poll_db, poll_shutdown) = (db.clone(), shutdown.clone());
     tokio::spawn(async move { job_feed.poll(poll_db, poll_shutdown).await });
+    tokio::spawn(tus::record::measure_open(db.clone(), tus_metrics, shutdown.clone()));
     let job_wake = outbox_wake.clone();
     let relay = {
         let (db, bus, shutdown) = (db.clone(), bus.clone(), shutdown.clone());

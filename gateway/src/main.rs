@@ -13,7 +13,7 @@ async fn serve() -> anyhow::Result<std::process::ExitCode> {
     if std::env::args().nth(1).as_deref() == Some("healthcheck") {
         return Ok(health::healthcheck(config.bind.port()).await);
     }
-    telemetry::init("gateway");
+    let _telemetry = telemetry::init("gateway");
     let stop = shutdown::on_signal();
     let running = tunewire_gateway::start(config, stop.clone()).await?;
     shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_gateway::SHUTDOWN_DEADLINE_S)).await;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub uploads_in_flight: Gauge,
+    pub tus_uploads_open: Gauge,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age: Gauge<f64, AtomicU64>,
     pub outbox_relay_failures: Counter,
@@ -50,6 +51,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             uploads_in_flight: Gauge::default(),
+            tus_uploads_open: Gauge::default(),
             outbox_depth: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
             outbox_relay_failures: Counter::default(),
@@ -64,6 +66,11 @@ impl Metrics {
         registry.register_with_unit("upload", "Upload bytes received", Unit::Bytes, metrics.bytes_in.clone());
         registry.register_with_unit("download", "Download bytes sent", Unit::Bytes, metrics.bytes_out.clone());
         registry.register("uploads_in_flight", "Uploads being received", metrics.uploads_in_flight.clone());
+        registry.register(
+            "tus_uploads_open",
+            "Resumable uploads begun and neither finished nor expired, all gateways' (from PostgreSQL)",
+            metrics.tus_uploads_open.clone(),
+        );
         registry.register(
             "outbox_events",
             "Events committed and not yet confirmed by RabbitMQ",

@@ -10,8 +10,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument as _, warn};
 use tunewire_events::Bus;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 use tunewire_service_runtime::{Backoff, WorkerStatus};
 
 use crate::metrics::Metrics;
@@ -36,20 +37,51 @@ pub enum RelayError {
     ConfirmTimeout { routing_key: String },
 }
 
+/// One queued event.
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: uuid::Uuid,
+    routing_key: String,
+    payload: Vec<u8>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    job_id: Option<uuid::Uuid>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+impl Row {
+    /// The span its publishing runs in: in the trace of the work that queued it.
+    fn span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "relay",
+            otel.name = format!("{} publish", self.routing_key),
+            otel.kind = "producer",
+            routing_key = %self.routing_key,
+            job_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(job_id) = self.job_id {
+            span.record("job_id", tracing::field::display(job_id));
+        }
+        TraceHeaders::from_parts(self.traceparent.clone(), self.tracestate.clone()).continue_in(&span);
+        span
+    }
+}
+
 /// Leases up to a batch of rows nobody holds, oldest first.
-async fn lease(db: &PgPool) -> Result<Vec<(uuid::Uuid, String, Vec<u8>)>, sqlx::Error> {
-    let mut rows: Vec<(uuid::Uuid, String, Vec<u8>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+async fn lease(db: &PgPool) -> Result<Vec<Row>, sqlx::Error> {
+    let mut rows: Vec<Row> = sqlx::query_as(
         "UPDATE gateway.outbox SET leased_until = now() + make_interval(secs => $2)
          WHERE id IN (SELECT id FROM gateway.outbox WHERE leased_until IS NULL OR leased_until < now()
                       ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-         RETURNING id, routing_key, payload, created_at",
+         RETURNING id, routing_key, payload, created_at, job_id, traceparent, tracestate",
     )
     .bind(BATCH)
     .bind(LEASE.as_secs_f64())
     .fetch_all(db)
     .await?;
-    rows.sort_by_key(|row| row.3);
-    Ok(rows.into_iter().map(|(id, key, payload, _)| (id, key, payload)).collect())
+    rows.sort_by_key(|row| row.created_at);
+    Ok(rows)
 }
 
 /// Publishes one leased batch; returns how many rows it held. Confirmed rows are deleted even
@@ -65,10 +97,11 @@ async fn relay_batch(db: &PgPool, bus: &Bus) -> Result<usize, RelayError> {
         Err(_) => failure = Some(RelayError::Bus(tunewire_events::BusError::ConnectTimeout)),
         Ok(Err(e)) => failure = Some(e.into()),
         Ok(Ok(publisher)) => {
-            for (id, routing_key, payload) in &rows {
-                let published =
-                    tokio::time::timeout(CONFIRM_TIMEOUT, publisher.publish_raw(routing_key, payload, &id.to_string()))
-                        .await;
+            for row in &rows {
+                let Row { id, routing_key, payload, .. } = row;
+                let message_id = id.to_string();
+                let publishing = publisher.publish_raw(routing_key, payload, &message_id);
+                let published = tokio::time::timeout(CONFIRM_TIMEOUT, publishing).instrument(row.span()).await;
                 match published {
                     Ok(Ok(())) => confirmed.push(*id),
                     Ok(Err(e)) => {
@@ -85,7 +118,7 @@ async fn relay_batch(db: &PgPool, bus: &Bus) -> Result<usize, RelayError> {
     }
     sqlx::query("DELETE FROM gateway.outbox WHERE id = ANY($1)").bind(&confirmed).execute(db).await?;
     if let Some(e) = failure {
-        let unsent: Vec<uuid::Uuid> = rows.iter().map(|r| r.0).filter(|id| !confirmed.contains(id)).collect();
+        let unsent: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).filter(|id| !confirmed.contains(id)).collect();
         sqlx::query("UPDATE gateway.outbox SET leased_until = NULL WHERE id = ANY($1)")
             .bind(&unsent)
             .execute(db)

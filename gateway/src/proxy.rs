@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 
 use bytes::Bytes;
 use tunewire_contract::{Account, Credentials, PasswordChange, SearchPage, Token};
@@ -68,6 +69,7 @@ pub async fn to_auth(
         .http
         .post(url)
         .header(header::CONTENT_TYPE, "application/json")
+        .headers(TraceHeaders::current().http())
         .body(body)
         .timeout(Duration::from_secs(10));
     if let Some(remote) = remote {
@@ -181,6 +183,7 @@ pub async fn search(caller: Caller, query: HashMap<String, String>, state: State
         .http
         .get(format!("{}/search", state.config.catalog_url.trim_end_matches('/')))
         .query(&params)
+        .headers(TraceHeaders::current().http())
         .timeout(Duration::from_secs(10))
         .send()
         .await

@@ -21,7 +21,7 @@ use tunewire_test_stack::eventually;
 /// Sends `head` and then `body` in full over a plain socket before reading a byte, as
 /// Python's urllib does, and returns the status line and the body of the answer.
 async fn send_all_then_read(addr: String, head: String, body: Vec<u8>) -> anyhow::Result<(String, String)> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+    tunewire_service_runtime::telemetry::propagation::spawn_blocking(move || -> anyhow::Result<(String, String)> {
         let mut socket = std::net::TcpStream::connect(addr)?;
         socket.set_read_timeout(Some(Duration::from_secs(30)))?;
         socket.write_all(head.as_bytes())?;

@@ -49,7 +49,7 @@ async fn schemathesis_finds_no_server_error_and_no_response_off_the_schema() -> 
 
     let st = schemathesis();
     let binary = st.display().to_string();
-    let out = tokio::task::spawn_blocking({
+    let out = tunewire_service_runtime::telemetry::propagation::spawn_blocking({
         let url = g.at("/v1/openapi.json");
         let auth = format!("Authorization: Bearer {}", user.token);
         move || {

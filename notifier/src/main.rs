@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     }
-    telemetry::init("notifier");
+    let _telemetry = telemetry::init("notifier");
     let stop = shutdown::on_signal();
     let running = tunewire_notifier::start(config, stop.clone()).await?;
     shutdown::drain(running.task, stop, std::time::Duration::from_secs(tunewire_notifier::SHUTDOWN_DEADLINE_S)).await;

@@ -21,7 +21,7 @@ fn password(passwords: &[(&str, Setting)], service: &str) -> anyhow::Result<Stri
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("setup");
+    let _telemetry = telemetry::init("setup");
     let database_admin_url = DATABASE_ADMIN_URL.get_secret(&Env)?;
     let amqp_admin_url = AMQP_ADMIN_URL.get_secret(&Env)?;
     let mongodb_admin_uri = MONGODB_ADMIN_URI.get_secret(&Env)?;

@@ -193,11 +193,16 @@ pub struct MediaExpired {
 /// told apart by routing key.
 pub trait Message: Sized + Send + 'static {
     fn decode(routing_key: &str, payload: &[u8]) -> Result<Self, String>;
+    /// The job it is about, for the logs and the trace.
+    fn job_id(&self) -> Option<JobId>;
 }
 
 impl<E: Event> Message for E {
     fn decode(_routing_key: &str, payload: &[u8]) -> Result<Self, String> {
         decode_as(payload)
+    }
+    fn job_id(&self) -> Option<JobId> {
+        Some(Event::job_id(self))
     }
 }
 
@@ -249,6 +254,14 @@ impl Message for JobUpdate {
             other => Err(format!("unexpected routing key {other:?}")),
         }
     }
+    fn job_id(&self) -> Option<JobId> {
+        Some(match self {
+            JobUpdate::Progress(e) => e.job_id,
+            JobUpdate::Converted(e) => e.job_id,
+            JobUpdate::Failed(e) => e.job_id,
+            JobUpdate::Catalogued(e) => e.job_id,
+        })
+    }
 }
 
 impl Message for Outcome {
@@ -263,6 +276,14 @@ impl Message for Outcome {
             other => Err(format!("unexpected routing key {other:?}")),
         }
     }
+    fn job_id(&self) -> Option<JobId> {
+        match self {
+            Outcome::Converted(e) => Some(e.job_id),
+            Outcome::Failed(e) => Some(e.job_id),
+            Outcome::Deleted(e) => Some(e.job_id),
+            Outcome::Unvouched { .. } => None,
+        }
+    }
 }
 
 impl Message for CatalogChange {
@@ -273,6 +294,13 @@ impl Message for CatalogChange {
             MediaExpired::ROUTING_KEY => decode_as(payload).map(CatalogChange::Expired),
             other => Err(format!("unexpected routing key {other:?}")),
         }
+    }
+    fn job_id(&self) -> Option<JobId> {
+        Some(match self {
+            CatalogChange::Converted(e) => e.job_id,
+            CatalogChange::Deleted(e) => e.job_id,
+            CatalogChange::Expired(e) => e.job_id,
+        })
     }
 }
 

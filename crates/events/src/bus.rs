@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use crate::topology;
 use tunewire_contract::Event;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -82,9 +84,15 @@ impl Publisher {
         self.publish_raw(E::ROUTING_KEY, &payload, &message_id).await
     }
 
-    /// Publishes an already-encoded event (the gateway's outbox stores them encoded).
+    /// Publishes an already-encoded event (the gateway's outbox stores them encoded). The
+    /// current span's trace context goes with it, in the W3C headers.
     pub async fn publish_raw(&self, routing_key: &str, payload: &[u8], message_id: &str) -> Result<(), BusError> {
+        let mut headers = FieldTable::default();
+        for (name, value) in TraceHeaders::current().pairs() {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
         let properties = BasicProperties::default()
+            .with_headers(headers)
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(message_id.into())

@@ -21,12 +21,14 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument as _, Span, error, info, warn};
 
 use crate::bus::{Bus, BusError, Publisher, SETUP_TIMEOUT};
 use crate::topology::QueueSpec;
 use tunewire_contract::Message;
 use tunewire_service_runtime::Backoff;
+use tunewire_service_runtime::telemetry::TraceHeaders;
+use tunewire_service_runtime::telemetry::propagation::{TRACEPARENT, TRACESTATE};
 
 use crate::metrics::QueueLabels;
 
@@ -219,7 +221,7 @@ async fn attempt_once<E, H, Fut>(
     bus: &Bus,
     delivery: &Delivery,
     (attempt, deliveries): (u32, u32),
-    lost: &CancellationToken,
+    (lost, span): (&CancellationToken, &Span),
     handler: &H,
 ) -> Result<(), HandleError>
 where
@@ -230,15 +232,49 @@ where
     let routing_key = delivery.routing_key.as_str();
     let event = E::decode(routing_key, &delivery.data)
         .map_err(|e| HandleError::Abort(format!("malformed {routing_key} message: {e}")))?;
+    if let Some(job_id) = event.job_id() {
+        span.record("job_id", tracing::field::display(job_id));
+    }
     let publisher = bus.publisher().await.map_err(|e| HandleError::Retry(format!("no publishing session: {e}")))?;
+    let incoming = Incoming { event, attempt, deliveries, publisher, lost: lost.clone() };
     // The handler runs in its own task so that a panic is contained and answered.
-    match tokio::spawn(handler(Incoming { event, attempt, deliveries, publisher, lost: lost.clone() })).await {
+    match tokio::spawn(handler(incoming).instrument(span.clone())).await {
         Ok(outcome) => outcome,
         Err(join) => Err(HandleError::Abort(format!("{routing_key} handler panicked: {join}"))),
     }
 }
 
+/// The span of one delivery, continuing the trace its publisher sent along; `job_id` is
+/// recorded once the message is decoded.
+fn delivery_span(spec: QueueSpec, delivery: &Delivery) -> Span {
+    let header = |name: &str| match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok().map(str::to_owned),
+        _ => None,
+    };
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = format!("{} process", spec.name),
+        otel.kind = "consumer",
+        messaging.destination.name = spec.name,
+        routing_key = %delivery.routing_key,
+        job_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    TraceHeaders::from_parts(header(TRACEPARENT), header(TRACESTATE)).continue_in(&span);
+    span
+}
+
 async fn handle_delivery<E, H, Fut>(context: DeliveryContext, delivery: Delivery, handler: H)
+where
+    E: Message,
+    H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandleError>> + Send + 'static,
+{
+    let span = delivery_span(context.spec, &delivery);
+    settle_delivery(context, delivery, handler, span.clone()).instrument(span).await;
+}
+
+async fn settle_delivery<E, H, Fut>(context: DeliveryContext, delivery: Delivery, handler: H, span: Span)
 where
     E: Message,
     H: Fn(Incoming<E>) -> Fut + Send + Sync + 'static,
@@ -252,7 +288,7 @@ where
     let first_try = std::time::Instant::now();
     let mut attempt = deliveries;
     let outcome = loop {
-        let outcome = attempt_once(&bus, &delivery, (attempt, deliveries), &lost, &handler).await;
+        let outcome = attempt_once(&bus, &delivery, (attempt, deliveries), (&lost, &span), &handler).await;
         let Err(HandleError::Retry(reason)) = &outcome else { break outcome };
         let delay = Backoff::DEPENDENCY.delay(attempt);
         // Past the budget, at shutdown, or with the channel gone (the broker has already put

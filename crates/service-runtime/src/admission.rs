@@ -66,7 +66,7 @@ impl Ticket {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
         let slot = self.slot().await;
-        tokio::task::spawn_blocking(move || {
+        crate::telemetry::propagation::spawn_blocking(move || {
             let out = f();
             drop(slot);
             out

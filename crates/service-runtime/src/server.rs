@@ -24,6 +24,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
+use tracing::Instrument as _;
 use warp::{Filter, Reply};
 
 #[derive(Debug, Clone, Copy)]
@@ -180,11 +181,17 @@ where
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(Peer(remote));
                 let handling = Handling::begin(&handled);
-                let response = filtered.clone().call(request);
+                let span = crate::telemetry::http::request_span(&request);
+                let response = span.in_scope(|| filtered.clone().call(request));
+                let answered = span.clone();
                 async move {
                     let response = response.await;
+                    if let Ok(response) = &response {
+                        answered.record("http.response.status_code", response.status().as_u16());
+                    }
                     response.map(|r| r.map(|body| Guarded { body, _handling: handling }))
                 }
+                .instrument(span)
             });
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();

@@ -13,6 +13,7 @@ pub mod record;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -297,7 +298,7 @@ pub async fn head(id: String, request: TusRequest, state: State) -> Response {
                 // hangs up does not cut it short). Anything but a verdict on the file is
                 // "busy, ask again": any other refusal of a HEAD makes tus clients start over.
                 let (state, caller, id) = (state.clone(), caller.clone(), upload.id);
-                let finished = tokio::spawn(async move { finish_stored(&state, &caller, id).await })
+                let finished = tokio::spawn(async move { finish_stored(&state, &caller, id).await }.in_current_span())
                     .await
                     .unwrap_or_else(|e| Err(ApiError::internal("tus_complete", e)));
                 upload.job_id = Some(
@@ -399,26 +400,29 @@ async fn write<S>(request: TusRequest, id: Uuid, body: S, state: State, caller: 
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin + Send + 'static,
 {
-    let task = tokio::spawn(async move {
-        let _admitted = match state.uploads.admit(&caller.id) {
-            Ok(place) => place,
-            Err(e) => return answer(Err(e)),
-        };
-        let _in_flight = InFlight::new(&state);
-        let lease = Uuid::new_v4();
-        let upload = match record::claim(&state.db, id, caller.id, lease).await {
-            Ok(Claim::Claimed(upload)) => *upload,
-            Ok(Claim::Busy) => return answer(Err(busy())),
-            Ok(Claim::Missing) => return answer(Err(not_found())),
-            Err(e) => return answer(Err(database(e))),
-        };
-        let response = answer(write_claimed(&request, &upload, lease, body, &state, &caller).await);
-        if let Err(e) = record::release(&state.db, id, lease).await {
-            // The lease runs out by itself.
-            tracing::warn!(upload_id = %id, error = %e, "could not release an upload's lease");
+    let task = tokio::spawn(
+        async move {
+            let _admitted = match state.uploads.admit(&caller.id) {
+                Ok(place) => place,
+                Err(e) => return answer(Err(e)),
+            };
+            let _in_flight = InFlight::new(&state);
+            let lease = Uuid::new_v4();
+            let upload = match record::claim(&state.db, id, caller.id, lease).await {
+                Ok(Claim::Claimed(upload)) => *upload,
+                Ok(Claim::Busy) => return answer(Err(busy())),
+                Ok(Claim::Missing) => return answer(Err(not_found())),
+                Err(e) => return answer(Err(database(e))),
+            };
+            let response = answer(write_claimed(&request, &upload, lease, body, &state, &caller).await);
+            if let Err(e) = record::release(&state.db, id, lease).await {
+                // The lease runs out by itself.
+                tracing::warn!(upload_id = %id, error = %e, "could not release an upload's lease");
+            }
+            response
         }
-        response
-    });
+        .in_current_span(),
+    );
     task.await.unwrap_or_else(|e| answer(Err(ApiError::internal("tus_patch", e))))
 }
 

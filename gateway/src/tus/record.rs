@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
+use tokio_util::sync::CancellationToken;
 use tunewire_contract::{FileId, JobId, UserId};
 use uuid::Uuid;
 
@@ -289,4 +290,31 @@ pub async fn unfinished_files(db: &PgPool) -> Result<HashSet<FileId>, sqlx::Erro
     let files: Vec<String> =
         sqlx::query_scalar("SELECT file_id FROM gateway.tus_uploads WHERE job_id IS NULL").fetch_all(db).await?;
     Ok(files.into_iter().filter_map(|f| f.parse().ok()).collect())
+}
+
+/// How often the count of unfinished uploads is taken, for `/metrics`.
+const MEASURE_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps `tus_uploads_open` up to date until `shutdown`.
+pub async fn measure_open(db: PgPool, metrics: std::sync::Arc<crate::metrics::Metrics>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(MEASURE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let open = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM gateway.tus_uploads WHERE job_id IS NULL AND expires_at > now()",
+        )
+        .fetch_one(&db)
+        .await;
+        match open {
+            Ok(open) => {
+                metrics.tus_uploads_open.set(open);
+            }
+            // PostgreSQL's readiness is reported elsewhere; the gauge keeps its last value.
+            Err(e) => tracing::debug!(error = %e, "could not count the open resumable uploads"),
+        }
+    }
 }
