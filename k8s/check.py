@@ -383,6 +383,38 @@ def check_egress_policies(overlay: str, docs: list[dict]) -> None:
             problem(f"{overlay} NetworkPolicy/{policy['metadata']['name']}", "lets every pod reach anywhere")
 
 
+def selected_names(policy: dict) -> list[str]:
+    """The `app.kubernetes.io/name`s a NetworkPolicy's pod selector picks."""
+    selector = policy["spec"].get("podSelector", {})
+    for expression in selector.get("matchExpressions", []):
+        if expression["key"] == "app.kubernetes.io/name" and expression["operator"] == "In":
+            return expression["values"]
+    name = selector.get("matchLabels", {}).get("app.kubernetes.io/name")
+    return [name] if name else []
+
+
+def check_trace_export(overlay: str, docs: list[dict]) -> None:
+    """A service told to send spans somewhere (OTEL_EXPORTER_OTLP_ENDPOINT) has a NetworkPolicy
+    letting it reach that port: the namespace denies egress by default, and spans refused at
+    the socket are lost without a word."""
+    egress = [d for d in docs if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"].get("policyTypes", [])]
+    for config in (d for d in docs if d["kind"] == "ConfigMap"):
+        endpoint = config.get("data", {}).get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        service = re.sub(r"-config(-[a-z0-9]+)?$", "", config["metadata"]["name"])
+        if not endpoint or service not in SERVICES:
+            continue
+        explicit = re.match(r"https?://[^/:]+:(\d+)", endpoint)
+        port = int(explicit.group(1)) if explicit else (443 if endpoint.startswith("https") else 80)
+        allowed = any(
+            service in selected_names(policy)
+            and any(port in [p.get("port") for p in rule.get("ports", [])] for rule in policy["spec"].get("egress", []))
+            for policy in egress
+        )
+        if not allowed:
+            problem(f"{overlay} ConfigMap/{config['metadata']['name']}",
+                    f"sends spans to {endpoint}, and no NetworkPolicy lets {service} reach port {port}")
+
+
 def image_version(tag: str) -> tuple[int, ...] | None:
     found = re.match(r"(\d+(?:\.\d+)*)", tag)
     return tuple(int(n) for n in found.group(1).split(".")) if found else None
@@ -650,6 +682,7 @@ def check_alerts(docs: list[dict]) -> None:
 PROMQL_WORDS = {
     "sum", "by", "max", "min", "avg", "count", "and", "or", "unless", "on", "ignoring", "without",
     "rate", "increase", "delta", "histogram_quantile", "le", "queue", "pod", "dependency", "status", "outcome",
+    "protocol",
 }
 
 
@@ -679,6 +712,7 @@ def main() -> int:
             if doc["kind"] == "TriggerAuthentication":
                 check_trigger_authentication(overlay, doc)
         check_egress_policies(overlay, docs)
+        check_trace_export(overlay, docs)
         check_credentials(overlay, docs, secret, mongo_prefix(overlay, docs, config_maps))
         objects = {(d["kind"], d["metadata"]["name"]) for d in docs}
         for job, missing in (("setup", "the services' accounts"), ("mongo-init", "MongoDB's replica set")):

@@ -26,16 +26,28 @@ pub struct RouteLabels {
 
 type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    /// `multipart` (`POST /v1/uploads`) or `tus` (`/v1/tus/`, from its creation).
+    pub protocol: &'static str,
+}
+
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: LatencyFamily,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub uploads_in_flight: Gauge,
+    pub upload_duration: Family<UploadLabels, Histogram, fn() -> Histogram>,
     pub tus_uploads_open: Gauge,
     pub outbox_depth: Gauge,
     pub outbox_oldest_age: Gauge<f64, AtomicU64>,
     pub outbox_relay_failures: Counter,
+}
+
+fn upload_histogram() -> Histogram {
+    // 0.1 s to ~1.8 h: a resumable upload may be resumed hours later.
+    Histogram::new(exponential_buckets(0.1, 2.0, 17))
 }
 
 fn latency_histogram() -> Histogram {
@@ -51,6 +63,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             uploads_in_flight: Gauge::default(),
+            upload_duration: Family::new_with_constructor(upload_histogram as fn() -> Histogram),
             tus_uploads_open: Gauge::default(),
             outbox_depth: Gauge::default(),
             outbox_oldest_age: Gauge::default(),
@@ -66,6 +79,12 @@ impl Metrics {
         registry.register_with_unit("upload", "Upload bytes received", Unit::Bytes, metrics.bytes_in.clone());
         registry.register_with_unit("download", "Download bytes sent", Unit::Bytes, metrics.bytes_out.clone());
         registry.register("uploads_in_flight", "Uploads being received", metrics.uploads_in_flight.clone());
+        registry.register_with_unit(
+            "upload_duration",
+            "From an upload's first byte awaited (a resumable one's creation) to its job, for uploads that made one",
+            Unit::Seconds,
+            metrics.upload_duration.clone(),
+        );
         registry.register(
             "tus_uploads_open",
             "Resumable uploads begun and neither finished nor expired, all gateways' (from PostgreSQL)",

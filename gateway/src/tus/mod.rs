@@ -246,6 +246,7 @@ where
         filename: metadata.filename,
         details: metadata.details,
         expires_at: Utc::now(),
+        created_at: Utc::now(),
         job_id: None,
     };
     let limits = &state.config.tus;
@@ -597,6 +598,7 @@ async fn complete_leased(
     let received = Received {
         stored: StoredFile { id: upload.file_id.clone(), size: received, sha256 },
         filename: upload.filename.clone(),
+        began: upload.created_at,
     };
     let judged = upload::verdict(state, &received).await;
     let finishing = record::Finishing { id: upload.id, lease };

@@ -35,6 +35,8 @@ pub struct Upload {
     pub details: Details,
     pub expires_at: DateTime<Utc>,
     pub job_id: Option<JobId>,
+    /// When it was created: how long the whole upload took is measured from here.
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -51,11 +53,12 @@ struct Row {
     details: Json<Details>,
     expires_at: DateTime<Utc>,
     job_id: Option<Uuid>,
+    created_at: DateTime<Utc>,
 }
 
 macro_rules! columns {
     () => {
-        "id, owner_id, file_id, length, received, tail, sha256_state, metadata, filename, details, expires_at, job_id"
+        "id, owner_id, file_id, length, received, tail, sha256_state, metadata, filename, details, expires_at, job_id, created_at"
     };
 }
 
@@ -76,6 +79,7 @@ impl TryFrom<Row> for Upload {
             details: row.details.0,
             expires_at: row.expires_at,
             job_id: row.job_id.map(JobId::from),
+            created_at: row.created_at,
         })
     }
 }

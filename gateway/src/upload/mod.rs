@@ -32,6 +32,7 @@ pub use filename::{clean_filename, raw_filename};
 
 use crate::caller::Caller;
 use crate::jobs::{self, CreateError, Created};
+use crate::metrics::UploadLabels;
 use crate::places::Place as UploadPlace;
 use crate::probe::{self, ProbeError, Verdict};
 use crate::quotas::Usage;
@@ -120,6 +121,8 @@ impl Drop for InFlight<'_> {
 pub(crate) struct Received {
     pub stored: StoredFile,
     pub filename: String,
+    /// When its first byte was awaited (a resumable upload: when it was created).
+    pub began: chrono::DateTime<chrono::Utc>,
 }
 
 async fn discard(state: &State, received: &Received) {
@@ -132,6 +135,7 @@ async fn receive<S>(state: &State, caller: &Caller, filename: String, body: S) -
 where
     S: Stream<Item = Result<Bytes, String>> + Unpin + Send,
 {
+    let began = chrono::Utc::now();
     let metrics = state.metrics.clone();
     let stalled = Arc::new(AtomicBool::new(false));
     let body = idle_limited(body, state.config.upload_idle_timeout, stalled.clone()).inspect_ok(move |chunk| {
@@ -159,7 +163,7 @@ where
             ),
             other => store_error(other),
         })?;
-    judge(state, Received { stored, filename }).await
+    judge(state, Received { stored, filename, began }).await
 }
 
 /// Probes a stored original: kept when it is media with sound, otherwise removed and refused.
@@ -247,6 +251,7 @@ pub(crate) async fn record_job(
         overrides: tags,
         normalize_loudness,
     };
+    let finishing_tus = finishing.is_some();
     let created = jobs::create(&state.db, &event, &state.config.quotas, finishing).await.map_err(|e| match e {
         CreateError::Quota(exceeded) => exceeded.api_error(),
         CreateError::Database(e) => ApiError::unavailable("database_unavailable", e),
@@ -259,6 +264,9 @@ pub(crate) async fn record_job(
     Ok(match created {
         Created::New => {
             state.outbox_wake.notify_one();
+            let protocol = if finishing_tus { "tus" } else { "multipart" };
+            let took = (chrono::Utc::now() - received.began).to_std().unwrap_or_default();
+            state.metrics.upload_duration.get_or_create(&UploadLabels { protocol }).observe(took.as_secs_f64());
             tracing::info!(job_id = %event.job_id, owner = %caller.id, size = received.stored.size, "upload accepted");
             (event.job_id, false)
         }

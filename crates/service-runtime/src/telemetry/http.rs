@@ -46,7 +46,7 @@ mod tests {
     #[test]
     fn routes_keep_words_and_hide_ids_and_tokens() {
         assert_eq!(route("/v1/jobs/0b6e4a70-1f7e-4f5e-9a53-5d2b8f0c1d2e/events"), "/v1/jobs/{}/events");
-        assert_eq!(route("/d/eyJqb2IiOiJ4In0.c2lnbmF0dXJl/song.mp3"), "/d/{}/song.mp3");
+        assert_eq!(route("/d/eyJqb2IiOiJ4In0.c2lnbmF0dXJl/song.mp3"), "/d/{}/{}");
         assert_eq!(route("/.well-known/jwks.json"), "/.well-known/jwks.json");
         assert_eq!(route("/v1/tus/AbC123"), "/v1/tus/{}");
     }

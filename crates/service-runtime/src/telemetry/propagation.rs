@@ -126,6 +126,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Runs `f` under a subscriber with an OpenTelemetry layer (no exporter), as services do.
+    fn traced<T>(f: impl FnOnce() -> T) -> T {
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), f)
+    }
+
+    #[test]
+    fn a_context_is_continued_and_handed_on_with_a_new_span_id() {
+        let incoming = TraceHeaders::from_parts(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            Some("vendor=opaque".into()),
+        );
+        let outgoing = traced(|| {
+            let span = tracing::info_span!("work", trace_id = tracing::field::Empty);
+            incoming.continue_in(&span);
+            TraceHeaders::of(&span)
+        });
+        let traceparent = outgoing.traceparent.unwrap_or_default();
+        assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{traceparent}");
+        assert!(!traceparent.contains("00f067aa0ba902b7"), "the next hop's parent is this span, not the caller's");
+        assert_eq!(outgoing.tracestate.as_deref(), Some("vendor=opaque"));
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        let incoming = TraceHeaders::from_parts(Some("00-not-a-trace-01".into()), None);
+        let outgoing = traced(|| {
+            let span = tracing::info_span!("work", trace_id = tracing::field::Empty);
+            incoming.continue_in(&span);
+            TraceHeaders::of(&span)
+        });
+        let traceparent = outgoing.traceparent.unwrap_or_default();
+        assert_eq!(traceparent.len(), 55, "a fresh, valid context: {traceparent}");
+    }
+
+    #[test]
+    fn without_a_tracer_there_is_nothing_to_hand_on() {
+        let span = tracing::info_span!("work");
+        assert_eq!(TraceHeaders::of(&span), TraceHeaders::default());
+    }
 
     #[test]
     fn a_stranger_s_long_tracestate_is_dropped_and_blank_values_are_none() {
