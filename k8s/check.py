@@ -682,7 +682,7 @@ def check_alerts(docs: list[dict]) -> None:
 PROMQL_WORDS = {
     "sum", "by", "max", "min", "avg", "count", "and", "or", "unless", "on", "ignoring", "without",
     "rate", "increase", "delta", "histogram_quantile", "le", "queue", "pod", "dependency", "status", "outcome",
-    "protocol",
+    "protocol", "action",
 }
 
 

@@ -13,6 +13,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, mpsc};
 
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 use tunewire_service_runtime::admission::{Admission, Busy, Ticket};
 
@@ -30,6 +31,7 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Hashing {
     admission: Admission,
     jobs: mpsc::Sender<Job>,
+    duration: Histogram,
 }
 
 /// Allocations this large or larger are mapped on their own and given back when freed.
@@ -50,7 +52,7 @@ fn give_large_blocks_back() {
 
 impl Hashing {
     /// Starts `slots` hashing threads; they stop when this is dropped.
-    pub fn new(slots: usize, queue: usize) -> Self {
+    pub fn new(slots: usize, queue: usize, duration: Histogram) -> Self {
         give_large_blocks_back();
         let slots = slots.max(1);
         let (jobs, waiting) = mpsc::channel::<Job>();
@@ -73,19 +75,20 @@ impl Hashing {
                 tracing::error!(error = %e, "a hashing thread could not start");
             }
         }
-        Self { admission: Admission::new(slots, queue), jobs }
+        Self { admission: Admission::new(slots, queue), jobs, duration }
     }
 
     /// A place in the queue, or [`Busy`] at once when there is none: taken before anything
     /// else is spent on the request.
     pub fn admit(&self) -> Result<Admitted, Busy> {
-        Ok(Admitted { ticket: self.admission.admit()?, jobs: self.jobs.clone() })
+        Ok(Admitted { ticket: self.admission.admit()?, jobs: self.jobs.clone(), duration: self.duration.clone() })
     }
 }
 
 pub struct Admitted {
     ticket: Ticket,
     jobs: mpsc::Sender<Job>,
+    duration: Histogram,
 }
 
 impl Admitted {
@@ -96,9 +99,16 @@ impl Admitted {
     pub async fn run<T: Send + 'static>(self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Lost> {
         let slot = self.ticket.slot().await;
         let (answer, answered) = oneshot::channel();
+        // The hash stays in the request's span (its trace) on the hashing thread.
+        let (span, duration) = (tracing::Span::current(), self.duration);
         self.jobs
             .send(Box::new(move || {
+                let _entered = span.enter();
+                let started = std::time::Instant::now();
                 let outcome = (!answer.is_closed()).then(|| std::panic::catch_unwind(AssertUnwindSafe(f)));
+                if outcome.is_some() {
+                    duration.observe(started.elapsed().as_secs_f64());
+                }
                 // The place is free before the caller hears back, so its next request finds it.
                 drop(slot);
                 match outcome {
@@ -142,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hash_that_panics_is_lost_and_its_thread_carries_on() {
-        let hashing = Hashing::new(1, 0);
+        let hashing = Hashing::new(1, 0, Histogram::new([1.0].into_iter()));
         let panicked = hashing.admit().expect("a free place").run(|| -> bool { panic!("inside the hash") });
         assert_eq!(panicked.await, Err(Lost));
         let next = hashing.admit().expect("a free place").run(|| true);

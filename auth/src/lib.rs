@@ -7,6 +7,7 @@ pub mod attempt_limits;
 pub mod config;
 pub mod hashing;
 pub mod keys;
+pub mod metrics;
 mod routes;
 pub mod tokens;
 
@@ -77,18 +78,18 @@ pub async fn start(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let attempt_limits = Arc::new(attempt_limits::AttemptLimits::new(db.clone(), config.attempt_limits));
     let slots = config.hash_slots();
     tracing::info!(slots, queue = config.hash_queue, "password hashing");
+    let mut registry = Registry::default();
+    let metrics = Arc::new(metrics::AuthMetrics::register(&mut registry));
     let state = routes::State {
         db: db.clone(),
         keys,
         config: Arc::new(config.clone()),
         attempt_limits: attempt_limits.clone(),
-        hashing: Arc::new(hashing::Hashing::new(slots, config.hash_queue)),
+        hashing: Arc::new(hashing::Hashing::new(slots, config.hash_queue, metrics.hash_duration.clone())),
+        metrics,
     };
     tokio::spawn(prune_counters(attempt_limits, shutdown.clone()));
-    let health = HealthRoutes::new(
-        Arc::new(Dependencies::new().required("postgres", postgres::check(&db))),
-        Registry::default(),
-    );
+    let health = HealthRoutes::new(Arc::new(Dependencies::new().required("postgres", postgres::check(&db))), registry);
     let api = routes::routes(state).or(health.routes()).recover(http_error::recover);
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     let addr = listener.local_addr()?;

@@ -13,6 +13,7 @@ use crate::attempt_limits::{AttemptLimits, Limit, Refused};
 use crate::config::Config;
 use crate::hashing::Hashing;
 use crate::keys::SigningKeys;
+use crate::metrics::AuthMetrics;
 use crate::tokens;
 use tunewire_service_runtime::admission::Busy;
 
@@ -23,6 +24,7 @@ pub struct State {
     pub config: Arc<Config>,
     pub attempt_limits: Arc<AttemptLimits>,
     pub hashing: Arc<Hashing>,
+    pub metrics: Arc<AuthMetrics>,
 }
 
 const MAX_JSON_BODY: u64 = 16 * 1024;
@@ -43,14 +45,24 @@ pub fn routes(
         .and(warp::body::json())
         .and(client.clone())
         .and(with_state.clone())
-        .and_then(|c, client, s| async move { register(c, client, s).await.map_err(warp::reject::custom) });
+        .and_then(|c, client, s: State| async move {
+            let metrics = s.metrics.clone();
+            let answer = register(c, client, s).await;
+            metrics.answered("register", &answer);
+            answer.map_err(warp::reject::custom)
+        });
     let login = warp::path!("login")
         .and(warp::post())
         .and(warp::body::content_length_limit(MAX_JSON_BODY))
         .and(warp::body::json())
         .and(client.clone())
         .and(with_state.clone())
-        .and_then(|c, client, s| async move { login(c, client, s).await.map_err(warp::reject::custom) });
+        .and_then(|c, client, s: State| async move {
+            let metrics = s.metrics.clone();
+            let answer = login(c, client, s).await;
+            metrics.answered("login", &answer);
+            answer.map_err(warp::reject::custom)
+        });
     let password = warp::path!("password")
         .and(warp::post())
         .and(warp::header::optional::<String>("authorization"))
@@ -58,8 +70,11 @@ pub fn routes(
         .and(warp::body::json())
         .and(client)
         .and(with_state.clone())
-        .and_then(|authorization: Option<String>, change, client, s| async move {
-            change_password(authorization, change, client, s).await.map_err(warp::reject::custom)
+        .and_then(|authorization: Option<String>, change, client, s: State| async move {
+            let metrics = s.metrics.clone();
+            let answer = change_password(authorization, change, client, s).await;
+            metrics.answered("password", &answer);
+            answer.map_err(warp::reject::custom)
         });
     let jwks = warp::path!(".well-known" / "jwks.json")
         .and(warp::get())

@@ -43,7 +43,10 @@ async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_le
 
     let h = &p.health;
     assert_eq!(metric(&p, &h.gateway, "upload_bytes_total", "").await?, size, "the gateways received the file once");
-    let expected: [(&[SocketAddr], &str, &str, f64); 5] = [
+    let expected: [(&[SocketAddr], &str, &str, f64); 8] = [
+        (&h.auth, "account_requests_total", "action=\"register\",outcome=\"ok\"", 1.0),
+        (&h.auth, "account_requests_total", "action=\"login\",outcome=\"ok\"", 1.0),
+        (&h.auth, "password_hash_duration_seconds_count", "", 2.0),
         (&h.gateway, "upload_duration_seconds_count", "protocol=\"multipart\"", 1.0),
         (&h.converter, "conversions_total", "outcome=\"converted\"", 1.0),
         (&h.converter, "conversion_input_bytes_total", "", size),
