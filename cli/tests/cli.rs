@@ -97,21 +97,6 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 /// The sum of a counter over every gateway replica.
-async fn gateway_metric(p: &Pipeline, name: &str) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for replica in &p.health.gateway {
-        let text = p.http.get(format!("http://{replica}/metrics")).send().await?.text().await?;
-        let values: Vec<f64> = text
-            .lines()
-            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-            .collect();
-        ensure!(!values.is_empty(), "{name} is not in {replica}/metrics");
-        total += values.iter().sum::<f64>();
-    }
-    Ok(total)
-}
-
 async fn file_bytes(p: &Pipeline, token: &str, file_id: &str) -> anyhow::Result<Vec<u8>> {
     let r = p.http.get(format!("{}/v1/files/{file_id}", p.gateway)).bearer_auth(token).send().await?;
     Ok(r.error_for_status()?.bytes().await?.to_vec())
@@ -272,7 +257,7 @@ async fn a_killed_upload_resumes_where_the_server_stopped_and_converts() -> anyh
     wav(&big, 1638, 330, 2)?;
     let size = std::fs::metadata(&big)?.len();
     let big_arg = big.to_str().context("utf-8")?;
-    let before = gateway_metric(&p, "upload_bytes_total").await?;
+    let before = p.metric(&p.health.gateway, "upload_bytes_total", "").await?;
 
     // Paced so that the test sees it half-way; killed there, mid-request.
     let mut first = tokio::process::Command::from(you.command(&["upload", big_arg, "--bwlimit", "40M"]));
@@ -303,7 +288,7 @@ async fn a_killed_upload_resumes_where_the_server_stopped_and_converts() -> anyh
     assert_eq!(file["outcome"], "converted", "{report}");
     let resumed_at = file["resumed_at"].as_u64().context("resumed_at")?;
     assert!(resumed_at >= half && resumed_at < size, "resumed at {resumed_at} of {size}");
-    let after = gateway_metric(&p, "upload_bytes_total").await?;
+    let after = p.metric(&p.health.gateway, "upload_bytes_total", "").await?;
     eprintln!("{size} bytes: killed, resumed at {resumed_at}; the gateways received {} bytes", after - before);
     assert_eq!(after - before, size as f64, "the gateways received each byte once");
     p.stop().await

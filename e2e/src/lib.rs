@@ -346,6 +346,25 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The sum of every series of `name` whose labels contain `labels`, over `replicas`'
+    /// `/metrics` (0 when none has it yet).
+    pub async fn metric(&self, replicas: &[SocketAddr], name: &str, labels: &str) -> anyhow::Result<f64> {
+        let mut total = 0.0;
+        for replica in replicas {
+            let text =
+                self.http.get(format!("http://{replica}/metrics")).send().await?.error_for_status()?.text().await?;
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix(name) else { continue };
+                let (series, value) = rest.rsplit_once(' ').unwrap_or_default();
+                let bare = series.is_empty() && labels.is_empty();
+                if bare || (series.starts_with('{') && series.contains(labels)) {
+                    total += value.parse::<f64>()?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     pub async fn emails(&self, to: &str, count: usize) -> anyhow::Result<Vec<Value>> {
         maildev::wait_for(&self.sandbox.stack.maildev_url, to, count, PIPELINE_DEADLINE).await
     }

@@ -9,23 +9,6 @@ use tunewire_e2e::{PIPELINE_DEADLINE, Pipeline};
 use tunewire_test_stack::eventually;
 use tunewire_test_stack::media::ffmpeg;
 
-/// The sum of every series of `name` whose labels contain `labels`, over the replicas.
-async fn metric(p: &Pipeline, replicas: &[SocketAddr], name: &str, labels: &str) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for replica in replicas {
-        let text = p.http.get(format!("http://{replica}/metrics")).send().await?.error_for_status()?.text().await?;
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix(name) else { continue };
-            let (series, value) = rest.rsplit_once(' ').unwrap_or_default();
-            let bare = series.is_empty() && labels.is_empty();
-            if bare || (series.starts_with('{') && series.contains(labels)) {
-                total += value.parse::<f64>()?;
-            }
-        }
-    }
-    Ok(total)
-}
-
 #[tokio::test]
 async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_letter() -> anyhow::Result<()> {
     let p = Pipeline::start().await?;
@@ -42,7 +25,7 @@ async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_le
     p.emails(&email, 1).await?;
 
     let h = &p.health;
-    assert_eq!(metric(&p, &h.gateway, "upload_bytes_total", "").await?, size, "the gateways received the file once");
+    assert_eq!(p.metric(&h.gateway, "upload_bytes_total", "").await?, size, "the gateways received the file once");
     let expected: [(&[SocketAddr], &str, &str, f64); 8] = [
         (&h.auth, "account_requests_total", "action=\"register\",outcome=\"ok\"", 1.0),
         (&h.auth, "account_requests_total", "action=\"login\",outcome=\"ok\"", 1.0),
@@ -56,23 +39,23 @@ async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_le
     for (replicas, name, labels, wanted) in expected {
         // The email and the catalogue are seen before their own counters may be scraped.
         let got = eventually(&format!("{name}{{{labels}}} = {wanted}"), PIPELINE_DEADLINE, || async {
-            let got = metric(&p, replicas, name, labels).await?;
+            let got = p.metric(replicas, name, labels).await?;
             Ok((got >= wanted).then_some(got))
         })
         .await?;
         assert_eq!(got, wanted, "{name}{{{labels}}}");
     }
-    assert_eq!(metric(&p, &h.converter, "conversions_total", "outcome=\"failed\"").await?, 0.0);
-    assert!(metric(&p, &h.converter, "messages_acked_total", "").await? >= 1.0, "the converter acked its delivery");
-    assert!(metric(&p, &h.converter, "message_handler_duration_seconds_count", "").await? >= 1.0, "and timed it");
+    assert_eq!(p.metric(&h.converter, "conversions_total", "outcome=\"failed\"").await?, 0.0);
+    assert!(p.metric(&h.converter, "messages_acked_total", "").await? >= 1.0, "the converter acked its delivery");
+    assert!(p.metric(&h.converter, "message_handler_duration_seconds_count", "").await? >= 1.0, "and timed it");
     let everyone: Vec<SocketAddr> =
         [&h.gateway, &h.converter, &h.notifier, &h.catalog].into_iter().flatten().copied().collect();
-    assert_eq!(metric(&p, &everyone, "messages_dead_lettered_total", "").await?, 0.0, "no dead letter");
+    assert_eq!(p.metric(&everyone, "messages_dead_lettered_total", "").await?, 0.0, "no dead letter");
     for replicas in [&h.gateway, &h.auth, &h.converter, &h.notifier, &h.catalog] {
         for replica in replicas.iter() {
             p.http.get(format!("http://{replica}/readyz")).send().await?.error_for_status()?;
         }
-        assert!(metric(&p, replicas, "dependency_up", "").await? >= 1.0, "readiness is a gauge everywhere");
+        assert!(p.metric(replicas, "dependency_up", "").await? >= 1.0, "readiness is a gauge everywhere");
     }
 
     // A resumable upload begun and not finished is counted (all gateways see the same count).
@@ -87,7 +70,7 @@ async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_le
         .await?;
     assert_eq!(begun.status(), 201, "tus create");
     let open = eventually("tus_uploads_open counts it", PIPELINE_DEADLINE, || async {
-        let open = metric(&p, &h.gateway[..1], "tus_uploads_open", "").await?;
+        let open = p.metric(&h.gateway[..1], "tus_uploads_open", "").await?;
         Ok((open >= 1.0).then_some(open))
     })
     .await?;
@@ -96,7 +79,7 @@ async fn every_service_counts_what_a_run_did_and_a_poison_message_is_one_dead_le
     // A message no consumer can read: the converter gives up on it at once.
     p.publish_raw("media.uploaded", b"{\"not\": \"an upload\"}").await?;
     let dead = eventually("the poison message dead-lettered", PIPELINE_DEADLINE, || async {
-        let dead = metric(&p, &h.converter, "messages_dead_lettered_total", "queue=\"").await?;
+        let dead = p.metric(&h.converter, "messages_dead_lettered_total", "queue=\"").await?;
         Ok((dead >= 1.0).then_some(dead))
     })
     .await?;
