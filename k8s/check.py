@@ -289,6 +289,9 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
             continue
         names += list(config_maps[ref].get("data", {}))
     for name in names:
+        # OpenTelemetry's standard variables (sampler, headers, resource...), read by its SDK.
+        if name.startswith("OTEL_"):
+            continue
         if name not in allowed:
             problem(at, f"env {name} is not a setting {service} reads (see {service}/src/config.rs)")
         if name in secrets and name not in {"DATABASE_URL", "AMQP_URL", "MONGODB_URI"} | COMMON_SETTINGS:

@@ -139,3 +139,22 @@ async fn an_admin_comes_from_config_or_the_create_admin_command() -> anyhow::Res
     drop(auth);
     sandbox.cleanup().await
 }
+
+/// In a rolling deploy the previous version's replicas start on a schema the new one has
+/// migrated further: they must start, not fail on a migration they do not know.
+#[tokio::test]
+async fn a_schema_migrated_by_a_newer_version_does_not_stop_this_one() -> anyhow::Result<()> {
+    let sandbox = Sandbox::create().await?;
+    let db = tunewire_auth::SCHEMA.connect(&sandbox.database_url, 2).await?;
+    sqlx::query(
+        "INSERT INTO auth._sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (99990101000000, 'from a newer version', true, '\\x00', 0)",
+    )
+    .execute(&db)
+    .await?;
+    tunewire_auth::SCHEMA.migrate(&db).await.context("migrating under a newer version's schema")?;
+    let auth = Auth::start(Config::local(sandbox.database_url.clone())).await?;
+    let r = auth.register(&email(), "correct horse battery").await?;
+    assert_eq!(r.status(), 201);
+    sandbox.cleanup().await
+}

@@ -276,9 +276,12 @@ async fn round(
                 }
             }
         };
-        match attempt.instrument(span).await? {
-            Some(n) => filled += n,
-            None => break,
+        // A job's failure is logged in its span (with its job and trace); the rest of the
+        // round waits for the next, as the failure (a dependency down) would repeat.
+        let attempt = async { attempt.await.inspect_err(|e| warn!(error = %e, "filling in late Last.fm tags failed")) };
+        match attempt.instrument(span).await {
+            Ok(Some(n)) => filled += n,
+            Ok(None) | Err(_) => break,
         }
     }
     Ok(filled)

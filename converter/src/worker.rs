@@ -289,7 +289,7 @@ impl Worker {
         info!(%job_id, deliveries = msg.deliveries, file_id = %attempt, "converting");
         // Stops writing when the message can no longer be acked or the attempt was swept.
         let stop = msg.lost.child_token();
-        let heartbeat = tokio::spawn(keep_alive(self.store.clone(), attempt.clone(), stop.clone()));
+        let heartbeat = tokio::spawn(keep_alive(self.store.clone(), attempt.clone(), stop.clone()).in_current_span());
         let _stop_heartbeat = stop.clone().drop_guard();
         let (progress_tx, progress_rx) = watch::channel(0f32);
         let forwarder = tokio::spawn(forward_progress(job_id, progress_rx, msg.publisher.clone()).in_current_span());

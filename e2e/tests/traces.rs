@@ -2,7 +2,8 @@
 //! configured as in production by its environment (`OTEL_EXPORTER_OTLP_ENDPOINT` pointing at
 //! an OTLP/HTTP receiver this test runs). A client sends its `traceparent` with its login and
 //! its upload; every service's spans for that work carry its trace id, each hop a descendant
-//! of the one that caused it; and every log line naming the job names the trace.
+//! of the one that caused it, one of them logging only warnings; the client's `tracestate`
+//! arrives at the end; and every log line naming the job names the trace.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,12 +29,18 @@ struct Received {
     trace_id: String,
     span_id: String,
     parent_span_id: String,
+    trace_state: String,
+    /// (trace id, span id) of each span this one links to.
+    links: Vec<(String, String)>,
     name: String,
     start_ns: u64,
     attributes: HashMap<String, String>,
 }
 
 type Spans = Arc<Mutex<Vec<Received>>>;
+
+/// What the client sends as its `tracestate`: it must come out at the far end.
+const TRACESTATE: &str = "tunewire-test=kept";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -68,6 +75,8 @@ async fn otlp_receiver(spans: Spans, shutdown: CancellationToken) -> anyhow::Res
                         trace_id: hex(&span.trace_id),
                         span_id: hex(&span.span_id),
                         parent_span_id: hex(&span.parent_span_id),
+                        trace_state: span.trace_state,
+                        links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                         name: span.name,
                         start_ns: span.start_time_unix_nano,
                         attributes: span.attributes.iter().map(|a| (a.key.clone(), text(a.value.as_ref()))).collect(),
@@ -105,7 +114,14 @@ impl Service {
     ) -> anyhow::Result<Self> {
         let log = scratch.join(format!("{name}.log"));
         let file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(tunewire_test_stack::workspace_binary(binary)?)
+        let mut command = tokio::process::Command::new(tunewire_test_stack::workspace_binary(binary)?);
+        // Only this test's OpenTelemetry settings: none a developer's shell may hold.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::from(file.try_clone()?))
             .stderr(Stdio::from(file))
@@ -152,8 +168,10 @@ async fn start_services(
         [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
     let link_secret = format!("link-secret-for-the-trace-test-{}", sandbox.name);
     let common = |mut env: Vec<(&'static str, String)>| {
+        if !env.iter().any(|(name, _)| *name == "RUST_LOG") {
+            env.push(("RUST_LOG", "info".to_string()));
+        }
         env.extend([
-            ("RUST_LOG", "info".to_string()),
             ("LOG_FORMAT", "json".to_string()),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
             // Spans are sent every 200 ms rather than every 5 s.
@@ -206,6 +224,8 @@ async fn start_services(
             converter,
             &common(vec![
                 ("CONVERTER_HEALTH_BIND", converter.to_string()),
+                // Logging only warnings, it still hands the trace on.
+                ("RUST_LOG", "warn".to_string()),
                 ("AMQP_URL", broker("converter")?),
                 ("MONGODB_URI", mongo(Account::Converter)),
                 ("MONGODB_DATABASE_PREFIX", sandbox.mongo_prefix.clone()),
@@ -263,9 +283,17 @@ async fn one_upload_is_one_trace_through_all_five_services() -> anyhow::Result<(
     let stop = CancellationToken::new();
     let scratch = std::env::temp_dir().join(format!("tw-traces-{}", sandbox.name));
     std::fs::create_dir_all(&scratch)?;
+    let outcome = follow_one_upload(&sandbox, &scratch, &stop).await;
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&scratch);
+    sandbox.cleanup().await?;
+    outcome
+}
+
+async fn follow_one_upload(sandbox: &Sandbox, scratch: &Path, stop: &CancellationToken) -> anyhow::Result<()> {
     let spans: Spans = Arc::default();
     let otlp = otlp_receiver(spans.clone(), stop.clone()).await?;
-    let five = start_services(&sandbox, otlp, &scratch, &stop).await?;
+    let five = start_services(sandbox, otlp, scratch, stop).await?;
     let http = reqwest::Client::new();
     for service in &five.services {
         service.ready(&http).await?;
@@ -282,6 +310,7 @@ async fn one_upload_is_one_trace_through_all_five_services() -> anyhow::Result<(
     let r = http
         .post(format!("{}/v1/auth/login", five.gateway))
         .header("traceparent", &traceparent)
+        .header("tracestate", TRACESTATE)
         .json(&creds)
         .send()
         .await?;
@@ -295,6 +324,7 @@ async fn one_upload_is_one_trace_through_all_five_services() -> anyhow::Result<(
         .post(format!("{}/v1/uploads", five.gateway))
         .bearer_auth(&token)
         .header("traceparent", &traceparent)
+        .header("tracestate", TRACESTATE)
         .multipart(form)
         .send()
         .await?;
@@ -362,6 +392,8 @@ async fn one_upload_is_one_trace_through_all_five_services() -> anyhow::Result<(
     }
     for stage in [relayed, converted, catalogued, emailed] {
         assert_eq!(stage.attributes.get("job_id"), Some(&job_id), "{} names the job", stage.name);
+        // The client's vendor state went through the outbox and the broker's headers too.
+        assert_eq!(stage.trace_state, TRACESTATE, "{} carries the client's tracestate", stage.name);
     }
 
     // Every log line that names the job names the trace too.
@@ -374,8 +406,71 @@ async fn one_upload_is_one_trace_through_all_five_services() -> anyhow::Result<(
     }
     ensure!(lines_naming_the_job >= 3, "only {lines_naming_the_job} log lines name the job");
 
-    stop.cancel();
+    // Other bytes: the same ones would be the first upload's job again.
+    let other = scratch.join("resumed.wav");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=550:duration=3", "-c:a", "pcm_s16le", &other.display().to_string()])?;
+    resumable_upload_links_its_creation(&five, &token, &other, &spans).await?;
     drop(five);
-    let _ = std::fs::remove_dir_all(&scratch);
-    sandbox.cleanup().await
+    Ok(())
+}
+
+/// A resumable upload created in one trace and finished in another: the job is the finishing
+/// request's trace, whose span links to the creating request's.
+async fn resumable_upload_links_its_creation(
+    five: &Five,
+    token: &str,
+    song: &Path,
+    spans: &Spans,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let bytes = std::fs::read(song)?;
+    let (created_in, finished_in) =
+        (uuid::Uuid::new_v4().simple().to_string(), uuid::Uuid::new_v4().simple().to_string());
+    let parent = |trace: &str| format!("00-{trace}-{}-01", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let r = http
+        .post(format!("{}/v1/tus/", five.gateway))
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", bytes.len().to_string())
+        .header("Upload-Metadata", "filename cmVzdW1lZC53YXY=")
+        .header("traceparent", parent(&created_in))
+        .send()
+        .await?;
+    ensure!(r.status() == 201, "tus create: {}", r.status());
+    let location = r.headers().get("location").and_then(|l| l.to_str().ok()).context("no Location")?.to_owned();
+    let url = if location.starts_with("http") { location } else { format!("{}{location}", five.gateway) };
+    let r = http
+        .patch(url)
+        .bearer_auth(token)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", "0")
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("traceparent", parent(&finished_in))
+        .body(bytes)
+        .send()
+        .await?;
+    ensure!(r.status() == 204, "tus patch: {} {}", r.status(), r.text().await?);
+    let (creation, finish) = eventually("the resumable upload's spans received", PIPELINE_DEADLINE, || async {
+        let all = spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let creation = all.iter().find(|s| s.trace_id == created_in && s.name == "POST /v1/tus/").cloned();
+        let finish = all.iter().find(|s| s.trace_id == finished_in && s.name == "PATCH /v1/tus/{}").cloned();
+        let converted = all.iter().any(|s| s.trace_id == finished_in && s.name == "converter.media-uploaded process");
+        Ok(creation.zip(finish).filter(|_| converted))
+    })
+    .await
+    .with_context(|| {
+        let seen = spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let names: Vec<String> = seen
+            .iter()
+            .filter(|s| s.trace_id == created_in || s.trace_id == finished_in)
+            .map(|s| format!("{} {} {}", s.service, s.name, s.trace_id))
+            .collect();
+        format!("spans of the two traces: {names:#?}")
+    })?;
+    assert!(
+        finish.links.contains(&(creation.trace_id.clone(), creation.span_id.clone())),
+        "the finishing PATCH links to the creating POST: {:?}",
+        finish.links
+    );
+    Ok(())
 }

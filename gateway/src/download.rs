@@ -8,6 +8,7 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tracing::Instrument as _;
 use tunewire_contract::{FileId, UserId};
 use tunewire_media_store::Bucket;
 use tunewire_service_runtime::ApiError;
@@ -215,22 +216,25 @@ pub async fn serve(
     // The chunk cursor is not Sync, which warp's body needs: hand chunks over a small channel.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let metrics = state.metrics.clone();
-    tokio::spawn(async move {
-        let mut chunks = std::pin::pin!(chunks);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                tracing::error!(%file_id, error = %e, "download broke off");
-                std::io::Error::other(e)
-            });
-            if let Ok(bytes) = &chunk {
-                metrics.bytes_out.inc_by(bytes.len() as u64);
-            }
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                return;
+    tokio::spawn(
+        async move {
+            let mut chunks = std::pin::pin!(chunks);
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| {
+                    tracing::error!(%file_id, error = %e, "download broke off");
+                    std::io::Error::other(e)
+                });
+                if let Ok(bytes) = &chunk {
+                    metrics.bytes_out.inc_by(bytes.len() as u64);
+                }
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
             }
         }
-    });
+        .in_current_span(),
+    );
     let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let (parts, _) = response.into_parts();
     let (_, body) = warp::Reply::into_response(warp::reply::stream(body)).into_parts();

@@ -35,6 +35,9 @@ impl Schema {
             migrator.create_schema(self.name);
         }
         migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.name));
+        // During a rolling deploy (or a rollback) a replica of the previous version starts on
+        // a schema a newer one has migrated: migrations only add, so it carries on.
+        migrator.set_ignore_missing(true);
         migrator.run(db).await
     }
 

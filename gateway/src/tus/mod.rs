@@ -247,6 +247,7 @@ where
         details: metadata.details,
         expires_at: Utc::now(),
         created_at: Utc::now(),
+        trace: tunewire_service_runtime::telemetry::TraceHeaders::current(),
         job_id: None,
     };
     let limits = &state.config.tus;
@@ -595,6 +596,8 @@ async fn complete_leased(
     }
     .await
     .map_err(store_error)?;
+    // The job is this request's trace; the upload began in the creating request's.
+    upload.trace.link_from(&tracing::Span::current());
     let received = Received {
         stored: StoredFile { id: upload.file_id.clone(), size: received, sha256 },
         filename: upload.filename.clone(),

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, types::Json};
 use tokio_util::sync::CancellationToken;
 use tunewire_contract::{FileId, JobId, UserId};
+use tunewire_service_runtime::telemetry::TraceHeaders;
 use uuid::Uuid;
 
 use crate::upload::Details;
@@ -37,6 +38,8 @@ pub struct Upload {
     pub job_id: Option<JobId>,
     /// When it was created: how long the whole upload took is measured from here.
     pub created_at: DateTime<Utc>,
+    /// The trace of the request that created it.
+    pub trace: TraceHeaders,
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,11 +57,13 @@ struct Row {
     expires_at: DateTime<Utc>,
     job_id: Option<Uuid>,
     created_at: DateTime<Utc>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
 }
 
 macro_rules! columns {
     () => {
-        "id, owner_id, file_id, length, received, tail, sha256_state, metadata, filename, details, expires_at, job_id, created_at"
+        "id, owner_id, file_id, length, received, tail, sha256_state, metadata, filename, details, expires_at, job_id, created_at, traceparent, tracestate"
     };
 }
 
@@ -80,6 +85,7 @@ impl TryFrom<Row> for Upload {
             expires_at: row.expires_at,
             job_id: row.job_id.map(JobId::from),
             created_at: row.created_at,
+            trace: TraceHeaders::from_parts(row.traceparent, row.tracestate),
         })
     }
 }
@@ -98,8 +104,9 @@ pub async fn create(db: &PgPool, upload: &Upload, ttl: Duration, open_limit: i64
         .await?;
     let inserted = sqlx::query(
         "INSERT INTO gateway.tus_uploads
-             (id, owner_id, file_id, length, sha256_state, metadata, filename, details, expires_at)
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9)
+             (id, owner_id, file_id, length, sha256_state, metadata, filename, details, expires_at,
+              traceparent, tracestate)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), $11, $12
          WHERE (SELECT count(*) FROM gateway.tus_uploads WHERE owner_id = $2 AND job_id IS NULL) < $10",
     )
     .bind(upload.id)
@@ -112,6 +119,8 @@ pub async fn create(db: &PgPool, upload: &Upload, ttl: Duration, open_limit: i64
     .bind(Json(&upload.details))
     .bind(seconds(ttl))
     .bind(open_limit)
+    .bind(&upload.trace.traceparent)
+    .bind(&upload.trace.tracestate)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -12,21 +12,52 @@ const UNTRACED: &[&str] = &["/healthz", "/readyz", "/metrics"];
 /// reach logs or the collector.
 pub(crate) fn request_span<B>(request: &http::Request<B>) -> Span {
     let path = request.uri().path();
-    if UNTRACED.contains(&path) {
+    if UNTRACED.contains(&path.trim_end_matches('/')) {
         return Span::none();
     }
     let route = route(path);
+    let method = method(request.method());
     let span = tracing::info_span!(
         "request",
-        otel.name = format!("{} {route}", request.method()),
+        otel.name = format!("{method} {route}"),
         otel.kind = "server",
-        http.request.method = %request.method(),
+        http.request.method = method,
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
     TraceHeaders::from_http(request.headers()).continue_in(&span);
     span
+}
+
+/// A path that matched no route: its span is named this, so that strangers' made-up paths do
+/// not each make a span name of their own.
+pub(crate) const UNMATCHED: &str = "unmatched";
+
+/// The most segments a route keeps; the rest are `...`.
+const MAX_SEGMENTS: usize = 8;
+
+/// The standard methods by name; any other (a stranger may send a long one) is `_OTHER`, as
+/// OpenTelemetry's HTTP conventions say.
+fn method(method: &http::Method) -> &'static str {
+    const KNOWN: [http::Method; 9] = [
+        http::Method::GET,
+        http::Method::HEAD,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::PATCH,
+        http::Method::DELETE,
+        http::Method::OPTIONS,
+        http::Method::TRACE,
+        http::Method::CONNECT,
+    ];
+    KNOWN.iter().find(|known| *known == method).map_or("_OTHER", http::Method::as_str)
+}
+
+/// Renames the span of a request no route took (404, 405).
+pub(crate) fn unmatched(span: &Span, method: &http::Method) {
+    span.record("otel.name", format!("{} {UNMATCHED}", self::method(method)));
+    span.record("http.route", UNMATCHED);
 }
 
 /// `/v1/jobs/5f0c.../events` -> `/v1/jobs/{}/events`.
@@ -36,7 +67,12 @@ fn route(path: &str) -> String {
         let short = segment.len() <= 3 && segment.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         word || short
     };
-    path.split('/').map(|segment| if kept(segment) { segment } else { "{}" }).collect::<Vec<_>>().join("/")
+    let mut segments: Vec<&str> =
+        path.split('/').take(MAX_SEGMENTS + 1).map(|segment| if kept(segment) { segment } else { "{}" }).collect();
+    if path.split('/').nth(MAX_SEGMENTS + 1).is_some() {
+        segments.push("...");
+    }
+    segments.join("/")
 }
 
 #[cfg(test)]
@@ -49,5 +85,13 @@ mod tests {
         assert_eq!(route("/d/eyJqb2IiOiJ4In0.c2lnbmF0dXJl/song.mp3"), "/d/{}/{}");
         assert_eq!(route("/.well-known/jwks.json"), "/.well-known/jwks.json");
         assert_eq!(route("/v1/tus/AbC123"), "/v1/tus/{}");
+        assert_eq!(route(&"/a".repeat(1000)), "/a/a/a/a/a/a/a/a/...");
+    }
+
+    #[test]
+    fn methods_outside_the_standard_ones_are_other() {
+        assert_eq!(super::method(&http::Method::PATCH), "PATCH");
+        let made_up = http::Method::from_bytes(&[b'X'; 4096]).unwrap();
+        assert_eq!(super::method(&made_up), "_OTHER");
     }
 }

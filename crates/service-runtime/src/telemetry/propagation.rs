@@ -78,6 +78,15 @@ impl TraceHeaders {
     }
 }
 
+impl TraceHeaders {
+    /// Links `span` to this context: work that began in another trace (a resumable upload's
+    /// creation) and that `span` carries on.
+    pub fn link_from(&self, span: &Span) {
+        let earlier = opentelemetry::global::get_text_map_propagator(|p| p.extract(self));
+        span.add_link(earlier.span().span_context().clone());
+    }
+}
+
 /// Writes `span`'s trace id into its `trace_id` field (declared `Empty` where it is made).
 pub fn record_trace_id(span: &Span) {
     let context = span.context();
