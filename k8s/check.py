@@ -58,6 +58,17 @@ WORKLOADS = {"Deployment", "StatefulSet", "Job"}
 GRACE_MARGIN_S = 5
 # Read by every service through crates/service-runtime's telemetry.
 COMMON_SETTINGS = {"RUST_LOG", "LOG_FORMAT"}
+# OpenTelemetry's standard variables that its SDK reads for the services' spans (the
+# specification's names; the endpoint is also a declared setting).
+OTEL_SETTINGS = {
+    "OTEL_SDK_DISABLED", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_EXPORTER",
+    "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT",
+    "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+}
 # Keys of the Secret only these workloads may hold: the administrators' credentials, and the
 # passwords the setup Job gives each service's account (a service logs in with its URL).
 ADMIN_SECRETS = [
@@ -289,8 +300,7 @@ def check_service(at: str, service: str, spec: dict, container: dict, config_map
             continue
         names += list(config_maps[ref].get("data", {}))
     for name in names:
-        # OpenTelemetry's standard variables (sampler, headers, resource...), read by its SDK.
-        if name.startswith("OTEL_"):
+        if name in OTEL_SETTINGS:
             continue
         if name not in allowed:
             problem(at, f"env {name} is not a setting {service} reads (see {service}/src/config.rs)")

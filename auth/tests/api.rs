@@ -156,5 +156,15 @@ async fn a_schema_migrated_by_a_newer_version_does_not_stop_this_one() -> anyhow
     let auth = Auth::start(Config::local(sandbox.database_url.clone())).await?;
     let r = auth.register(&email(), "correct horse battery").await?;
     assert_eq!(r.status(), 201);
+
+    // A version among this one's own that it lacks is a lost migration file, and stops it.
+    sqlx::query(
+        "INSERT INTO auth._sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (0, 'lost', true, '\\x00', 0)",
+    )
+    .execute(&db)
+    .await?;
+    let lost = tunewire_auth::SCHEMA.migrate(&db).await;
+    assert!(matches!(lost, Err(sqlx::migrate::MigrateError::VersionMissing(0))), "{lost:?}");
     sandbox.cleanup().await
 }

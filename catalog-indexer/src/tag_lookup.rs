@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use tunewire_service_runtime::telemetry::TraceHeaders;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +11,7 @@ use tracing::{Instrument as _, info, warn};
 use tunewire_contract::{JobId, MediaCatalogued};
 use tunewire_events::Bus;
 use tunewire_service_runtime::Backoff;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 
 use crate::catalog::{self, name_key};
 use crate::lastfm::{Failure, Lastfm, Tag};
@@ -218,6 +218,28 @@ impl Due {
     }
 }
 
+/// Puts an entry's next attempt off, longer each time.
+async fn postpone(
+    db: &PgPool,
+    job: uuid::Uuid,
+    attempts: i32,
+    every: Duration,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let backoff = Backoff::new(every, MAX_BACKOFF).delay(attempts.max(0) as u32).as_secs_f64();
+    sqlx::query(
+        "UPDATE catalog.tag_backlog SET attempts = attempts + 1, last_error = $2,
+                next_attempt_at = now() + make_interval(secs => $3)
+         WHERE job_id = $1",
+    )
+    .bind(job)
+    .bind(reason)
+    .bind(backoff)
+    .execute(db)
+    .await
+    .map(drop)
+}
+
 /// Entries looked at per round.
 const ROUND: i64 = 20;
 /// The longest wait between two attempts for one track.
@@ -260,17 +282,7 @@ async fn round(
                     Ok(Some(0))
                 }
                 Tags::Later(reason) => {
-                    let backoff = Backoff::new(every, MAX_BACKOFF).delay(attempts.max(0) as u32).as_secs_f64();
-                    sqlx::query(
-                        "UPDATE catalog.tag_backlog SET attempts = attempts + 1, last_error = $2,
-                                next_attempt_at = now() + make_interval(secs => $3)
-                         WHERE job_id = $1",
-                    )
-                    .bind(job)
-                    .bind(&reason)
-                    .bind(backoff)
-                    .execute(&lookup.db)
-                    .await?;
+                    postpone(&lookup.db, job, attempts, every, &reason).await?;
                     // Last.fm is down or refusing: the rest of the round would fail the same way.
                     Ok(None)
                 }
@@ -281,7 +293,12 @@ async fn round(
         let attempt = async { attempt.await.inspect_err(|e| warn!(error = %e, "filling in late Last.fm tags failed")) };
         match attempt.instrument(span).await {
             Ok(Some(n)) => filled += n,
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(e) => {
+                // Its turn comes again later, not first in the next round ahead of the others.
+                let _ = postpone(&lookup.db, job, attempts, every, &e.to_string()).await;
+                break;
+            }
         }
     }
     Ok(filled)

@@ -410,6 +410,7 @@ async fn follow_one_upload(sandbox: &Sandbox, scratch: &Path, stop: &Cancellatio
     let other = scratch.join("resumed.wav");
     ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=550:duration=3", "-c:a", "pcm_s16le", &other.display().to_string()])?;
     resumable_upload_links_its_creation(&five, &token, &other, &spans).await?;
+    a_path_no_route_takes_is_one_name(&five, &token, &spans).await?;
     drop(five);
     Ok(())
 }
@@ -472,5 +473,30 @@ async fn resumable_upload_links_its_creation(
         "the finishing PATCH links to the creating POST: {:?}",
         finish.links
     );
+    Ok(())
+}
+
+/// Strangers' made-up paths share one span name; a route's own 404 keeps its route.
+async fn a_path_no_route_takes_is_one_name(five: &Five, token: &str, spans: &Spans) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let (made_up, missing_job) = (uuid::Uuid::new_v4().simple().to_string(), uuid::Uuid::new_v4().simple().to_string());
+    let parent = |trace: &str| format!("00-{trace}-{}-01", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let r = http.get(format!("{}/wp-admin/setup-config.php", five.gateway)).header("traceparent", parent(&made_up));
+    ensure!(r.send().await?.status() == 404);
+    let r = http
+        .get(format!("{}/v1/jobs/{}", five.gateway, uuid::Uuid::new_v4()))
+        .bearer_auth(token)
+        .header("traceparent", parent(&missing_job));
+    ensure!(r.send().await?.status() == 404);
+    let names = eventually("both 404s' spans received", PIPELINE_DEADLINE, || async {
+        let all = spans.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let name = |trace: &str| all.iter().find(|s| s.trace_id == trace && s.service == "gateway").cloned();
+        Ok(name(&made_up).zip(name(&missing_job)))
+    })
+    .await?;
+    assert_eq!(names.0.name, "GET unmatched");
+    assert_eq!(names.0.attributes.get("http.route").map(String::as_str), Some("unmatched"));
+    assert_eq!(names.1.name, "GET /v1/jobs/{}");
+    assert_eq!(names.1.attributes.get("http.route").map(String::as_str), Some("/v1/jobs/{}"));
     Ok(())
 }

@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tunewire_service_runtime::telemetry::TraceHeaders;
 
 use bytes::Bytes;
 use tunewire_contract::{Account, Credentials, PasswordChange, SearchPage, Token};
 use tunewire_service_runtime::ApiError;
 use tunewire_service_runtime::http_error::ErrorBody;
+use tunewire_service_runtime::telemetry::TraceHeaders;
 use warp::Reply;
 use warp::http::{StatusCode, header};
 

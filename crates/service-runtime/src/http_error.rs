@@ -83,6 +83,7 @@ impl Reply for ApiError {
 
 /// Turns every rejection, ours or warp's, into the JSON error contract.
 pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let unmatched = rejection.is_not_found() || rejection.find::<MethodNotAllowed>().is_some();
     let error = if let Some(e) = rejection.find::<ApiError>() {
         e.clone()
     } else if rejection.is_not_found() {
@@ -116,5 +117,9 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
     } else {
         ApiError::internal("unhandled_rejection", format!("{rejection:?}"))
     };
-    Ok(error.into_response())
+    let mut response = error.into_response();
+    if unmatched && rejection.find::<ApiError>().is_none() {
+        response.extensions_mut().insert(crate::telemetry::http::Unmatched);
+    }
+    Ok(response)
 }

@@ -34,11 +34,26 @@ impl Schema {
         if !exists {
             migrator.create_schema(self.name);
         }
-        migrator.dangerous_set_table_name(format!("{}._sqlx_migrations", self.name));
+        let table = format!("{}._sqlx_migrations", self.name);
+        let applied: Vec<i64> = if exists && self.has_table(db, &table).await? {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT version FROM {table}"))).fetch_all(db).await?
+        } else {
+            Vec::new()
+        };
+        let newest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        // One this binary should know and does not: a migration file lost or renumbered.
+        if let Some(lost) = applied.iter().find(|v| **v <= newest && !migrator.version_exists(**v)) {
+            return Err(MigrateError::VersionMissing(*lost));
+        }
         // During a rolling deploy (or a rollback) a replica of the previous version starts on
-        // a schema a newer one has migrated: migrations only add, so it carries on.
-        migrator.set_ignore_missing(true);
+        // a schema a newer one has migrated further: migrations only add, so it carries on.
+        migrator.set_ignore_missing(applied.iter().any(|v| *v > newest));
+        migrator.dangerous_set_table_name(table);
         migrator.run(db).await
+    }
+
+    async fn has_table(&self, db: &PgPool, table: &str) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(table).fetch_one(db).await
     }
 
     /// A starting service's pool, its schema migrated; waits for PostgreSQL as `startup` says.

@@ -182,17 +182,13 @@ where
                 request.extensions_mut().insert(Peer(remote));
                 let handling = Handling::begin(&handled);
                 let span = crate::telemetry::http::request_span(&request);
-                let method = request.method().clone();
+                let (method, path) = (request.method().clone(), request.uri().path().to_owned());
                 let response = span.in_scope(|| filtered.clone().call(request));
                 let answered = span.clone();
                 async move {
                     let response = response.await;
                     if let Ok(response) = &response {
-                        let status = response.status();
-                        answered.record("http.response.status_code", status.as_u16());
-                        if matches!(status, http::StatusCode::NOT_FOUND | http::StatusCode::METHOD_NOT_ALLOWED) {
-                            crate::telemetry::http::unmatched(&answered, &method);
-                        }
+                        crate::telemetry::http::answered(&answered, &method, &path, response);
                     }
                     response.map(|r| r.map(|body| Guarded { body, _handling: handling }))
                 }

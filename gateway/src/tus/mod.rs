@@ -13,13 +13,13 @@ pub mod record;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing::Instrument as _;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, TryStreamExt};
 use mongodb::bson::{doc, oid::ObjectId};
 use sha2::Digest;
+use tracing::Instrument as _;
 use tunewire_contract::{FileId, JobId};
 use tunewire_media_store::{Bucket, CHUNK_SIZE, MediaStore, StoreError, StoredFile};
 use tunewire_service_runtime::ApiError;

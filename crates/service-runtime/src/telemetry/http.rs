@@ -1,6 +1,8 @@
 //! A span per HTTP request a service serves, continuing the caller's trace.
 
+use opentelemetry::trace::TraceContextExt as _;
 use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::propagation::TraceHeaders;
 
@@ -22,7 +24,7 @@ pub(crate) fn request_span<B>(request: &http::Request<B>) -> Span {
         otel.name = format!("{method} {route}"),
         otel.kind = "server",
         http.request.method = method,
-        http.route = %route,
+        http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
@@ -33,6 +35,11 @@ pub(crate) fn request_span<B>(request: &http::Request<B>) -> Span {
 /// A path that matched no route: its span is named this, so that strangers' made-up paths do
 /// not each make a span name of their own.
 pub(crate) const UNMATCHED: &str = "unmatched";
+
+/// Put on a response by `http_error::recover` when no route took the request (as opposed to a
+/// route answering 404 for a job that is not there).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unmatched;
 
 /// The most segments a route keeps; the rest are `...`.
 const MAX_SEGMENTS: usize = 8;
@@ -54,9 +61,18 @@ fn method(method: &http::Method) -> &'static str {
     KNOWN.iter().find(|known| *known == method).map_or("_OTHER", http::Method::as_str)
 }
 
-/// Renames the span of a request no route took (404, 405).
-pub(crate) fn unmatched(span: &Span, method: &http::Method) {
-    span.record("otel.name", format!("{} {UNMATCHED}", self::method(method)));
+/// Records, once answered, the route that took the request; a request no route took gets
+/// its span renamed.
+pub(crate) fn answered<B>(span: &Span, method: &http::Method, path: &str, response: &http::Response<B>) {
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.extensions().get::<Unmatched>().is_none() {
+        span.record("http.route", route(path));
+        return;
+    }
+    let name = format!("{} {UNMATCHED}", self::method(method));
+    // The OpenTelemetry span is already started (its trace id was read): renamed through it.
+    span.context().span().update_name(name.clone());
+    span.record("otel.name", name);
     span.record("http.route", UNMATCHED);
 }
 

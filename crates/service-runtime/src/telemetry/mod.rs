@@ -10,12 +10,12 @@
 pub(crate) mod http;
 pub mod propagation;
 
+use std::time::Duration;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use std::time::Duration;
-
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::filter::{FilterExt as _, FilterFn, filter_fn};
@@ -95,6 +95,7 @@ fn tracer_provider(service: &'static str) -> (SdkTracerProvider, Option<String>)
 /// that logs only warnings still hands its trace on, and its warnings still name the trace.
 fn our_spans() -> FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool> {
     filter_fn(|metadata| metadata.is_span() && metadata.target().starts_with("tunewire"))
+        .with_max_level_hint(tracing::level_filters::LevelFilter::INFO)
 }
 
 /// Installs the process's logger and tracer. A second call (tests start several services in

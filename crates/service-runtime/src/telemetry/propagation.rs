@@ -83,7 +83,11 @@ impl TraceHeaders {
     /// creation) and that `span` carries on.
     pub fn link_from(&self, span: &Span) {
         let earlier = opentelemetry::global::get_text_map_propagator(|p| p.extract(self));
-        span.add_link(earlier.span().span_context().clone());
+        let earlier = earlier.span().span_context().clone();
+        // A creation that carried the whole upload finishes in its own span: no link to itself.
+        if earlier.span_id() != span.context().span().span_context().span_id() {
+            span.add_link(earlier);
+        }
     }
 }
 
