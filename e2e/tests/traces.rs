@@ -91,6 +91,17 @@ async fn otlp_receiver(spans: Spans, shutdown: CancellationToken) -> anyhow::Res
     Ok(addr)
 }
 
+/// A fresh W3C trace id (32 hex digits).
+fn new_trace_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A `traceparent` in `trace`, from a client span of its own (16 hex digits), and that span.
+fn traceparent(trace: &str) -> (String, String) {
+    let span = new_trace_id()[..16].to_owned();
+    (format!("00-{trace}-{span}-01"), span)
+}
+
 /// A port nothing listens on right now, for a service told where to listen.
 fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -300,9 +311,8 @@ async fn follow_one_upload(sandbox: &Sandbox, scratch: &Path, stop: &Cancellatio
     }
 
     // The client's own trace: its login and its upload are both children of its span.
-    let trace_id = uuid::Uuid::new_v4().simple().to_string();
-    let client_span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let trace_id = new_trace_id();
+    let (traceparent, client_span) = traceparent(&trace_id);
     let email = format!("traced-{}@example.com", uuid::Uuid::new_v4().simple());
     let creds = json!({"email": email, "password": "correct horse battery"});
     let r = http.post(format!("{}/v1/auth/register", five.gateway)).json(&creds).send().await?;
@@ -425,9 +435,8 @@ async fn resumable_upload_links_its_creation(
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let bytes = std::fs::read(song)?;
-    let (created_in, finished_in) =
-        (uuid::Uuid::new_v4().simple().to_string(), uuid::Uuid::new_v4().simple().to_string());
-    let parent = |trace: &str| format!("00-{trace}-{}-01", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let (created_in, finished_in) = (new_trace_id(), new_trace_id());
+    let parent = |trace: &str| traceparent(trace).0;
     let r = http
         .post(format!("{}/v1/tus/", five.gateway))
         .bearer_auth(token)
@@ -479,8 +488,8 @@ async fn resumable_upload_links_its_creation(
 /// Strangers' made-up paths share one span name; a route's own 404 keeps its route.
 async fn a_path_no_route_takes_is_one_name(five: &Five, token: &str, spans: &Spans) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let (made_up, missing_job) = (uuid::Uuid::new_v4().simple().to_string(), uuid::Uuid::new_v4().simple().to_string());
-    let parent = |trace: &str| format!("00-{trace}-{}-01", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+    let (made_up, missing_job) = (new_trace_id(), new_trace_id());
+    let parent = |trace: &str| traceparent(trace).0;
     let r = http.get(format!("{}/wp-admin/setup-config.php", five.gateway)).header("traceparent", parent(&made_up));
     ensure!(r.send().await?.status() == 404);
     let r = http

@@ -181,14 +181,13 @@ where
             let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(Peer(remote));
                 let handling = Handling::begin(&handled);
-                let span = crate::telemetry::http::request_span(&request);
-                let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-                let response = span.in_scope(|| filtered.clone().call(request));
-                let answered = span.clone();
+                let traced = crate::telemetry::http::request_span(&request);
+                let response = traced.span.in_scope(|| filtered.clone().call(request));
+                let span = traced.span.clone();
                 async move {
                     let response = response.await;
                     if let Ok(response) = &response {
-                        crate::telemetry::http::answered(&answered, &method, &path, response);
+                        traced.answered(response);
                     }
                     response.map(|r| r.map(|body| Guarded { body, _handling: handling }))
                 }

@@ -9,16 +9,23 @@ use super::propagation::TraceHeaders;
 /// Probes and scrapes, every few seconds from every kubelet and Prometheus: not traced.
 const UNTRACED: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
+/// A request's span, with what it is named after.
+pub(crate) struct RequestSpan {
+    pub(crate) span: Span,
+    method: &'static str,
+    route: String,
+}
+
 /// The request's span: `otel.name` is the method and the path with its variable parts
 /// (ids, download tokens) replaced by `{}`, so that neither secrets nor unbounded values
 /// reach logs or the collector.
-pub(crate) fn request_span<B>(request: &http::Request<B>) -> Span {
+pub(crate) fn request_span<B>(request: &http::Request<B>) -> RequestSpan {
     let path = request.uri().path();
+    let method = method(request.method());
     if UNTRACED.contains(&path.trim_end_matches('/')) {
-        return Span::none();
+        return RequestSpan { span: Span::none(), method, route: String::new() };
     }
     let route = route(path);
-    let method = method(request.method());
     let span = tracing::info_span!(
         "request",
         otel.name = format!("{method} {route}"),
@@ -29,7 +36,7 @@ pub(crate) fn request_span<B>(request: &http::Request<B>) -> Span {
         trace_id = tracing::field::Empty,
     );
     TraceHeaders::from_http(request.headers()).continue_in(&span);
-    span
+    RequestSpan { span, method, route }
 }
 
 /// A path that matched no route: its span is named this, so that strangers' made-up paths do
@@ -61,19 +68,22 @@ fn method(method: &http::Method) -> &'static str {
     KNOWN.iter().find(|known| *known == method).map_or("_OTHER", http::Method::as_str)
 }
 
-/// Records, once answered, the route that took the request; a request no route took gets
-/// its span renamed.
-pub(crate) fn answered<B>(span: &Span, method: &http::Method, path: &str, response: &http::Response<B>) {
-    span.record("http.response.status_code", response.status().as_u16());
-    if response.extensions().get::<Unmatched>().is_none() {
-        span.record("http.route", route(path));
-        return;
+impl RequestSpan {
+    /// Records, once answered, the route that took the request; a request no route took
+    /// gets its span renamed.
+    pub(crate) fn answered<B>(&self, response: &http::Response<B>) {
+        let span = &self.span;
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.extensions().get::<Unmatched>().is_none() {
+            span.record("http.route", self.route.as_str());
+            return;
+        }
+        let name = format!("{} {UNMATCHED}", self.method);
+        // The OpenTelemetry span is already started (its trace id was read): renamed through it.
+        span.context().span().update_name(name.clone());
+        span.record("otel.name", name);
+        span.record("http.route", UNMATCHED);
     }
-    let name = format!("{} {UNMATCHED}", self::method(method));
-    // The OpenTelemetry span is already started (its trace id was read): renamed through it.
-    span.context().span().update_name(name.clone());
-    span.record("otel.name", name);
-    span.record("http.route", UNMATCHED);
 }
 
 /// `/v1/jobs/5f0c.../events` -> `/v1/jobs/{}/events`.

@@ -76,9 +76,7 @@ impl TraceHeaders {
         }
         record_trace_id(span);
     }
-}
 
-impl TraceHeaders {
     /// Links `span` to this context: work that began in another trace (a resumable upload's
     /// creation) and that `span` carries on.
     pub fn link_from(&self, span: &Span) {
